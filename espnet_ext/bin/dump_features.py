@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Cache frozen-encoder outputs for Kaldi-style data dirs (recipe stage 2).
+
+Usage:
+    python -m espnet_ext.bin.dump_features --whisper exp/pretrained/whisper \\
+        --llm exp/pretrained/llm --data_dir data/train --out_dir dump/train \\
+        [--long_audio truncate|reject] [--skip_bad_utts true] [--pad_to_30s false]
+
+Writes ``enc_feats.{ark,scp}``, ESPnet shape files and copies of the Kaldi files (see
+``espnet_ext.data.dump``).  A finished dump is not redone unless ``--overwrite true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from espnet2.utils.types import str2bool
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--whisper", required=True, help="HF Whisper folder (exp/pretrained/whisper)")
+    p.add_argument("--llm", required=True, help="HF causal-LM folder (for tokenizer and prompt)")
+    p.add_argument("--data_dir", required=True, help="Kaldi-style input dir (data/<set>)")
+    p.add_argument("--out_dir", required=True, help="output dump dir (dump/<set>)")
+    p.add_argument("--downsample_rate", type=int, default=5, help="adaptor k (LLaMA-Omni: 5)")
+    p.add_argument("--pad_to_30s", type=str2bool, default=False, help="faithful LLaMA-Omni 30 s padding")
+    p.add_argument("--long_audio", choices=["truncate", "reject"], default="truncate",
+                   help="audio longer than the encoder window (30 s)")
+    p.add_argument("--skip_bad_utts", type=str2bool, default=False, help="skip and report bad utterances")
+    p.add_argument("--batch_size", type=int, default=16, help="utterances per encoder batch")
+    p.add_argument("--overwrite", type=str2bool, default=False, help="redo a finished dump")
+    return p
+
+
+def main(cmd: Optional[Sequence[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    from transformers import AutoTokenizer
+
+    from espnet_ext.data.dump import dump_encoder_features, load_report
+    from espnet_ext.data.kaldi_dir import DataError
+    from espnet_ext.models.encoder import WhisperSpeechEncoder
+    from espnet_ext.models.llm import ChatPrompt
+
+    if load_report(args.out_dir) is not None and not args.overwrite:
+        logging.info("%s already dumped; skipping (--overwrite true to redo)", args.out_dir)
+        return
+    tokenizer = AutoTokenizer.from_pretrained(args.llm)
+    prompt = ChatPrompt.from_tokenizer(tokenizer)
+    encoder = WhisperSpeechEncoder(args.whisper, pad_to_30s=args.pad_to_30s)
+    try:
+        dump_encoder_features(
+            args.data_dir, args.out_dir, encoder, tokenizer,
+            prompt_overhead=len(prompt.prefix) + len(prompt.suffix),
+            downsample_rate=args.downsample_rate, long_audio=args.long_audio,
+            skip_bad_utts=args.skip_bad_utts, batch_size=args.batch_size,
+        )
+    except DataError as e:
+        logging.error("%s (use --skip_bad_utts true to skip such utterances)", e)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Greedy T2T / S2T decoding of dump directories (recipe stage 5).
+
+Usage:
+    # a trained system (ESPnet exp dir)
+    python -m espnet_ext.bin.speechllm_inference --config exp/train_full/config.yaml \\
+        --model_file exp/train_full/valid.loss.best.pth --modality speech \\
+        --data_dir dump/test_llamaq --output_dir exp/train_full/decode_test_llamaq_speech
+    # the No-FT baseline: the pretrained LLM described by a training YAML, text only
+    python -m espnet_ext.bin.speechllm_inference --config conf/train_full.yaml \\
+        --modality text --data_dir dump/test_llamaq --output_dir exp/noft/decode_test_llamaq_text
+
+Several ``--data_dir``/``--output_dir`` pairs may be given; the model is loaded once.
+Works under ``torchrun`` (each rank decodes a share; rank 0 writes ``hyp``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Optional, Sequence
+
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="exp dir config.yaml, or a training YAML for No-FT")
+    p.add_argument("--model_file", default=None, help="checkpoint (.pth); omit for the No-FT baseline")
+    p.add_argument("--modality", choices=["speech", "text"], required=True, help="S2T or T2T input")
+    p.add_argument("--data_dir", action="append", required=True, help="dump dir (repeatable)")
+    p.add_argument("--output_dir", action="append", required=True, help="output dir per --data_dir")
+    p.add_argument("--batch_size", type=int, default=16, help="utterances per generate() call")
+    p.add_argument("--max_new_tokens", type=int, default=64,
+                   help="cap on answer length (LLaMA-Omni: 256; short-answer QA needs far fewer)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--dist_backend", default="gloo", help="torch.distributed backend under torchrun")
+    return p
+
+
+def main(cmd: Optional[Sequence[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    if len(args.data_dir) != len(args.output_dir):
+        raise SystemExit("give one --output_dir per --data_dir")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    import torch
+
+    from espnet_ext.tasks.inference import decode_dump_dir, load_model
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.distributed.init_process_group(backend=args.dist_backend)
+    model = load_model(args.config, args.model_file, args.device)
+    for data_dir, out_dir in zip(args.data_dir, args.output_dir):
+        r = decode_dump_dir(model, data_dir, out_dir, args.modality, args.batch_size, args.max_new_tokens)
+        logging.info("%s %s: %d utts in %.1f s (%.3f s/utt, %d new tokens)",
+                     data_dir, args.modality, r.n_utts, r.seconds, r.seconds_per_utt, r.n_new_tokens)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

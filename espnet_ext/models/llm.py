@@ -1,0 +1,132 @@
+"""A Hugging Face causal LM with the LLaMA-Omni prompt around a placeholder.
+
+LLaMA-Omni (§2.1) formats every sample with the LLM's own chat template, the system
+prompt below and the user turn ``"<speech>\\nPlease directly answer the questions in the
+user's speech."``; the ``<speech>`` placeholder is replaced by the adaptor outputs (S2T)
+or, in this project, by the question transcript (T2T), so both modalities share one code
+path.  The loss covers the response and the closing end-of-turn token only.
+
+:class:`ChatPrompt` renders the template once and splits it into token pieces:
+``prefix`` (everything before the placeholder), ``suffix`` (after the placeholder up to
+the start of the assistant's answer) and ``closing`` (the end-of-turn token that follows
+an answer).  Works for any tokenizer with a chat template (Llama-3, ChatML/SmolLM2, …).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+LLAMA_OMNI_SYSTEM_PROMPT = (
+    "You are a helpful language and speech assistant. You are able to understand the speech "
+    "content that the user provides, and assist the user with a variety of tasks using natural "
+    "language."
+)
+LLAMA_OMNI_USER_PROMPT = "<speech>\nPlease directly answer the questions in the user's speech."
+_SENTINEL = "\u2063SPEECHIMP_ANSWER\u2063"
+
+
+@dataclass
+class ChatPrompt:
+    """Token pieces of the chat-formatted prompt (see module docstring)."""
+
+    prefix: List[int]
+    suffix: List[int]
+    closing: List[int]
+    stop_token_ids: List[int]
+
+    @classmethod
+    def from_tokenizer(
+        cls,
+        tokenizer,
+        system_prompt: Optional[str] = LLAMA_OMNI_SYSTEM_PROMPT,
+        user_prompt: str = LLAMA_OMNI_USER_PROMPT,
+        placeholder: str = "<speech>",
+    ) -> "ChatPrompt":
+        """Render the template with a placeholder and an answer sentinel, then split."""
+        if placeholder not in user_prompt:
+            raise ValueError(f"llm_conf.user_prompt must contain the placeholder {placeholder!r}")
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
+        messages = [{"role": "user", "content": user_prompt}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": _SENTINEL}], tokenize=False
+        )
+        if not full.startswith(prompt) or _SENTINEL not in full:
+            raise ValueError("cannot locate the assistant turn in the chat template output")
+        closing_text = full[full.index(_SENTINEL) + len(_SENTINEL):]
+        before, after = prompt.split(placeholder, 1)
+        enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        closing = enc(closing_text)
+        stop_ids = {i for i in [tokenizer.eos_token_id] if i is not None}
+        # the end-of-turn token is the first special token of the closing text
+        specials = set(tokenizer.all_special_ids)
+        eot = next((t for t in closing if t in specials), None)
+        if eot is None:
+            raise ValueError(f"no end-of-turn special token in the closing text {closing_text!r}")
+        stop_ids.add(eot)
+        closing = closing[: closing.index(eot) + 1]
+        return cls(prefix=enc(before), suffix=enc(after), closing=closing,
+                   stop_token_ids=sorted(stop_ids))
+
+
+class HFCausalLM(torch.nn.Module):
+    """Any ``AutoModelForCausalLM`` with its tokenizer and the LLaMA-Omni prompt.
+
+    Args:
+        model_name_or_path: HF hub id or local folder (``exp/pretrained/llm``).
+        torch_dtype: weights dtype to load ("float32", "bfloat16", "float16").
+        system_prompt: system message (LLaMA-Omni's by default; empty for none).
+        user_prompt: user turn containing the placeholder.
+        placeholder: the string replaced by speech embeddings or the transcript.
+        attn_implementation: transformers attention backend ("sdpa", "eager").
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        torch_dtype: str = "float32",
+        system_prompt: str = LLAMA_OMNI_SYSTEM_PROMPT,
+        user_prompt: str = LLAMA_OMNI_USER_PROMPT,
+        placeholder: str = "<speech>",
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_name_or_path = model_name_or_path
+        self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_name_or_path,
+            dtype=getattr(torch, torch_dtype),
+            attn_implementation=attn_implementation,
+        )
+        self.prompt = ChatPrompt.from_tokenizer(
+            self.tokenizer, system_prompt or None, user_prompt, placeholder
+        )
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.prompt.stop_token_ids[0]
+
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().embedding_dim)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids → input embeddings."""
+        return self.model.get_input_embeddings()(ids)
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states ``(Batch, Length, Hidden)`` without computing any logits."""
+        decoder = self.model.get_decoder()
+        return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Apply the LM head to selected hidden states only."""
+        return self.model.get_output_embeddings()(hidden)

@@ -1,0 +1,199 @@
+"""The ESPnet model: frozen speech encoder → frame-concat adaptor → causal LM.
+
+One code path for both input modalities (LLaMA-Omni §2.1 prompt, see ``llm.py``)::
+
+    [prefix tokens] [speech embeddings | question tokens] [suffix tokens] [answer + closing]
+     ─────────────────────── prompt: no loss ─────────────────────────  ─── loss ───
+
+* ``modality="speech"`` (S2T): the placeholder is replaced by the adaptor outputs of
+  either cached encoder features (``enc_feats``, recipe stage 2) or raw waveforms
+  (``speech``), encoded on the fly by the frozen encoder.
+* ``modality="text"`` (T2T): the placeholder is replaced by the transcript tokens.
+
+The loss is the mean cross-entropy over response tokens and the closing end-of-turn
+token; logits are computed for those positions only (never the full sequence).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Optional, Tuple
+
+import torch
+from espnet2.torch_utils.device_funcs import force_gatherable
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+
+from espnet_ext.models.adaptor import FrameConcatAdaptor
+from espnet_ext.models.encoder import AbsSpeechEncoder
+from espnet_ext.models.llm import HFCausalLM
+
+Modality = Literal["speech", "text"]
+
+
+class ESPnetSpeechLLM(AbsESPnetModel):
+    """LLaMA-Omni-style speech LLM (stage 1: speech-to-text instruction tuning).
+
+    Args:
+        encoder: frozen speech encoder (``None`` when only cached features are used).
+        adaptor: the frame-concatenating projector.
+        llm: the causal LM with its prompt pieces.
+        modality: default input modality for ``forward``.
+    """
+
+    def __init__(
+        self,
+        encoder: Optional[AbsSpeechEncoder],
+        adaptor: FrameConcatAdaptor,
+        llm: HFCausalLM,
+        modality: Modality = "speech",
+    ) -> None:
+        super().__init__()
+        if modality not in ("speech", "text"):
+            raise ValueError(f"model_conf.modality must be 'speech' or 'text', got {modality!r}")
+        self.encoder = encoder
+        self.adaptor = adaptor
+        self.llm = llm
+        self.modality = modality
+        prompt = llm.prompt
+        self.register_buffer("prefix_ids", torch.tensor(prompt.prefix), persistent=False)
+        self.register_buffer("suffix_ids", torch.tensor(prompt.suffix), persistent=False)
+
+    # ---- building the input sequence -------------------------------------------------
+    def placeholder_embeddings(
+        self,
+        modality: Modality,
+        text: Optional[torch.Tensor] = None,
+        text_lengths: Optional[torch.Tensor] = None,
+        speech: Optional[torch.Tensor] = None,
+        speech_lengths: Optional[torch.Tensor] = None,
+        enc_feats: Optional[torch.Tensor] = None,
+        enc_feats_lengths: Optional[torch.Tensor] = None,
+    ) -> List[torch.Tensor]:
+        """What replaces the placeholder, one ``(Length_i, Hidden)`` tensor per sample."""
+        if modality == "text":
+            if text is None:
+                raise ValueError("modality 'text' needs the question transcript ('text')")
+            emb = self.llm.embed(text.clamp(min=0))  # (Batch, Tq, Hidden)
+            return [emb[i, : text_lengths[i]] for i in range(len(emb))]
+        if enc_feats is None:
+            if speech is None:
+                raise ValueError("modality 'speech' needs 'enc_feats' or 'speech'")
+            if self.encoder is None:
+                raise ValueError("raw 'speech' given but the model has no encoder")
+            enc_feats, enc_feats_lengths = self.encoder(speech, speech_lengths)
+        adaptor_dtype = self.adaptor.linear1.weight.dtype
+        emb, lengths = self.adaptor(enc_feats.to(adaptor_dtype), enc_feats_lengths)  # (B, T/k, H)
+        if bool((lengths <= 0).any()):
+            raise ValueError("an utterance is shorter than one adaptor step (too short audio)")
+        emb = emb.to(self.llm.model.dtype)
+        return [emb[i, : lengths[i]] for i in range(len(emb))]
+
+    def build_inputs(
+        self,
+        middles: List[torch.Tensor],
+        answers: Optional[List[torch.Tensor]] = None,
+        left_pad: bool = False,
+    ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+        """Assemble ``[prefix][middle][suffix][answer]`` per sample and pad.
+
+        Returns ``inputs_embeds (Batch, Length, Hidden)``, ``attention_mask`` and the
+        prompt length of each sample (where its answer starts, before padding).
+        """
+        embed = self.llm.embed
+        prefix = embed(self.prefix_ids)
+        suffix = embed(self.suffix_ids)
+        seqs, prompt_lens = [], []
+        for i, mid in enumerate(middles):
+            parts = [prefix, mid, suffix]
+            prompt_lens.append(sum(p.shape[0] for p in parts))
+            if answers is not None:
+                parts.append(embed(answers[i]))
+            seqs.append(torch.cat(parts, dim=0))
+        length = max(s.shape[0] for s in seqs)
+        hidden = seqs[0].shape[-1]
+        x = seqs[0].new_zeros(len(seqs), length, hidden)
+        mask = torch.zeros(len(seqs), length, dtype=torch.long, device=x.device)
+        for i, s in enumerate(seqs):
+            sl = slice(length - s.shape[0], length) if left_pad else slice(0, s.shape[0])
+            x[i, sl] = s
+            mask[i, sl] = 1
+        return x, mask, prompt_lens
+
+    # ---- training ----------------------------------------------------------------------
+    def forward(
+        self,
+        answer: torch.Tensor,
+        answer_lengths: torch.Tensor,
+        text: Optional[torch.Tensor] = None,
+        text_lengths: Optional[torch.Tensor] = None,
+        speech: Optional[torch.Tensor] = None,
+        speech_lengths: Optional[torch.Tensor] = None,
+        enc_feats: Optional[torch.Tensor] = None,
+        enc_feats_lengths: Optional[torch.Tensor] = None,
+        modality: Optional[Modality] = None,
+        **kwargs,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        """Mean cross-entropy on response + closing tokens; ``(loss, stats, weight)``.
+
+        ``answer`` holds the response tokens followed by the closing token(s), padded with
+        -1 (ESPnet's ``CommonCollateFn``).  ``weight`` is the number of loss tokens, so
+        ESPnet's distributed averaging is token-weighted.
+        """
+        modality = modality or self.modality
+        middles = self.placeholder_embeddings(
+            modality, text, text_lengths, speech, speech_lengths, enc_feats, enc_feats_lengths
+        )
+        answers = [answer[i, : answer_lengths[i]] for i in range(len(answer))]
+        x, mask, prompt_lens = self.build_inputs(middles, answers)
+        hidden = self.llm.hidden_states(x, mask)  # (Batch, Length, Hidden)
+        # hidden state at position t predicts token t + 1: select positions that predict
+        # each answer token, then run the LM head on those rows only.
+        rows = torch.cat([torch.full((len(a),), i, device=x.device) for i, a in enumerate(answers)])
+        cols = torch.cat(
+            [torch.arange(len(a), device=x.device) + p - 1 for a, p in zip(answers, prompt_lens)]
+        )
+        targets = torch.cat(answers)
+        logits = self.llm.logits(hidden[rows, cols]).float()  # (N_tokens, Vocab)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == targets).float().mean()
+        stats = {"loss": loss.detach(), "acc": acc}
+        loss, stats, weight = force_gatherable((loss, stats, torch.tensor(len(targets))), loss.device)
+        return loss, stats, weight
+
+    def collect_feats(self, **batch: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {}
+
+    # ---- inference ---------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        modality: Modality,
+        max_new_tokens: int = 256,
+        **inputs: torch.Tensor,
+    ) -> List[List[int]]:
+        """Batched greedy decoding with a KV cache; returns new token ids per sample.
+
+        Generation stops at the end-of-turn token (LLaMA-Omni decodes greedily).
+        """
+        middles = self.placeholder_embeddings(modality, **inputs)
+        x, mask, _ = self.build_inputs(middles, left_pad=True)
+        out = self.llm.model.generate(
+            inputs_embeds=x,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self.llm.prompt.stop_token_ids,
+            pad_token_id=self.llm.pad_token_id,
+            use_cache=True,
+        )
+        stops = set(self.llm.prompt.stop_token_ids)
+        results = []
+        for row in out.tolist():
+            ids = []
+            for t in row:
+                if t in stops:
+                    break
+                ids.append(t)
+            results.append(ids)
+        return results

@@ -1,0 +1,127 @@
+"""Batched greedy decoding of a dump directory, T2T or S2T (recipe stage 5).
+
+The model is built once (from an exp dir's ``config.yaml`` + checkpoint, or from a
+training YAML alone for the No-FT baseline, i.e. the pretrained LLM), utterances are
+sorted by their LLM prompt length so each batch wastes little padding, and generation
+uses the KV cache and stops at the end-of-turn token (``max_new_tokens`` caps it).
+Under ``torch.distributed`` each rank decodes every ``world_size``-th batch and rank 0
+gathers and writes the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Literal, Optional
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from espnet_ext.data.kaldi_dir import read_table
+from espnet_ext.models.speech_llm import ESPnetSpeechLLM
+from espnet_ext.tasks.collate import PadCollate
+from espnet_ext.tasks.speech_llm import SpeechLLMTask
+from espnet_ext.utils.atomic import atomic_open, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeReport:
+    """Timing and size of one decoding run."""
+
+    data_dir: str
+    modality: str
+    n_utts: int
+    n_new_tokens: int
+    seconds: float
+    batch_size: int
+    max_new_tokens: int
+    world_size: int
+
+    @property
+    def seconds_per_utt(self) -> float:
+        return self.seconds / max(self.n_utts, 1)
+
+
+def load_model(
+    config: str | Path, model_file: Optional[str | Path] = None, device: str = "cpu"
+) -> ESPnetSpeechLLM:
+    """An exp dir's model (``config.yaml`` + checkpoint) or, without a checkpoint, the
+    model a training YAML describes (pretrained LLM, untrained adaptor: the No-FT baseline)."""
+    if model_file is not None:
+        model, _ = SpeechLLMTask.build_model_from_file(config, model_file, device)
+    else:
+        defaults = SpeechLLMTask.get_default_config()
+        with open(config, encoding="utf-8") as f:
+            conf = yaml.safe_load(f) or {}
+        unknown = sorted(set(conf) - set(defaults))
+        if unknown:
+            raise ValueError(f"{config}: unknown config key(s) {unknown}")
+        model = SpeechLLMTask.build_model(argparse.Namespace(**{**defaults, **conf}))
+        model.to(device)
+    model.eval()
+    return model
+
+
+def decode_dump_dir(
+    model: ESPnetSpeechLLM,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    modality: Literal["speech", "text"],
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+) -> DecodeReport:
+    """Decode every utterance of a dump dir and write ``output_dir/hyp`` (``<utt> <answer>``)."""
+    import kaldiio
+
+    data_dir = Path(data_dir)
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if dist else 0
+    world = torch.distributed.get_world_size() if dist else 1
+    texts = read_table(data_dir / "text")
+    feats = kaldiio.load_scp(str(data_dir / "enc_feats.scp")) if modality == "speech" else None
+    shape = read_table(data_dir / f"llm_len.{modality}")
+    order = sorted(texts, key=lambda u: (int(shape[u]), u))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    tok = model.llm.tokenizer
+    collate = PadCollate()
+    device = next(model.parameters()).device
+    hyps: Dict[str, str] = {}
+    n_tokens = 0
+    start = time.perf_counter()
+    for batch in tqdm(batches[rank::world], desc=f"decode {data_dir.name} {modality}", unit="batch", disable=rank != 0):
+        samples = []
+        for u in batch:
+            if modality == "speech":
+                samples.append((u, {"enc_feats": np.asarray(feats[u], dtype=np.float32)}))
+            else:
+                ids = tok(texts[u], add_special_tokens=False)["input_ids"]
+                samples.append((u, {"text": np.asarray(ids, dtype=np.int64)}))
+        _, tensors = collate(samples)
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+        outs = model.generate(modality, max_new_tokens=max_new_tokens, **tensors)
+        for u, ids in zip(batch, outs):
+            n_tokens += len(ids)
+            hyps[u] = " ".join(tok.decode(ids, skip_special_tokens=True).split())
+    seconds = time.perf_counter() - start
+    if dist:
+        gathered: List[Optional[dict]] = [None] * world
+        torch.distributed.all_gather_object(gathered, {"hyps": hyps, "n": n_tokens, "s": seconds})
+        hyps = {k: v for g in gathered for k, v in g["hyps"].items()}
+        n_tokens = sum(g["n"] for g in gathered)
+        seconds = max(g["s"] for g in gathered)
+    report = DecodeReport(str(data_dir), modality, len(hyps), n_tokens, seconds, batch_size, max_new_tokens, world)
+    if rank == 0:
+        out = Path(output_dir)
+        with atomic_open(out / "hyp") as f:
+            f.writelines(f"{u} {hyps[u]}\n" for u in sorted(hyps))
+        atomic_write_text(out / "decode_report.json", json.dumps(
+            {**asdict(report), "seconds_per_utt": report.seconds_per_utt}, indent=2) + "\n")
+    return report

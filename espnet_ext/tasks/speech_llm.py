@@ -1,0 +1,189 @@
+"""``SpeechLLMTask``: ESPnet task for LLaMA-Omni-style stage-1 training.
+
+Parts are ``ClassChoices`` entries with ``--X_conf`` partners (as in
+``espnet2/tasks/asr.py``):
+
+* ``--encoder whisper`` — frozen transformers Whisper encoder (optional: ``none`` when
+  training only from cached encoder outputs);
+* ``--adaptor concat`` — frame-concatenating projector (k, hidden size in ``adaptor_conf``);
+* ``--llm hf`` — any Hugging Face causal LM (hub id, local folder).
+
+Data names: ``answer`` (required), ``text`` (question transcript), ``enc_feats`` (cached
+encoder outputs, ``kaldi_ark``) and ``speech`` (raw waveform, ``sound``).  ``config.yaml``
+stores only the choice keys, so inference must import this module (it does, via
+``espnet_ext.bin.speechllm_inference``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Callable, Collection, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from espnet_ext.utils.espnet_compat import AbsTask, Trainer
+from espnet2.train.class_choices import ClassChoices
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.types import str2bool
+from typeguard import typechecked
+
+from espnet_ext.models.adaptor import FrameConcatAdaptor
+from espnet_ext.models.encoder import AbsSpeechEncoder, WhisperSpeechEncoder
+from espnet_ext.models.llm import HFCausalLM
+from espnet_ext.models.speech_llm import ESPnetSpeechLLM
+from espnet_ext.tasks.collate import PadCollate
+from espnet_ext.tasks.preprocess import SpeechLLMPreprocessor
+from espnet_ext.utils.conf import build_from_conf, check_conf_keys
+
+logger = logging.getLogger(__name__)
+
+encoder_choices = ClassChoices(
+    "encoder", classes=dict(whisper=WhisperSpeechEncoder), type_check=AbsSpeechEncoder,
+    default="whisper", optional=True,
+)
+adaptor_choices = ClassChoices(
+    "adaptor", classes=dict(concat=FrameConcatAdaptor), type_check=torch.nn.Module,
+    default="concat",
+)
+llm_choices = ClassChoices(
+    "llm", classes=dict(hf=HFCausalLM), type_check=torch.nn.Module, default="hf",
+)
+
+
+class SpeechLLMTask(AbsTask):
+    """Encoder → adaptor → LLM speech-to-text instruction tuning (LLaMA-Omni stage 1)."""
+
+    num_optimizers: int = 1
+    class_choices_list = [encoder_choices, adaptor_choices, llm_choices]
+    trainer = Trainer
+
+    @classmethod
+    def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(description="Task related")
+        group.add_argument(
+            "--model_conf", action=NestedDictAction, default=dict(),
+            help="ESPnetSpeechLLM options, e.g. {modality: speech} (speech | text)",
+        )
+        group.add_argument(
+            "--init", type=lambda x: None if x in ("none", "None", None) else x, default=None,
+            help="kept for ESPnet compatibility; parameters come from the pretrained parts",
+        )
+        group = parser.add_argument_group(description="Preprocess related")
+        group.add_argument(
+            "--use_preprocessor", type=str2bool, default=True,
+            help="tokenise text/answer with the LLM tokenizer (required for training)",
+        )
+        for class_choices in cls.class_choices_list:
+            class_choices.add_arguments(group)
+
+    @classmethod
+    @typechecked
+    def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable[
+        [Collection[Tuple[str, Dict[str, np.ndarray]]]],
+        Tuple[List[str], Dict[str, torch.Tensor]],
+    ]:
+        # token ids are padded with -1; the model slices by the *_lengths tensors
+        return PadCollate(float_pad_value=0.0, int_pad_value=-1)
+
+    @classmethod
+    @typechecked
+    def build_preprocess_fn(
+        cls, args: argparse.Namespace, train: bool
+    ) -> Optional[Callable[[str, Dict[str, np.array]], Dict[str, np.ndarray]]]:
+        if not args.use_preprocessor:
+            return None
+        from transformers import AutoTokenizer
+
+        from espnet_ext.models.llm import ChatPrompt
+
+        conf = dict(args.llm_conf)
+        tokenizer = AutoTokenizer.from_pretrained(conf["model_name_or_path"])
+        prompt_keys = ("system_prompt", "user_prompt", "placeholder")
+        prompt = ChatPrompt.from_tokenizer(tokenizer, **{k: conf[k] for k in prompt_keys if k in conf})
+        return SpeechLLMPreprocessor(tokenizer, prompt.closing)
+
+    @classmethod
+    def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        return () if inference else ("answer",)
+
+    @classmethod
+    def optional_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        return ("text", "enc_feats", "speech")
+
+    @classmethod
+    @typechecked
+    def build_model(cls, args: argparse.Namespace) -> ESPnetSpeechLLM:
+        # 1. LLM: any HF causal LM with its tokenizer and the LLaMA-Omni prompt
+        llm_class = llm_choices.get_class(args.llm)
+        llm = build_from_conf(llm_class, args.llm_conf, "llm_conf")
+        hidden = llm.hidden_size()
+
+        # 2. Frozen speech encoder (optional when cached encoder outputs are used)
+        encoder = None
+        encoder_class = encoder_choices.get_class(getattr(args, "encoder", None))
+        encoder_size = None
+        if encoder_class is not None:
+            encoder = build_from_conf(encoder_class, args.encoder_conf, "encoder_conf")
+            encoder_size = encoder.output_size()
+
+        # 3. Adaptor: (Batch, Frames, D_enc) → (Batch, Frames // k, D_llm)
+        adaptor_conf = dict(args.adaptor_conf or {})
+        adaptor_class = adaptor_choices.get_class(args.adaptor)
+        check_conf_keys(adaptor_class, adaptor_conf, "adaptor_conf", check_missing=False)
+        if encoder_size is not None:
+            if adaptor_conf.setdefault("input_size", encoder_size) != encoder_size:
+                raise ValueError(
+                    f"adaptor_conf.input_size={adaptor_conf['input_size']} does not match the "
+                    f"encoder output size {encoder_size} ({args.encoder_conf})"
+                )
+        elif "input_size" not in adaptor_conf:
+            raise ValueError("adaptor_conf.input_size is required when --encoder none")
+        if adaptor_conf.setdefault("output_size", hidden) != hidden:
+            raise ValueError(
+                f"adaptor_conf.output_size={adaptor_conf['output_size']} does not match the "
+                f"hidden size {hidden} of llm_conf.model_name_or_path="
+                f"{args.llm_conf.get('model_name_or_path')}"
+            )
+        adaptor = adaptor_class(**adaptor_conf)
+
+        # 4. The ESPnet model
+        model = build_from_conf(
+            ESPnetSpeechLLM, args.model_conf, "model_conf", encoder=encoder, adaptor=adaptor, llm=llm
+        )
+        return model
+
+    @classmethod
+    def build_model_from_file(
+        cls,
+        config_file: Optional[Union[Path, str]] = None,
+        model_file: Optional[Union[Path, str]] = None,
+        device: str = "cpu",
+    ) -> Tuple[ESPnetSpeechLLM, argparse.Namespace]:
+        """Build from an exp dir's ``config.yaml`` and load a checkpoint strictly.
+
+        ESPnet's default loads with ``strict=False``; a silently missing adaptor or LLM
+        weight would make every later number wrong, so missing/unexpected keys error.
+        """
+        import yaml
+
+        if config_file is None:
+            if model_file is None:
+                raise ValueError("give config_file, model_file or both")
+            config_file = Path(model_file).parent / "config.yaml"
+        with open(config_file, encoding="utf-8") as f:
+            args = argparse.Namespace(**yaml.safe_load(f))
+        model = cls.build_model(args)
+        if model_file is not None:
+            state = torch.load(model_file, map_location="cpu", weights_only=False)
+            state = state.get("model", state) if "model" in state and isinstance(state["model"], dict) else state
+            result = model.load_state_dict(state, strict=False)
+            bad = [k for k in result.missing_keys] + [k for k in result.unexpected_keys]
+            if bad:
+                raise RuntimeError(
+                    f"{model_file} does not match the model built from {config_file}: "
+                    f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+                )
+        model.to(device)
+        return model, args
