@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# utils/run_local.sh — run a (parallel) job on this machine, logging like Kaldi's run.pl.
+#
+# Usage:
+#   utils/run_local.sh [options] [JOB=1:N] <log-file> <command> [<arg> ...]
+#
+#   JOB=1:N     run N jobs (any variable name works: SPLIT=1:4); every occurrence of
+#               the name in <log-file> and in the command's arguments is replaced by the
+#               job index. JOB=3 runs the single job 3. Without it, one job runs.
+#   <log-file>  per-job log; its directory is created. It gets a header (command line,
+#               start time), the command's stdout+stderr, and a footer:
+#                 # Accounting: time=<seconds> threads=<num_threads>
+#                 # Ended (code <exit status>) at <date>, elapsed time <seconds> seconds
+#
+# The arguments are quoted one by one (bash's ${arg@Q}) and run with `bash -o pipefail -c`,
+# so spaces and quotes inside an argument survive. An argument that is exactly a shell
+# operator ('|', '||', '&&', ';', '>', '>>', '<', '2>', '2>&1', '&>', '|&') is passed
+# unquoted, so `... \| gzip -c \> out.JOB.gz` builds a pipeline as with run.pl. To pass
+# such a token literally, wrap the command in `bash -c '...'`.
+# Jobs read stdin from /dev/null.
+#
+# Options (`--name value` or `--name=value`; dashes and underscores are equivalent):
+#   --max_jobs_run N   at most N jobs at a time (default: nproc)
+#   --num_threads N    threads per job: exported as OMP_NUM_THREADS/MKL_NUM_THREADS (default 1)
+#   --gpu N            accepted for compatibility with run_slurm.sh; nothing is allocated
+#   --mem X, --time T  accepted and ignored (scheduler options)
+#   --partition P, --account A, --qos Q, --constraint C, --sbatch_opts "..."
+#                      Slurm-only; accepted and ignored so cmd.sh can switch backends
+#   -h, --help         this text
+#
+# Exit status: 0 when every job succeeded; otherwise 1, after naming the failing logs
+# on stderr. Interrupting the launcher (Ctrl-C / TERM) kills the running jobs.
+set -euo pipefail
+
+prog=${0##*/}
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+die() { printf '%s: %s\n' "$prog" "$*" >&2; exit 1; }
+
+max_jobs_run=$(nproc 2>/dev/null || echo 1)
+num_threads=1
+gpu=0
+mem=
+time_limit=
+
+# ---- options -------------------------------------------------------------------------
+while (($# > 0)); do
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --) shift; break ;;
+    --*)
+      if [[ $1 == *=* ]]; then opt=${1%%=*}; val=${1#*=}; shift
+      else
+        opt=$1
+        (($# >= 2)) || die "option '$opt' needs a value"
+        val=$2; shift 2
+      fi
+      key=${opt#--}; key=${key//-/_}
+      case $key in
+        max_jobs_run) max_jobs_run=$val ;;
+        num_threads) num_threads=$val ;;
+        gpu) gpu=$val ;;
+        mem) mem=$val ;;
+        time) time_limit=$val ;;
+        partition | account | qos | constraint | sbatch_opts | config) ;;  # Slurm-only
+        *) die "unknown option '$opt'" ;;
+      esac
+      ;;
+    *) break ;;
+  esac
+done
+[[ $max_jobs_run =~ ^[1-9][0-9]*$ ]] || die "--max_jobs_run must be a positive integer, got '$max_jobs_run'"
+[[ $num_threads =~ ^[1-9][0-9]*$ ]] || die "--num_threads must be a positive integer, got '$num_threads'"
+[[ $gpu =~ ^[0-9]+$ ]] || die "--gpu must be a non-negative integer, got '$gpu'"
+
+# ---- JOB=start:end ---------------------------------------------------------------------
+jobvar=
+first=1
+last=1
+if (($# > 0)) && [[ $1 =~ ^([A-Za-z_][A-Za-z0-9_]*)=([0-9]+)(:([0-9]+))?$ ]]; then
+  jobvar=${BASH_REMATCH[1]}
+  first=${BASH_REMATCH[2]}
+  last=${BASH_REMATCH[4]:-$first}
+  ((10#$first <= 10#$last)) || die "empty job range '$1'"
+  first=$((10#$first)); last=$((10#$last))
+  shift
+fi
+(($# >= 2)) || { usage >&2; die "expected [JOB=1:N] <log-file> <command ...>"; }
+logspec=$1
+shift
+cmd_args=("$@")
+
+# Shell operators that pass through unquoted (see the header).
+is_operator() {
+  case $1 in '|' | '||' | '&&' | ';' | '>' | '>>' | '<' | '2>' | '2>>' | '2>&1' | '&>' | '|&') return 0 ;; esac
+  return 1
+}
+
+# build_cmdline INDEX: the command line of job INDEX (JOB substituted, args quoted).
+build_cmdline() {
+  local idx=$1 a out=
+  for a in "${cmd_args[@]}"; do
+    [[ -n $jobvar ]] && a=${a//"$jobvar"/$idx}
+    if is_operator "$a" || [[ $a =~ ^[A-Za-z0-9_./:=,+%@-]+$ ]]; then
+      out+="$a "                  # operator or plain word: as is
+    else
+      out+="${a@Q} "              # anything else: single-quoted, bash-escaped
+    fi
+  done
+  printf '%s' "${out% }"
+}
+
+# subst INDEX STRING: STRING with the job variable replaced by INDEX.
+subst() { if [[ -n $jobvar ]]; then printf '%s' "${2//"$jobvar"/$1}"; else printf '%s' "$2"; fi; }
+
+export OMP_NUM_THREADS=$num_threads MKL_NUM_THREADS=$num_threads
+have_setsid=0
+command -v setsid >/dev/null 2>&1 && have_setsid=1
+
+statusdir=$(mktemp -d "${TMPDIR:-/tmp}/run_local.XXXXXX")
+pids=()
+cleanup() { rm -rf "$statusdir"; }
+on_signal() {
+  trap - INT TERM
+  local p
+  for p in "${pids[@]}"; do kill -TERM -- "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  cleanup
+  die "interrupted; jobs killed"
+}
+trap cleanup EXIT
+trap on_signal INT TERM
+
+# run_job INDEX: one job, in the background subshell that calls it.
+run_job() {
+  local idx=$1 log cmdline t0 t1 rc
+  log=$(subst "$idx" "$logspec")
+  cmdline=$(build_cmdline "$idx")
+  mkdir -p -- "$(dirname -- "$log")"
+  t0=$(date +%s)
+  {
+    printf '# %s\n' "$cmdline"
+    printf '# Started at %s (host %s, threads %s, gpu %s, backend local)\n' \
+      "$(date)" "$(hostname 2>/dev/null || echo unknown)" "$num_threads" "$gpu"
+    printf '#\n'
+  } >"$log"
+  # The command runs in its own process group (setsid) so that a TERM from the
+  # launcher's signal handler reaches the whole pipeline, not just its first process.
+  local child
+  if ((have_setsid)); then
+    setsid -w bash -o pipefail -c "$cmdline" </dev/null >>"$log" 2>&1 &
+  else
+    bash -o pipefail -c "$cmdline" </dev/null >>"$log" 2>&1 &
+  fi
+  child=$!
+  trap 'kill -TERM -- "-$child" 2>/dev/null || kill -TERM "$child" 2>/dev/null || true' TERM
+  rc=0
+  wait "$child" || rc=$?
+  while kill -0 "$child" 2>/dev/null; do  # woken by the trap: wait for the real exit
+    rc=0
+    wait "$child" || rc=$?
+  done
+  trap - TERM
+  t1=$(date +%s)
+  {
+    printf '# Accounting: time=%d threads=%d\n' "$((t1 - t0))" "$num_threads"
+    printf '# Ended (code %d) at %s, elapsed time %d seconds\n' "$rc" "$(date)" "$((t1 - t0))"
+  } >>"$log"
+  printf '%d\n' "$rc" >"$statusdir/$idx"
+  return "$rc"
+}
+
+# ---- launch, at most max_jobs_run at a time ----------------------------------------------
+for ((i = first; i <= last; i++)); do
+  while (($(jobs -pr | wc -l) >= max_jobs_run)); do
+    wait -n 2>/dev/null || true
+  done
+  run_job "$i" &
+  pids+=("$!")
+done
+wait || true
+
+# ---- collect ---------------------------------------------------------------------------
+failed=()
+for ((i = first; i <= last; i++)); do
+  rc=$(cat "$statusdir/$i" 2>/dev/null || echo missing)
+  [[ $rc == 0 ]] || failed+=("$i")
+done
+if ((${#failed[@]} > 0)); then
+  total=$((last - first + 1))
+  if ((${#failed[@]} == 1)); then
+    die "job ${failed[0]} failed (${#failed[@]} / $total); see log $(subst "${failed[0]}" "$logspec")"
+  fi
+  for i in "${failed[@]}"; do
+    printf '%s: failed: %s\n' "$prog" "$(subst "$i" "$logspec")" >&2
+  done
+  die "${#failed[@]} / $total jobs failed; e.g. see log $(subst "${failed[0]}" "$logspec")"
+fi
+exit 0

@@ -1,0 +1,700 @@
+"""Converters for the four real spoken-QA corpora (stage 1, local copies of HF datasets).
+
+Users bring local copies of the Hugging Face datasets; nothing is downloaded here.
+:func:`convert_corpus` turns one split of one corpus into a Kaldi-style directory
+(:mod:`espnet_ext.data.kaldi_dir`) plus one 16 kHz, 16-bit PCM WAV per utterance.
+
+Corpora (``name`` → what becomes ``text`` / ``answer`` / audio):
+
+* ``voiceassistant`` — gpt-omni/VoiceAssistant-400K (parquet, train only; columns
+  ``split_name, index, round, question, answer, answer_snac, question_audio``).
+  ``question`` / ``[answer]`` / ``question_audio``.  Only **first-turn** rows are kept
+  (the paper trains on first-turn dialogues).  A row is first-turn when
+
+  1. its question carries no dialogue history: no ``<ASSISTANT>:``-style marker and at
+     most one ``<USER>:``-style marker (history is written into the question as
+     ``<USER>: … <ASSISTANT>: … <USER>: …``), and
+  2. its ``round`` is the lowest round of its dialogue, the dialogue being the rows
+     sharing ``(split_name, index)``; a ``round`` without a leading integer leaves the
+     decision to rule 1 alone.
+
+  Rule 2 is computed in a cheap first pass over the text columns (no audio is read).
+  Any remaining ``<USER>:``/``<ASSISTANT>:``-style markers (``<SYSTEM>``, ``<HUMAN>``,
+  ``<GPT>``, ``<BOT>`` too) are stripped from the question and the answer.
+* ``spoken_alpaca`` — GSQA/spoken-alpaca-gpt4 (``save_to_disk`` Arrow shards or parquet,
+  train; ``instruction, input, output, speech_input, input_audio, output_audio, …``).
+  The spoken query is ``input_audio``; its transcript ``speech_input`` is the question.
+  When ``speech_input`` is missing or blank, the question falls back to
+  ``instruction`` and ``input`` joined by a space (what the query was synthesised from).
+  The answer is ``[output]``.
+* ``llama_questions`` — fixie-ai/llama-questions (parquet, test; ``question, answer,
+  audio``): ``question`` / ``[answer]`` / ``audio``.
+* ``web_questions`` — fixie-ai/spoken-web-questions (parquet, train/test; ``url,
+  question, answers, audio``): ``question`` / ``answers`` (all references kept, blank
+  ones dropped) / ``audio``.
+
+Common conventions:
+
+* Source layout: ``src`` may be one ``.parquet``/``.arrow`` file, a folder of parquet
+  shards (files named ``<split>-*.parquet`` or under a ``<split>/`` folder, as on the hub),
+  a ``save_to_disk`` Dataset folder (``state.json`` + ``data-*.arrow``) or a
+  ``save_to_disk`` DatasetDict folder (``dataset_dict.json`` + ``<split>/``).  Arrow
+  shards are read with pyarrow's IPC reader over a memory map rather than
+  ``datasets.load_from_disk``: decoding ``Audio`` features through ``datasets`` needs
+  torchcodec, and the raw ``{bytes, path}`` struct is all we need.
+* Rows are numbered globally over the split's shards in order (parquet shards sorted by
+  path; Arrow shards in ``state.json`` order).  Utterance ids are
+  ``<corpus>_<split>_<row index, zero-padded to 6+ digits>``; the speaker is ``<corpus>``
+  because none of these corpora has speaker information (one TTS voice per corpus or
+  none recorded), and every id starts with it as Kaldi sorting requires.
+* Audio columns are Hugging Face ``Audio`` values: a ``{bytes, path}`` struct (bytes may
+  hold WAV/FLAC/OGG/MP3; ``path`` may stand instead of bytes, relative to the shard's
+  folder or ``src``), raw bytes, a path string, or the decoded ``{array,
+  sampling_rate}`` form.  Audio is mixed to mono, resampled to 16 kHz (soxr) and written
+  with :func:`espnet_ext.data.audio.write_wav` (atomic).  ``wav.scp`` holds absolute paths.
+* ``max_utts`` draws a seeded random subset (``random.Random(seed).sample``) of the kept
+  rows before any audio is read; the same corpus, split, filter and seed always give the
+  same ids.  Skipped rows of the subset are not replaced.
+* Bad rows — missing, corrupt, empty or non-finite audio, empty question, empty answer —
+  raise :class:`DataError` naming the corpus, the shard file, the row and the utterance
+  id, unless ``skip_bad_utts`` is set: then each is logged and counted by reason in the
+  :class:`ConversionReport`.  Audio longer than ``max_seconds`` is never an error: it is
+  always skipped and counted (``too_long``).
+* Atomic and idempotent: the Kaldi directory is written in one step at the end
+  (:func:`write_kaldi_dir`), so a failed conversion leaves no (or the previous, complete)
+  directory.  WAVs are written atomically; those written before a failure may remain but
+  are referenced by no Kaldi directory.  Re-running overwrites the same files.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import json
+import logging
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+from espnet_ext.data.audio import TARGET_SR, resample, write_wav
+from espnet_ext.data.kaldi_dir import DataError, Utterance, write_kaldi_dir
+
+logger = logging.getLogger(__name__)
+
+CorpusName = Literal["voiceassistant", "spoken_alpaca", "llama_questions", "web_questions"]
+CORPORA: Tuple[str, ...] = ("voiceassistant", "spoken_alpaca", "llama_questions", "web_questions")
+
+#: reasons a row can be skipped (keys of :attr:`ConversionReport.skipped`)
+SKIP_REASONS: Tuple[str, ...] = (
+    "missing_audio",
+    "corrupt_audio",
+    "empty_audio",
+    "empty_question",
+    "empty_answer",
+    "too_long",
+)
+
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_ID_DIGITS = 6
+_META_BATCH = 8192
+_AUDIO_BATCH = 64
+
+# ``<USER>:``-style dialogue markers (VoiceAssistant-400K writes history into the question)
+_MARKER_RE = re.compile(r"<\s*/?\s*(user|assistant|system|human|gpt|bot)\s*>\s*:?", re.IGNORECASE)
+_USER_MARKER_RE = re.compile(r"<\s*(user|human)\s*>", re.IGNORECASE)
+_REPLY_MARKER_RE = re.compile(r"<\s*(assistant|gpt|bot)\s*>", re.IGNORECASE)
+_LEADING_INT_RE = re.compile(r"^\s*(\d+)")
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion read, kept and wrote.
+
+    ``n_read`` rows were in the split's files; ``n_filtered`` of them were dropped by the
+    corpus rule (VoiceAssistant: not first-turn); ``n_selected`` remained after the
+    ``max_utts`` subset; ``n_written`` were written and ``n_skipped`` skipped, counted by
+    reason in ``skipped``.
+    """
+
+    corpus: str
+    split: str
+    src: str
+    out_dir: str
+    n_read: int = 0
+    n_filtered: int = 0
+    n_selected: int = 0
+    n_written: int = 0
+    n_skipped: int = 0
+    skipped: Dict[str, int] = field(default_factory=dict)
+
+    def add_skip(self, reason: str) -> None:
+        """Count one skipped row under ``reason``."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.n_skipped += 1
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for the log."""
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
+        return (
+            f"{self.corpus}/{self.split}: read {self.n_read} rows, filtered {self.n_filtered}, "
+            f"selected {self.n_selected}, wrote {self.n_written} to {self.out_dir}, "
+            f"skipped {self.n_skipped} ({reasons})"
+        )
+
+
+class _BadRow(Exception):
+    """A row that cannot become an utterance; ``reason`` is one of :data:`SKIP_REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One data file of a split: ``kind`` is ``parquet`` or ``arrow`` (IPC stream/file)."""
+
+    path: Path
+    kind: Literal["parquet", "arrow"]
+    base_dirs: Tuple[Path, ...]  # where relative audio paths are looked up
+
+
+def _arrow_dataset_shards(folder: Path, root: Path) -> List[Shard]:
+    """Shards of one ``save_to_disk`` Dataset folder, in ``state.json`` order."""
+    names: List[str] = []
+    state = folder / "state.json"
+    if state.is_file():
+        try:
+            names = [d["filename"] for d in json.loads(state.read_text())["_data_files"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{state}: not a datasets save_to_disk state file ({e})") from e
+    if not names:
+        names = sorted(p.name for p in folder.glob("*.arrow"))
+    if not names:
+        raise DataError(f"{folder}: no .arrow shards found")
+    shards = []
+    for n in names:
+        p = folder / n
+        if not p.is_file():
+            raise DataError(f"{state}: lists shard {n}, which does not exist")
+        shards.append(Shard(p, "arrow", (folder, root)))
+    return shards
+
+
+def _single_file(src: Path) -> Shard:
+    if src.suffix == ".parquet":
+        return Shard(src, "parquet", (src.parent,))
+    if src.suffix == ".arrow":
+        return Shard(src, "arrow", (src.parent,))
+    raise DataError(f"{src}: expected a .parquet or .arrow file, or a dataset folder")
+
+
+def find_shards(src: str | Path, split: str) -> List[Shard]:
+    """Locate the data files of ``split`` in a local copy of a Hugging Face dataset.
+
+    Accepts one file, a ``save_to_disk`` DatasetDict/Dataset folder, or a folder of parquet
+    shards (``<split>-*.parquet``, ``<split>_*.parquet``, ``<split>.parquet`` or any parquet
+    under a ``<split>/`` folder; hidden folders such as ``.cache`` are ignored).
+    Raises :class:`DataError` naming ``src`` when nothing matches.
+    """
+    src = Path(src)
+    if not src.exists():
+        raise DataError(f"corpus source {src} does not exist")
+    if src.is_file():
+        return [_single_file(src)]
+    if (src / "dataset_dict.json").is_file():
+        try:
+            splits = list(json.loads((src / "dataset_dict.json").read_text())["splits"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{src / 'dataset_dict.json'}: unreadable ({e})") from e
+        if split not in splits:
+            raise DataError(f"{src}: no split {split!r} in this DatasetDict (splits: {splits})")
+        return _arrow_dataset_shards(src / split, src)
+    if (src / "state.json").is_file():
+        saved = json.loads((src / "state.json").read_text()).get("_split")
+        if saved and saved != split:
+            raise DataError(f"{src}: this saved Dataset is split {saved!r}, not {split!r}")
+        return _arrow_dataset_shards(src, src)
+    if (src / split / "state.json").is_file():
+        return _arrow_dataset_shards(src / split, src)
+
+    found = sorted(
+        p
+        for p in src.rglob("*.parquet")
+        if not any(part.startswith(".") for part in p.relative_to(src).parts)
+    )
+    chosen = []
+    for p in found:
+        rel = p.relative_to(src)
+        name = p.name
+        if (
+            split in rel.parts[:-1]
+            or name.startswith((f"{split}-", f"{split}_"))
+            or p.stem == split
+        ):
+            chosen.append(Shard(p, "parquet", (p.parent, src)))
+    if not chosen:
+        sample = [str(p.relative_to(src)) for p in found[:5]]
+        raise DataError(
+            f"{src}: no data files for split {split!r} (parquet files seen: {sample or 'none'}; "
+            "expected <split>-*.parquet, a <split>/ folder, or a save_to_disk folder)"
+        )
+    return chosen
+
+
+def _shard_schema(shard: Shard) -> pa.Schema:
+    if shard.kind == "parquet":
+        return pq.read_schema(shard.path)
+    with pa.memory_map(str(shard.path), "r") as source:
+        return _open_ipc(source)[0]
+
+
+def _open_ipc(source: pa.NativeFile) -> Tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """Open an Arrow IPC stream (what ``save_to_disk`` writes) or IPC file."""
+    try:
+        reader = pa.ipc.open_stream(source)
+        return reader.schema, iter(reader)
+    except pa.ArrowInvalid:
+        source.seek(0)
+        freader = pa.ipc.open_file(source)
+        return freader.schema, (freader.get_batch(i) for i in range(freader.num_record_batches))
+
+
+def _iter_batches(
+    shard: Shard, columns: Sequence[str], wanted: Optional[Sequence[int]], batch_size: int
+) -> Iterator[Tuple[int, pa.RecordBatch]]:
+    """Yield ``(first row offset in the shard, batch)`` restricted to ``columns``.
+
+    With ``wanted`` (sorted local row indices), parquet row groups and Arrow batches that
+    hold none of them are not decoded.
+    """
+
+    def has_wanted(start: int, stop: int) -> bool:
+        if wanted is None:
+            return True
+        i = bisect.bisect_left(wanted, start)
+        return i < len(wanted) and wanted[i] < stop
+
+    if shard.kind == "parquet":
+        pf = pq.ParquetFile(shard.path)
+        try:
+            start = 0
+            for rg in range(pf.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                if n and has_wanted(start, start + n):
+                    offset = start
+                    for batch in pf.iter_batches(
+                        batch_size=batch_size, row_groups=[rg], columns=list(columns)
+                    ):
+                        yield offset, batch
+                        offset += batch.num_rows
+                start += n
+        finally:
+            pf.close()
+        return
+    with pa.memory_map(str(shard.path), "r") as source:
+        _, batches = _open_ipc(source)
+        offset = 0
+        for batch in batches:
+            n = batch.num_rows
+            if n and has_wanted(offset, offset + n):
+                yield offset, batch.select(list(columns))
+            offset += n
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _as_text(value: Any) -> str:
+    """A cell as one stripped string (``None`` → empty)."""
+    if value is None:
+        return ""
+    return " ".join(str(value).split())
+
+
+def strip_markers(text: str) -> str:
+    """Remove ``<USER>:``/``<ASSISTANT>:``-style dialogue markers and squeeze whitespace."""
+    return " ".join(_MARKER_RE.sub(" ", text).split())
+
+
+def has_history(question: Optional[str]) -> bool:
+    """Whether a VoiceAssistant question carries earlier dialogue turns.
+
+    True when it holds an assistant-side marker (``<ASSISTANT>``, ``<GPT>``, ``<BOT>``) or
+    more than one user-side marker (``<USER>``, ``<HUMAN>``).
+    """
+    q = question or ""
+    return bool(_REPLY_MARKER_RE.search(q)) or len(_USER_MARKER_RE.findall(q)) > 1
+
+
+def _round_number(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    m = _LEADING_INT_RE.match(str(value))
+    return int(m.group(1)) if m else None
+
+
+def _answers(value: Any, where: str) -> List[str]:
+    """References from a string or a list of strings; blank references are dropped."""
+    if value is None:
+        items: List[Any] = []
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+    else:
+        items = [value]
+    refs = [_as_text(v) for v in items]
+    refs = [r for r in refs if r]
+    if not refs:
+        raise _BadRow("empty_answer", f"{where}: empty answer")
+    return refs
+
+
+def _question(text: str, where: str) -> str:
+    if not text:
+        raise _BadRow("empty_question", f"{where}: empty question")
+    return text
+
+
+# --------------------------------------------------------------------------- corpora
+
+
+RowTexts = Callable[[Dict[str, Any], str], Tuple[str, List[str]]]
+
+
+@dataclass(frozen=True)
+class _CorpusSpec:
+    """How one corpus maps its columns onto an utterance."""
+
+    audio_column: str
+    required: Tuple[str, ...]  # columns that must exist (besides audio)
+    optional: Tuple[str, ...]  # read when present
+    texts: RowTexts  # row → (question, answers); raises _BadRow
+
+
+def _va_texts(row: Dict[str, Any], where: str) -> Tuple[str, List[str]]:
+    question = _question(strip_markers(_as_text(row.get("question"))), where)
+    answers = [strip_markers(a) for a in _answers(row.get("answer"), where)]
+    answers = [a for a in answers if a]
+    if not answers:
+        raise _BadRow("empty_answer", f"{where}: empty answer")
+    return question, answers
+
+
+def _alpaca_texts(row: Dict[str, Any], where: str) -> Tuple[str, List[str]]:
+    question = _as_text(row.get("speech_input"))
+    if not question:
+        parts = [_as_text(row.get("instruction")), _as_text(row.get("input"))]
+        question = " ".join(p for p in parts if p)
+    return _question(question, where), _answers(row.get("output"), where)
+
+
+def _llama_q_texts(row: Dict[str, Any], where: str) -> Tuple[str, List[str]]:
+    return _question(_as_text(row.get("question")), where), _answers(row.get("answer"), where)
+
+
+def _web_q_texts(row: Dict[str, Any], where: str) -> Tuple[str, List[str]]:
+    return _question(_as_text(row.get("question")), where), _answers(row.get("answers"), where)
+
+
+_SPECS: Dict[str, _CorpusSpec] = {
+    "voiceassistant": _CorpusSpec(
+        "question_audio", ("question", "answer"), ("split_name", "index", "round"), _va_texts
+    ),
+    "spoken_alpaca": _CorpusSpec(
+        "input_audio", ("output",), ("speech_input", "instruction", "input"), _alpaca_texts
+    ),
+    "llama_questions": _CorpusSpec("audio", ("question", "answer"), (), _llama_q_texts),
+    "web_questions": _CorpusSpec("audio", ("question", "answers"), (), _web_q_texts),
+}
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def _read_audio_bytes(data: bytes, where: str) -> Tuple[np.ndarray, int]:
+    try:
+        wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile errors, unknown formats, truncated files
+        raise _BadRow("corrupt_audio", f"{where}: cannot decode audio ({e})") from e
+    return wav, sr
+
+
+def decode_hf_audio(
+    value: Any, base_dirs: Sequence[Path] = (), where: str = ""
+) -> Tuple[np.ndarray, int]:
+    """Decode one Hugging Face ``Audio`` cell into ``(mono float32 samples, sample rate)``.
+
+    ``value`` may be ``{bytes, path}`` (bytes preferred; a relative ``path`` is looked up
+    in ``base_dirs``), ``{array, sampling_rate}``, raw bytes or a path string.
+    Raises :class:`DataError` (message prefixed by ``where``) if it is missing, undecodable,
+    empty or non-finite.
+    """
+    try:
+        return _decode(value, base_dirs, where)
+    except _BadRow as e:
+        raise DataError(e.detail) from e
+
+
+def _decode(value: Any, base_dirs: Sequence[Path], where: str) -> Tuple[np.ndarray, int]:
+    data: Optional[bytes] = None
+    path: Optional[str] = None
+    array: Any = None
+    sr: Any = None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        path = value
+    elif isinstance(value, dict):
+        array, sr = value.get("array"), value.get("sampling_rate")
+        data = value.get("bytes")
+        path = value.get("path")
+    elif value is not None:
+        raise _BadRow("corrupt_audio", f"{where}: unsupported audio value {type(value).__name__}")
+
+    if array is not None:
+        try:
+            wav = np.asarray(array, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise _BadRow("corrupt_audio", f"{where}: audio array is not numeric ({e})") from e
+        if not isinstance(sr, (int, np.integer)) or sr <= 0:
+            raise _BadRow("corrupt_audio", f"{where}: audio array without a valid sampling_rate")
+        if wav.ndim == 1:
+            wav = wav[:, None]
+        elif wav.ndim == 2 and wav.shape[0] <= 8 < wav.shape[1]:
+            wav = wav.T  # (channels, samples), as datasets returns multi-channel audio
+        elif wav.ndim != 2:
+            raise _BadRow("corrupt_audio", f"{where}: audio array has shape {wav.shape}")
+        sr = int(sr)
+    elif data is not None and len(data) > 0:
+        wav, sr = _read_audio_bytes(data, where)
+    elif path:
+        p = Path(path)
+        candidates = [p] if p.is_absolute() else [Path(b) / p for b in base_dirs]
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is None:
+            raise _BadRow(
+                "missing_audio",
+                f"{where}: audio has no bytes and its path {path!r} was not found "
+                f"(looked in {[str(c) for c in candidates]})",
+            )
+        wav, sr = _read_audio_bytes(hit.read_bytes(), where)
+    elif data is not None:
+        raise _BadRow("empty_audio", f"{where}: audio bytes are empty")
+    else:
+        raise _BadRow("missing_audio", f"{where}: no audio")
+
+    if wav.shape[0] == 0 or wav.size == 0:
+        raise _BadRow("empty_audio", f"{where}: audio has no samples")
+    mono = wav.mean(axis=1) if wav.ndim == 2 else wav
+    if not np.isfinite(mono).all():
+        raise _BadRow("corrupt_audio", f"{where}: audio contains NaN/Inf samples")
+    return mono.astype(np.float32, copy=False), int(sr)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _first_turn_rows(shards: Sequence[Shard], corpus: str) -> Tuple[int, List[int]]:
+    """VoiceAssistant first pass (text columns only): total rows and first-turn row indices."""
+    keys: List[Tuple[str, str]] = []
+    rounds: List[Optional[int]] = []
+    history: List[bool] = []
+    for shard in shards:
+        names = set(_shard_schema(shard).names)
+        cols = [c for c in ("split_name", "index", "round", "question") if c in names]
+        for _, batch in _iter_batches(shard, cols, None, _META_BATCH):
+            n = batch.num_rows
+            get = {c: batch.column(c).to_pylist() for c in cols}
+            sn = get.get("split_name", [None] * n)
+            ix = get.get("index", [None] * n)
+            rd = get.get("round", [None] * n)
+            for i in range(n):
+                keys.append((str(sn[i]), str(ix[i])))
+                rounds.append(_round_number(rd[i]))
+                history.append(has_history(get["question"][i]))
+    min_round: Dict[Tuple[str, str], int] = {}
+    for k, r in zip(keys, rounds):
+        if r is not None and (k not in min_round or r < min_round[k]):
+            min_round[k] = r
+    kept = [
+        i
+        for i, (k, r, h) in enumerate(zip(keys, rounds, history))
+        if not h and (r is None or r == min_round[k])
+    ]
+    logger.info("%s: %d of %d rows are first-turn dialogues", corpus, len(kept), len(keys))
+    return len(keys), kept
+
+
+def _count_rows(shards: Sequence[Shard]) -> List[int]:
+    counts = []
+    for shard in shards:
+        if shard.kind == "parquet":
+            counts.append(pq.ParquetFile(shard.path).metadata.num_rows)
+        else:
+            with pa.memory_map(str(shard.path), "r") as source:
+                counts.append(sum(b.num_rows for b in _open_ipc(source)[1]))
+    return counts
+
+
+def convert_corpus(
+    name: CorpusName,
+    src: str | Path,
+    out_dir: str | Path,
+    split: str,
+    wav_dir: str | Path,
+    max_utts: Optional[int] = None,
+    seed: int = 0,
+    skip_bad_utts: bool = False,
+    max_seconds: Optional[float] = None,
+) -> ConversionReport:
+    """Convert ``split`` of corpus ``name`` at ``src`` into a Kaldi dir ``out_dir``.
+
+    Writes ``<wav_dir>/<utt_id>.wav`` (16 kHz, 16-bit PCM) for each kept row, then the
+    Kaldi directory in one atomic step.  ``max_utts`` keeps a seeded random subset of the
+    rows that pass the corpus filter; ``max_seconds`` (``None``: no limit) skips and counts
+    longer audio.  Bad rows raise :class:`DataError` naming the corpus file, row and
+    utterance id, unless ``skip_bad_utts``.  See the module docstring for the per-corpus
+    rules.  Returns a :class:`ConversionReport`.
+    """
+    if name not in _SPECS:
+        raise ValueError(f"unknown corpus {name!r}; choose one of {CORPORA}")
+    if not _SPLIT_RE.match(split):
+        raise ValueError(f"split {split!r}: only [A-Za-z0-9_.-] allowed (it goes into utt ids)")
+    if max_utts is not None and max_utts <= 0:
+        raise ValueError(f"max_utts must be positive, got {max_utts}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    spec = _SPECS[name]
+    src, out_dir, wav_dir = Path(src), Path(out_dir), Path(wav_dir)
+    report = ConversionReport(corpus=name, split=split, src=str(src), out_dir=str(out_dir))
+
+    shards = find_shards(src, split)
+    columns_of: List[List[str]] = []
+    for shard in shards:
+        names = _shard_schema(shard).names
+        missing = [c for c in (*spec.required, spec.audio_column) if c not in names]
+        if missing:
+            raise DataError(
+                f"{name}: {shard.path} lacks column(s) {missing} (columns: {names}); "
+                f"is this a local copy of the {name} corpus?"
+            )
+        wanted_cols = (*spec.required, *spec.optional, spec.audio_column)
+        columns_of.append([c for c in wanted_cols if c in names])
+
+    # pass 1: which rows (global indices) are candidates
+    if name == "voiceassistant":
+        n_read, candidates = _first_turn_rows(shards, name)
+        shard_rows = _count_rows(shards)
+    else:
+        shard_rows = _count_rows(shards)
+        n_read = sum(shard_rows)
+        candidates = list(range(n_read))
+    report.n_read = n_read
+    report.n_filtered = n_read - len(candidates)
+    if max_utts is not None and max_utts < len(candidates):
+        selected = sorted(random.Random(seed).sample(candidates, max_utts))
+    else:
+        selected = candidates
+    report.n_selected = len(selected)
+    logger.info(
+        "%s/%s: %d shard(s), %d rows, %d selected", name, split, len(shards), n_read, len(selected)
+    )
+
+    digits = max(_ID_DIGITS, len(str(max(n_read - 1, 0))))
+    wav_root = wav_dir.resolve()
+    utts: List[Utterance] = []
+    shard_start = 0
+    for shard, n_rows, cols in zip(shards, shard_rows, columns_of):
+        lo = bisect.bisect_left(selected, shard_start)
+        hi = bisect.bisect_left(selected, shard_start + n_rows)
+        local = [g - shard_start for g in selected[lo:hi]]
+        if local:
+            for offset, batch in _iter_batches(shard, cols, local, _AUDIO_BATCH):
+                a = bisect.bisect_left(local, offset)
+                b = bisect.bisect_left(local, offset + batch.num_rows)
+                if a == b:
+                    continue
+                rows = batch.take(pa.array([r - offset for r in local[a:b]])).to_pylist()
+                for local_row, row in zip(local[a:b], rows):
+                    utt_id = f"{name}_{split}_{shard_start + local_row:0{digits}d}"
+                    where = f"{name}: {shard.path} row {local_row} (utterance {utt_id})"
+                    try:
+                        utt = _convert_row(
+                            row, spec, shard, utt_id, name, where, wav_root, max_seconds
+                        )
+                    except _BadRow as e:
+                        if e.reason != "too_long" and not skip_bad_utts:
+                            raise DataError(
+                                f"{e.detail} (pass --skip_bad_utts true to skip bad rows)"
+                            ) from e
+                        logger.warning("skipping %s [%s]", e.detail, e.reason)
+                        report.add_skip(e.reason)
+                        continue
+                    utts.append(utt)
+                    if len(utts) % 1000 == 0:
+                        logger.info("%s/%s: %d utterances written", name, split, len(utts))
+        shard_start += n_rows
+
+    if not utts:
+        raise DataError(f"{name}: no usable utterances for {out_dir} ({report.summary()})")
+    report.n_written = write_kaldi_dir(out_dir, utts)
+    return report
+
+
+def _convert_row(
+    row: Dict[str, Any],
+    spec: _CorpusSpec,
+    shard: Shard,
+    utt_id: str,
+    spk: str,
+    where: str,
+    wav_root: Path,
+    max_seconds: Optional[float],
+) -> Utterance:
+    """Check one row, write its 16 kHz WAV and return its :class:`Utterance`."""
+    question, answers = spec.texts(row, where)
+    wav, sr = _decode(row.get(spec.audio_column), shard.base_dirs, where)
+    seconds = wav.shape[0] / sr
+    if max_seconds is not None and seconds > max_seconds:
+        raise _BadRow("too_long", f"{where}: audio is {seconds:.1f} s > {max_seconds:g} s")
+    if sr != TARGET_SR:
+        wav = resample(wav, sr, TARGET_SR)
+    if wav.shape[0] == 0:
+        raise _BadRow("empty_audio", f"{where}: audio is empty after resampling")
+    path = wav_root / f"{utt_id}.wav"
+    write_wav(path, np.clip(wav, -1.0, 1.0), TARGET_SR)
+    return Utterance(utt_id=utt_id, spk=spk, wav=str(path), text=question, answers=answers)
+
+
+__all__ = [
+    "CORPORA",
+    "CorpusName",
+    "ConversionReport",
+    "SKIP_REASONS",
+    "Shard",
+    "convert_corpus",
+    "decode_hf_audio",
+    "find_shards",
+    "has_history",
+    "strip_markers",
+]
