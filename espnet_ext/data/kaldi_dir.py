@@ -20,7 +20,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from espnet_ext.utils.atomic import atomic_dir
 
@@ -180,3 +180,26 @@ def subset_kaldi_dir(src: str | Path, dst: str | Path, utt_ids: Optional[Iterabl
     keep = None if utt_ids is None else set(utt_ids)
     utts = [u for u in read_kaldi_dir(src) if keep is None or u.utt_id in keep]
     return write_kaldi_dir(dst, utts)
+
+
+def combine_kaldi_dirs(srcs: Iterable[str | Path], dst: str | Path) -> int:
+    """Concatenate data dirs (ids must be unique across them) into ``dst``."""
+    utts: List[Utterance] = []
+    for s in srcs:
+        utts.extend(read_kaldi_dir(s))
+    return write_kaldi_dir(dst, utts)
+
+
+def split_off_kaldi_dir(
+    src: str | Path, keep_dst: str | Path, held_dst: str | Path, n_held: int, seed: int = 0
+) -> Tuple[int, int]:
+    """Move a seeded random ``n_held`` utterances of ``src`` into ``held_dst`` (e.g. a dev set)."""
+    import random
+
+    utts = read_kaldi_dir(src)
+    if not 0 < n_held < len(utts):
+        raise DataError(f"{src}: cannot hold out {n_held} of {len(utts)} utterances")
+    held = set(random.Random(seed).sample([u.utt_id for u in utts], n_held))
+    write_kaldi_dir(held_dst, [u for u in utts if u.utt_id in held])
+    write_kaldi_dir(keep_dst, [u for u in utts if u.utt_id not in held])
+    return len(utts) - n_held, n_held

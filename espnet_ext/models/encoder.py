@@ -153,6 +153,11 @@ class WhisperSpeechEncoder(AbsSpeechEncoder):
             x[i, :, : lengths[i]] = torch.as_tensor(m, device=device, dtype=dtype)[:, : lengths[i]]
         # (Batch, n_mels, T) → (Batch, Dim, ceil(T/2)) by the two convolutions
         h = torch.nn.functional.gelu(enc.conv1(x))
+        # conv1 outputs past an utterance's end are gelu(bias + ...) ≠ 0; zero them so
+        # conv2 (stride 2) sees the same zero padding as when the utterance is alone
+        # (otherwise the last frame of an odd-length utterance depends on the batch)
+        frame_ok = torch.arange(t_max, device=device)[None, :] < lengths[:, None]
+        h = h * frame_ok[:, None, :].to(h.dtype)
         h = torch.nn.functional.gelu(enc.conv2(h)).transpose(1, 2)  # (Batch, T', Dim)
         out_lengths = (lengths + 1) // 2
         t_out = h.shape[1]

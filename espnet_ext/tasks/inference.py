@@ -18,14 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Literal, Optional
 
-import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
-from espnet_ext.data.kaldi_dir import read_table
 from espnet_ext.models.speech_llm import ESPnetSpeechLLM
-from espnet_ext.tasks.collate import PadCollate
+from espnet_ext.tasks.batches import dump_batches, preprocessor_for
 from espnet_ext.tasks.speech_llm import SpeechLLMTask
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
 
@@ -58,7 +56,7 @@ def load_model(
     if model_file is not None:
         model, _ = SpeechLLMTask.build_model_from_file(config, model_file, device)
     else:
-        defaults = SpeechLLMTask.get_default_config()
+        defaults = SpeechLLMTask.default_args()
         with open(config, encoding="utf-8") as f:
             conf = yaml.safe_load(f) or {}
         unknown = sorted(set(conf) - set(defaults))
@@ -79,37 +77,23 @@ def decode_dump_dir(
     max_new_tokens: int = 64,
 ) -> DecodeReport:
     """Decode every utterance of a dump dir and write ``output_dir/hyp`` (``<utt> <answer>``)."""
-    import kaldiio
-
     data_dir = Path(data_dir)
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if dist else 0
     world = torch.distributed.get_world_size() if dist else 1
-    texts = read_table(data_dir / "text")
-    feats = kaldiio.load_scp(str(data_dir / "enc_feats.scp")) if modality == "speech" else None
-    shape = read_table(data_dir / f"llm_len.{modality}")
-    order = sorted(texts, key=lambda u: (int(shape[u]), u))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    tok = model.llm.tokenizer
-    collate = PadCollate()
     device = next(model.parameters()).device
+    batches = list(dump_batches(data_dir, preprocessor_for(model), modality, batch_size,
+                                with_answer=False, device=device))
+    tok = model.llm.tokenizer
     hyps: Dict[str, str] = {}
     n_tokens = 0
     start = time.perf_counter()
-    for batch in tqdm(batches[rank::world], desc=f"decode {data_dir.name} {modality}", unit="batch", disable=rank != 0):
-        samples = []
-        for u in batch:
-            if modality == "speech":
-                samples.append((u, {"enc_feats": np.asarray(feats[u], dtype=np.float32)}))
-            else:
-                ids = tok(texts[u], add_special_tokens=False)["input_ids"]
-                samples.append((u, {"text": np.asarray(ids, dtype=np.int64)}))
-        _, tensors = collate(samples)
-        tensors = {k: v.to(device) for k, v in tensors.items()}
+    for ids, tensors in tqdm(batches[rank::world], desc=f"decode {data_dir.name} {modality}",
+                             unit="batch", disable=rank != 0):
         outs = model.generate(modality, max_new_tokens=max_new_tokens, **tensors)
-        for u, ids in zip(batch, outs):
-            n_tokens += len(ids)
-            hyps[u] = " ".join(tok.decode(ids, skip_special_tokens=True).split())
+        for u, out in zip(ids, outs):
+            n_tokens += len(out)
+            hyps[u] = " ".join(tok.decode(out, skip_special_tokens=True).split())
     seconds = time.perf_counter() - start
     if dist:
         gathered: List[Optional[dict]] = [None] * world

@@ -23,7 +23,7 @@ from typing import Callable, Collection, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from espnet_ext.utils.espnet_compat import AbsTask, Trainer
+from espnet_ext.utils.espnet_compat import AbsTask, Trainer, abs_task_module
 from espnet2.train.class_choices import ClassChoices
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool
@@ -33,11 +33,15 @@ from espnet_ext.models.adaptor import FrameConcatAdaptor
 from espnet_ext.models.encoder import AbsSpeechEncoder, WhisperSpeechEncoder
 from espnet_ext.models.llm import HFCausalLM
 from espnet_ext.models.speech_llm import ESPnetSpeechLLM
+from espnet_ext.optim.schedulers import WarmupCosineLR
 from espnet_ext.tasks.collate import PadCollate
 from espnet_ext.tasks.preprocess import SpeechLLMPreprocessor
 from espnet_ext.utils.conf import build_from_conf, check_conf_keys
 
 logger = logging.getLogger(__name__)
+
+# ESPnet has no plugin registry: its scheduler table is a module-level dict
+abs_task_module.scheduler_classes.setdefault("warmupcosinelr", WarmupCosineLR)
 
 encoder_choices = ClassChoices(
     "encoder", classes=dict(whisper=WhisperSpeechEncoder), type_check=AbsSpeechEncoder,
@@ -70,6 +74,10 @@ class SpeechLLMTask(AbsTask):
             "--init", type=lambda x: None if x in ("none", "None", None) else x, default=None,
             help="kept for ESPnet compatibility; parameters come from the pretrained parts",
         )
+        group.add_argument(
+            "--adaptor_lr", type=float, default=None,
+            help="learning rate of the (randomly initialised) adaptor; default: optim_conf.lr",
+        )
         group = parser.add_argument_group(description="Preprocess related")
         group.add_argument(
             "--use_preprocessor", type=str2bool, default=True,
@@ -77,6 +85,13 @@ class SpeechLLMTask(AbsTask):
         )
         for class_choices in cls.class_choices_list:
             class_choices.add_arguments(group)
+
+    @classmethod
+    def default_args(cls) -> Dict[str, object]:
+        """Every task option with its default (no command line is read, unlike
+        ESPnet's ``get_default_config``, which parses ``sys.argv``)."""
+        args, _ = cls.get_parser().parse_known_args([])
+        return vars(args)
 
     @classmethod
     @typechecked
@@ -153,6 +168,24 @@ class SpeechLLMTask(AbsTask):
             ESPnetSpeechLLM, args.model_conf, "model_conf", encoder=encoder, adaptor=adaptor, llm=llm
         )
         return model
+
+    @classmethod
+    def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module) -> List[torch.optim.Optimizer]:
+        """One optimizer over named groups (adaptor / LLM) with per-group learning rates.
+
+        ESPnet's schedulers multiply each group's own initial lr, so per-group rates survive
+        warm-up and decay (``warmupcosinelr``, ``warmuplr``).
+        """
+        from espnet_ext.optim.groups import adaptor_llm_groups, log_groups
+
+        optim_class = abs_task_module.optim_classes.get(args.optim)
+        if optim_class is None:
+            raise ValueError(f"--optim must be one of {list(abs_task_module.optim_classes)}: {args.optim}")
+        conf = dict(args.optim_conf)
+        lr = conf.pop("lr", 1e-3)
+        groups = adaptor_llm_groups(model, lr, getattr(args, "adaptor_lr", None))
+        log_groups(groups)
+        return [optim_class([g.as_dict() for g in groups], lr=lr, **conf)]
 
     @classmethod
     def build_model_from_file(

@@ -1,0 +1,19 @@
+# speechimp: the two commands of the README, plus helpers.
+#   make demo   # install (once) + the whole recipe on the built-in offline demo
+#   make test   # install (once) + the test suite
+.PHONY: install demo test clean-demo
+
+VENV ?= tools/venv
+PY := $(VENV)/bin/python
+
+install:
+	SPEECHIMP_VENV=$(abspath $(VENV)) tools/install.sh
+
+demo: install
+	cd egs2/speechimp && ./run.sh
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	cd egs2/speechimp && rm -rf data dump exp

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# speechimp recipe: why speech fine-tuning erodes an LLM's text abilities, and how to stop it.
+# (Wang, Zheng, Ai, Ling: "Understanding Textual Capability Degradation in Speech LLMs via
+# Parameter Importance Analysis"; LLaMA-Omni stage-1 training on ESPnet.)
+#
+#   ./run.sh                                   # stages 1-6 on the built-in offline demo
+#   ./run.sh --stage 3 --stop_stage 6          # importance → train → decode → score
+#   ./run.sh --model_preset conf/model/llama32_1b_whisper_large_v3.yaml --data_source real --ngpu 1
+#
+# Stages (each one idempotent; logs under exp/):
+#   1 data        local/data.sh                     -> data/<set>/ (Kaldi style)
+#   2 pretrained  preset sources -> HF folders; frozen-encoder outputs cached
+#                                                   -> exp/pretrained/, dump/<set>/
+#   3 importance  base-LLM importance (eq. 2) + deactivation check (Table 1)
+#                                                   -> exp/importance/base/
+#   4 train       one ESPnet run per conf/train_*.yaml in --train_configs
+#                                                   -> exp/<tag>/
+#   5 decode      T2T for No-FT; T2T + S2T for every trained system
+#                                                   -> exp/<tag>/decode_<set>_<modality>/
+#   6 score       QA accuracy (has_answer, contain), RESULTS.md
+#                                                   -> exp/results/, RESULTS.md
+set -euo pipefail
+
+# ---- options (every one can be given as --name value) ------------------------------------
+stage=1                  # first stage to run
+stop_stage=6             # last stage to run
+data_source=demo         # demo: built-in spoken QA world; real: corpora named in db.sh
+demo_max_utts=           # demo: cap utterances per set (smoke tests); empty = all
+model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained models (conf/model/)
+train_configs="conf/train_full.yaml"  # space-separated; tag = file name minus train_ and .yaml
+decode_config=conf/decode.yaml        # batch size, max_new_tokens, model checkpoint to use
+importance_config=conf/importance.yaml # importance scoring options (stage 3)
+train_set=train          # training data dir under data/
+valid_set=dev            # validation data dir under data/
+test_sets="test_llamaq test_webq"     # decoded and scored sets
+ngpu=0                   # GPUs per training job (0 = CPU)
+nproc=1                  # processes per training job; > 1 runs torchrun (gloo on CPU)
+skip_bad_utts=false      # skip (and count) unreadable/invalid utterances instead of failing
+long_audio=truncate      # audio longer than the encoder window: truncate | reject
+train_args=""            # extra options for espnet_ext.bin.speechllm_train
+decode_args=""           # extra options for espnet_ext.bin.speechllm_inference
+datadir=data             # Kaldi-style data dirs
+dumpdir=dump             # cached encoder outputs + shape files
+expdir=exp               # experiments
+results_md=RESULTS.md    # generated results file (stage 6)
+
+help_message=$(sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//')
+run_args="$*"            # the command line, recorded in RESULTS.md and exp/run.sh.cmd
+. ./path.sh
+. ./cmd.sh
+. utils/log.sh
+. utils/parse_options.sh
+
+mkdir -p "$expdir"
+stage_times=$expdir/stage_times.tsv
+# a re-runnable record of how this experiment was produced
+printf '%s\n' "cd $(pwd) && $0 $run_args" >>"$expdir/run.sh.cmd"
+
+tag_of() { local b; b=$(basename "$1" .yaml); echo "${b#train_}"; }
+all_sets() { echo "$train_set $valid_set $test_sets"; }
+
+# ---- stage 1: data --------------------------------------------------------------------------
+stage1() {
+  stage_header 1 "local/data.sh ($data_source) -> $datadir/{$(all_sets | tr ' ' ,)}"
+  local opts=(--data_source "$data_source" --datadir "$datadir" --skip_bad_utts "$skip_bad_utts")
+  [ -n "$demo_max_utts" ] && opts+=(--max_utts_per_set "$demo_max_utts")
+  ${train_cmd} "$expdir/log/data.log" local/data.sh "${opts[@]}"
+}
+
+# ---- stage 2: pretrained models + frozen-encoder cache --------------------------------------
+stage2() {
+  stage_header 2 "$model_preset -> $expdir/pretrained; $datadir/<set> -> $dumpdir/<set>"
+  local llm whisper
+  llm=$(python -m espnet_ext.bin.compose_config --preset "$model_preset" --get pretrained.llm)
+  whisper=$(python -m espnet_ext.bin.compose_config --preset "$model_preset" --get pretrained.whisper)
+  ${train_cmd} "$expdir/log/prepare_pretrained.log" python -m espnet_ext.bin.prepare_pretrained \
+    --llm "$llm" --encoder "$whisper" --out_dir "$expdir/pretrained"
+  # the base model (No-FT system, stage-3 importance) as a task config
+  python -m espnet_ext.bin.compose_config --preset "$model_preset" --out "$expdir/pretrained/model.yaml" \
+    --pretrained_dir "$expdir/pretrained"
+  local k
+  k=$(python -m espnet_ext.bin.compose_config --preset "$model_preset" --get adaptor_conf.downsample_rate)
+  for s in $(all_sets); do
+    ${train_cmd} "$expdir/log/dump_$s.log" python -m espnet_ext.bin.dump_features \
+      --whisper "$expdir/pretrained/whisper" --llm "$expdir/pretrained/llm" \
+      --data_dir "$datadir/$s" --out_dir "$dumpdir/$s" --downsample_rate "$k" \
+      --long_audio "$long_audio" --skip_bad_utts "$skip_bad_utts"
+  done
+}
+
+# ---- stage 3: importance of the base LLM (eq. 2) and its validation (Table 1) --------------
+stage3() {
+  stage_header 3 "$dumpdir/$train_set (text) -> $expdir/importance/base"
+  ${train_cmd} "$expdir/importance/base/score.log" python -m espnet_ext.bin.importance_score \
+    --config "$importance_config" --model_config "$expdir/pretrained/model.yaml" --data_dir "$dumpdir/$train_set" \
+    --eval_dir "$dumpdir/$valid_set" --output_dir "$expdir/importance/base"
+}
+
+# ---- stage 4: stage-1 training, one run per training config --------------------------------
+stage4() {
+  for conf in $train_configs; do
+    local tag; tag=$(tag_of "$conf")
+    local dir=$expdir/$tag
+    stage_header 4 "$conf + $model_preset -> $dir"
+    mkdir -p "$dir"
+    python -m espnet_ext.bin.compose_config --preset "$model_preset" --train_config "$conf" \
+      --out "$dir/train.yaml" --pretrained_dir "$expdir/pretrained"
+    local data=()
+    for part in "enc_feats.scp,enc_feats,kaldi_ark" "text,text,text" "answer,answer,text"; do
+      data+=(--train_data_path_and_name_and_type "$dumpdir/$train_set/$part"
+             --valid_data_path_and_name_and_type "$dumpdir/$valid_set/$part")
+    done
+    local launcher=(python -m espnet_ext.bin.speechllm_train)
+    if [ "$nproc" -gt 1 ]; then
+      launcher=(torchrun --standalone --nproc_per_node "$nproc" -m espnet_ext.bin.speechllm_train
+                --multiprocessing_distributed false --dist_backend "$([ "$ngpu" -gt 0 ] && echo nccl || echo gloo)")
+    fi
+    local cmd=("${launcher[@]}" --config "$dir/train.yaml" --output_dir "$dir" --ngpu "$ngpu"
+               --resume true "${data[@]}"
+               --train_shape_file "$dumpdir/$train_set/llm_len.speech"
+               --valid_shape_file "$dumpdir/$valid_set/llm_len.speech")
+    # shellcheck disable=SC2206
+    cmd+=($train_args)
+    printf '%q ' "${cmd[@]}" >"$dir/train.sh.cmd"; echo >>"$dir/train.sh.cmd"
+    ${cuda_cmd} --gpu "$ngpu" "$dir/train.log" "${cmd[@]}"
+  done
+}
+
+# ---- stage 5: decoding (No-FT: text only; trained systems: text and speech) -----------------
+decode_system() {  # decode_system TAG MODALITIES CONFIG [MODEL_FILE]
+  local tag=$1 modalities=$2 config=$3 model_file=${4:-}
+  local bs mnt
+  bs=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get batch_size)
+  mnt=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get max_new_tokens)
+  for m in $modalities; do
+    local io=()
+    for s in $test_sets; do io+=(--data_dir "$dumpdir/$s" --output_dir "$expdir/$tag/decode_${s}_$m"); done
+    local model=(); [ -n "$model_file" ] && model=(--model_file "$model_file")
+    # shellcheck disable=SC2086
+    ${decode_cmd} "$expdir/$tag/decode_$m.log" python -m espnet_ext.bin.speechllm_inference \
+      --config "$config" "${model[@]}" --modality "$m" --batch_size "$bs" --max_new_tokens "$mnt" \
+      "${io[@]}" $decode_args
+  done
+}
+stage5() {
+  stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_text"
+  mkdir -p "$expdir/noft"
+  decode_system noft text "$expdir/pretrained/model.yaml"
+  local ckpt
+  ckpt=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get inference_model)
+  for conf in $train_configs; do
+    local tag; tag=$(tag_of "$conf")
+    stage_header 5 "$expdir/$tag/$ckpt -> $expdir/$tag/decode_*_{text,speech}"
+    decode_system "$tag" "text speech" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
+  done
+}
+
+# ---- stage 6: scoring and RESULTS.md --------------------------------------------------------
+stage6() {
+  local systems="noft" conf
+  for conf in $train_configs; do systems+=" $(tag_of "$conf")"; done
+  stage_header 6 "$expdir/{$(echo "$systems" | tr ' ' ,)}/decode_* -> $results_md"
+  local args=()
+  for tag in $systems; do
+    for d in "$expdir/$tag"/decode_*; do
+      [ -f "$d/hyp" ] || continue
+      local s; s=$(basename "$d"); s=${s#decode_}; s=${s%_*}
+      args+=(--decode_dir "$d" --ref_dir "$dumpdir/$s")
+    done
+  done
+  ${train_cmd} "$expdir/log/score.log" python -m espnet_ext.bin.score_qa "${args[@]}"
+  python -m espnet_ext.bin.make_results --exp_dir "$expdir" --systems "$systems" \
+    --stage_times "$stage_times" --out_md "$results_md" \
+    --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \
+    --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --meta "command=./run.sh $run_args" --meta "model_preset=$model_preset"
+  log "wrote $results_md"
+}
+
+for n in 1 2 3 4 5 6; do
+  if [ "$stage" -le "$n" ] && [ "$stop_stage" -ge "$n" ]; then
+    time_stage "$stage_times" "$n" "stage$n"
+  fi
+done
+log "Successfully finished stages $stage-$stop_stage."

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Merge a model preset and a training config into one validated ESPnet config (stage 4).
+
+Usage:
+    python -m espnet_ext.bin.compose_config --preset conf/model/smollm2_135m_whisper_tiny.yaml \\
+        --train_config conf/train_full.yaml --out exp/full/train.yaml
+    # the pretrained base model alone (No-FT, stage-3 importance)
+    python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --out exp/pretrained/model.yaml
+    # print one value of a preset (used by run.sh for the stage-2 sources)
+    python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --get pretrained.llm
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", required=True, help="conf/model/*.yaml")
+    p.add_argument("--train_config", default=None, help="conf/train_*.yaml")
+    p.add_argument("--out", default=None, help="composed config to write")
+    p.add_argument("--pretrained_dir", default=None,
+                   help="stage-2 output dir replacing exp/pretrained in model paths")
+    p.add_argument("--get", default=None, help="print a dotted key of the preset and exit")
+    return p
+
+
+def main(cmd: Optional[Sequence[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    from espnet_ext.utils.config import compose_train_config, load_yaml
+
+    if args.get:
+        value = load_yaml(args.preset)
+        for part in args.get.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise SystemExit(f"{args.preset}: no key {args.get}")
+            value = value[part]
+        print(value)
+        return
+    if not args.out:
+        raise SystemExit("--out is required unless --get is given")
+    try:
+        compose_train_config(args.preset, args.train_config, args.out, args.pretrained_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"compose_config: {e}") from e
+
+
+if __name__ == "__main__":
+    main()

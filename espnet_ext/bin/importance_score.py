@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Parameter importance (eq. 2) of a model + deactivation check (Table 1); stages 3 and 6.
+
+Usage:
+    # the base LLM (stage 3)
+    python -m espnet_ext.bin.importance_score --config conf/importance.yaml \\
+        --model_config exp/pretrained/model.yaml --data_dir dump/train --eval_dir dump/dev \\
+        --output_dir exp/importance/base
+    # a trained system (stage 6)
+    python -m espnet_ext.bin.importance_score --config conf/importance.yaml \\
+        --model_config exp/full/config.yaml --model_file exp/full/valid.loss.best.pth \\
+        --data_dir dump/train --output_dir exp/importance/full
+
+Writes ``scores.safetensors``, ``summary.json`` and, with ``--eval_dir``, ``table1.{json,md}``.
+A finished report is not redone unless ``--overwrite true``.  Under ``torchrun`` every
+rank scores a share of the batches and the gradient sums are all-reduced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="conf/importance.yaml")
+    p.add_argument("--model_config", required=True, help="model YAML (exp/pretrained/model.yaml or exp config.yaml)")
+    p.add_argument("--model_file", default=None, help="checkpoint; omit for the pretrained base model")
+    p.add_argument("--data_dir", required=True, help="dump dir the scoring subset is drawn from")
+    p.add_argument("--eval_dir", default=None, help="held-out dump dir for the Table-1 perplexities")
+    p.add_argument("--output_dir", required=True, help="report dir")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--overwrite", choices=["true", "false"], default="false", help="redo a finished report")
+    return p
+
+
+def main(cmd: Optional[Sequence[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    import torch
+
+    from espnet_ext.importance.job import load_importance_config, run_importance
+    from espnet_ext.tasks.inference import load_model
+
+    if (Path(args.output_dir) / "summary.json").exists() and args.overwrite == "false":
+        logging.info("%s already scored; skipping (--overwrite true to redo)", args.output_dir)
+        return
+    scoring, deactivation = load_importance_config(args.config)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.distributed.init_process_group(backend="gloo" if args.device == "cpu" else "nccl")
+    model = load_model(args.model_config, args.model_file, args.device)
+    run_importance(
+        model, args.data_dir, args.output_dir, scoring, deactivation if args.eval_dir else None,
+        args.eval_dir, provenance={"model_config": args.model_config, "model_file": args.model_file},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Collect every score into ``exp/results/summary.json`` and render ``RESULTS.md`` (stage 6).
+
+Usage:
+    python -m espnet_ext.bin.make_results --exp_dir exp --systems "noft full layerlr lora" \\
+        --stage_times exp/stage_times.tsv --out_md RESULTS.md [--meta key=value ...]
+    # regenerate RESULTS.md from a committed summary (no exp/ needed)
+    python -m espnet_ext.bin.make_results --from_summary exp/results/summary.json --out_md RESULTS.md
+
+RESULTS.md is a pure function of summary.json, so the committed pair can be checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp_dir", default="exp", help="experiment root")
+    p.add_argument("--systems", default="", help="space-separated system tags in table order")
+    p.add_argument("--stage_times", default=None, help="TSV of <stage>\\t<seconds> (run.sh writes it)")
+    p.add_argument("--summary", default=None, help="where to write summary.json (default exp_dir/results)")
+    p.add_argument("--from_summary", default=None, help="render from this summary.json only")
+    p.add_argument("--out_md", required=True, help="RESULTS.md to write")
+    p.add_argument("--meta", action="append", default=[], help="key=value lines for the header")
+    return p
+
+
+def main(cmd: Optional[Sequence[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    from espnet_ext.eval.results import collect_summary, render_results_md
+    from espnet_ext.utils.atomic import atomic_write_text
+
+    if args.from_summary:
+        summary = json.loads(Path(args.from_summary).read_text())
+    else:
+        summary = collect_summary(args.exp_dir, args.systems.split())
+        summary["meta"] = dict(kv.split("=", 1) for kv in args.meta)
+        if args.stage_times and Path(args.stage_times).exists():
+            rows = [ln.split("\t") for ln in Path(args.stage_times).read_text().splitlines() if ln.strip()]
+            summary["stage_times"] = {f"stage {s}": float(t) for s, t in rows}
+        out = Path(args.summary or Path(args.exp_dir) / "results" / "summary.json")
+        atomic_write_text(out, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+        logging.info("wrote %s", out)
+    atomic_write_text(args.out_md, render_results_md(summary))
+    logging.info("wrote %s", args.out_md)
+
+
+if __name__ == "__main__":
+    main()

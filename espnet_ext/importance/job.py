@@ -1,0 +1,106 @@
+"""The importance job behind ``espnet_ext.bin.importance_score`` (stages 3 and 6).
+
+Scores a model (the pretrained base LLM, or a trained exp dir's checkpoint) on a fixed
+subset of a dump dir, writes the report, and runs the Table-1 deactivation check on a
+held-out dump dir.  The subset is chosen by seed from the utterance ids, so the base model
+and every fine-tuned model are scored on exactly the same utterances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from espnet_ext.importance.deactivate import deactivation_table, render_table1
+from espnet_ext.importance.params import select_parameters
+from espnet_ext.importance.report import write_report
+from espnet_ext.importance.scoring import ImportanceConfig, score_importance
+from espnet_ext.tasks.batches import dump_batches, preprocessor_for, subset_ids
+from espnet_ext.utils.atomic import atomic_write_text
+from espnet_ext.utils.config import load_yaml
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DeactivationConfig:
+    """Table-1 options (defaults: the paper's 3 %)."""
+
+    fraction: float = 0.03
+    scope: str = "global"
+    modalities: tuple = ("text",)
+    num_utts: Optional[int] = 64
+    batch_size: int = 8
+    seed: int = 0
+
+
+def load_importance_config(path: str | Path) -> tuple[ImportanceConfig, DeactivationConfig]:
+    """Parse ``conf/importance.yaml``; unknown keys error with the file and key."""
+    raw = load_yaml(path)
+    unknown = sorted(set(raw) - {"scoring", "deactivation"})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {unknown} (expected scoring, deactivation)")
+    out = []
+    for section, cls in (("scoring", ImportanceConfig), ("deactivation", DeactivationConfig)):
+        conf = raw.get(section) or {}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(conf) - fields)
+        if bad:
+            raise ValueError(f"{path}: unknown key(s) {bad} in '{section}' (valid: {sorted(fields)})")
+        for k in ("groups", "modalities"):
+            if k in conf:
+                conf[k] = tuple(conf[k])
+        out.append(cls(**conf))
+    return out[0], out[1]
+
+
+def run_importance(
+    model, data_dir: str | Path, output_dir: str | Path, config: ImportanceConfig,
+    deactivation: Optional[DeactivationConfig] = None, eval_dir: Optional[str | Path] = None,
+    provenance: Optional[Dict[str, Any]] = None,
+) -> dict:
+    """Score, write the report, and (optionally) the Table-1 deactivation check."""
+    output_dir = Path(output_dir)
+    pre = preprocessor_for(model)
+    device = next(model.parameters()).device
+    ids = subset_ids(data_dir, config.subset_fraction, config.num_utts, config.seed)
+    t0 = time.perf_counter()
+    batches = [b for _, b in dump_batches(data_dir, pre, config.modality, config.batch_size, ids, device=device)]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        batches = batches[rank::world]  # gradient sums are all-reduced in score_importance
+    result = score_importance(model, batches, config)
+    seconds = time.perf_counter() - t0
+    meta = {
+        "config": dataclasses.asdict(config), "data_dir": str(data_dir), "n_utts": result.n_utts,
+        "n_batches": result.n_batches, "mean_loss": result.mean_loss, "seconds": round(seconds, 2),
+        **(provenance or {}),
+    }
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    summary = write_report(output_dir, result.scores, meta, dtype=config.score_dtype) if rank0 else {}
+    if not rank0:
+        return summary
+    logger.info("importance of %d utts in %.1f s; layer sums %s", result.n_utts, seconds,
+                ", ".join(f"{x:.3g}" for x in summary["layer_sums"]))
+    if deactivation is not None and eval_dir is not None:
+        eval_ids = subset_ids(eval_dir, 1.0, deactivation.num_utts, deactivation.seed)
+        eval_batches = {
+            m: [b for _, b in dump_batches(eval_dir, pre, m, deactivation.batch_size, eval_ids, device=device)]
+            for m in deactivation.modalities
+        }
+        params = select_parameters(model, config.groups)
+        table = deactivation_table(model, params, result.scores, eval_batches,
+                                   deactivation.fraction, deactivation.scope, deactivation.seed)
+        payload = {"table": table, "fraction": deactivation.fraction, "scope": deactivation.scope,
+                   "eval_dir": str(eval_dir), "n_utts": len(eval_ids)}
+        atomic_write_text(output_dir / "table1.json", json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(output_dir / "table1.md", render_table1(table, deactivation.fraction, deactivation.scope))
+        summary["table1"] = payload
+        logger.info("Table 1:\n%s", render_table1(table, deactivation.fraction, deactivation.scope))
+    return summary

@@ -1,0 +1,117 @@
+"""Importance reports: per-parameter scores (safetensors) + a JSON summary.
+
+``<dir>/scores.safetensors``  canonical parameter name → score tensor (fp32 or fp16)
+``<dir>/summary.json``        per-layer sums (I_layer of eq. 3), per-module-type sums,
+                              global and per-matrix quantile thresholds, provenance
+
+Both files are written atomically.  :func:`load_report` checks that the report matches
+a model (same parameter names and shapes) and names the first mismatch otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from espnet_ext.importance.params import MODULE_TYPES, num_layers, split_name
+from espnet_ext.importance.threshold import threshold_for_fraction
+from espnet_ext.utils.atomic import atomic_open, atomic_write_text
+
+SCORES_FILE = "scores.safetensors"
+SUMMARY_FILE = "summary.json"
+QUANTILES = (0.01, 0.03, 0.05)
+
+
+def layer_sums(scores: Dict[str, torch.Tensor]) -> List[float]:
+    """I_layer(i) = Σ of the importance of every parameter in layer i (eq. 3)."""
+    sums = [0.0] * num_layers(scores)
+    for name, s in scores.items():
+        layer, _ = split_name(name)
+        if layer is not None:
+            sums[layer] += float(s.double().sum())
+    return sums
+
+
+def module_type_sums(scores: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """Σ importance per projection type (q, k, v, o, gate, up, down)."""
+    out = {t: 0.0 for t in MODULE_TYPES}
+    for name, s in scores.items():
+        _, mtype = split_name(name)
+        if mtype is not None:
+            out[mtype] += float(s.double().sum())
+    return out
+
+
+def summarize(scores: Dict[str, torch.Tensor], meta: Optional[dict] = None) -> dict:
+    """The JSON summary of a report (see module docstring)."""
+    tensors = list(scores.values())
+    thresholds = {
+        f"top_{q:g}": threshold_for_fraction(tensors, q, "top") for q in QUANTILES
+    } | {f"bottom_{q:g}": threshold_for_fraction(tensors, q, "bottom") for q in QUANTILES}
+    per_matrix = {
+        name: {f"top_{q:g}": threshold_for_fraction([s], q, "top") for q in QUANTILES}
+        for name, s in scores.items() if s.dim() == 2
+    }
+    return {
+        "num_parameters": int(sum(t.numel() for t in tensors)),
+        "total": float(sum(float(t.double().sum()) for t in tensors)),
+        "layer_sums": layer_sums(scores),
+        "module_type_sums": module_type_sums(scores),
+        "thresholds_global": thresholds,
+        "thresholds_per_matrix": per_matrix,
+        "shapes": {n: list(t.shape) for n, t in scores.items()},
+        "meta": meta or {},
+    }
+
+
+def write_report(
+    out_dir: str | Path, scores: Dict[str, torch.Tensor], meta: Optional[dict] = None,
+    dtype: str = "float32",
+) -> dict:
+    """Write ``scores.safetensors`` and ``summary.json`` atomically; returns the summary."""
+    from safetensors.torch import save
+
+    out_dir = Path(out_dir)
+    cast = {n: t.detach().to(getattr(torch, dtype)).contiguous() for n, t in scores.items()}
+    with atomic_open(out_dir / SCORES_FILE, "wb") as f:
+        f.write(save(cast, metadata={"dtype": dtype}))
+    summary = summarize(scores, meta)
+    atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def load_summary(report_dir: str | Path) -> dict:
+    p = Path(report_dir) / SUMMARY_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no importance report at {report_dir} ({SUMMARY_FILE} missing)")
+    return json.loads(p.read_text())
+
+
+def load_scores(
+    report_dir: str | Path, expected_shapes: Optional[Dict[str, torch.Size]] = None
+) -> Dict[str, torch.Tensor]:
+    """Load scores (as fp32); with ``expected_shapes`` check they match the model."""
+    from safetensors.torch import load_file
+
+    p = Path(report_dir) / SCORES_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"no importance scores at {p}")
+    scores = {n: t.float() for n, t in load_file(str(p)).items()}
+    if expected_shapes is not None:
+        missing = sorted(set(expected_shapes) - set(scores))
+        extra = sorted(set(scores) - set(expected_shapes))
+        if missing or extra:
+            raise ValueError(
+                f"importance report {report_dir} does not match the model: "
+                f"missing {missing[:3]}, unexpected {extra[:3]}"
+            )
+        for n, shape in expected_shapes.items():
+            if tuple(scores[n].shape) != tuple(shape):
+                raise ValueError(
+                    f"importance report {report_dir}: {n} has shape {tuple(scores[n].shape)}, "
+                    f"the model's is {tuple(shape)}"
+                )
+    return scores

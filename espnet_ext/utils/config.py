@@ -1,0 +1,74 @@
+"""Compose a training config from a model preset and a training recipe config.
+
+A *model preset* (``conf/model/*.yaml``) says which pretrained models to use and how the
+parts are shaped: the ``pretrained`` sources materialised by stage 2 plus the task's
+``encoder*``/``adaptor*``/``llm*`` options.  A *training config* (``conf/train_*.yaml``)
+says how to train (optimizer, scheduler, epochs, batching, mitigation).  Stage 4 merges
+the two (training config wins; ``*_conf`` dicts merge key by key) into
+``exp/<tag>/train.yaml`` and validates every key against the task's options, so an
+unknown key is reported with the file it came from before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+from espnet_ext.utils.atomic import atomic_write_text
+
+PRESET_ONLY_KEYS = ("pretrained",)
+
+
+def load_yaml(path: str | Path) -> Dict[str, Any]:
+    """A YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def merge_configs(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    """``override`` wins; dict values (the ``*_conf`` options) merge one level deep."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def compose_train_config(
+    preset: str | Path, train_config: Optional[str | Path], out: str | Path,
+    pretrained_dir: Optional[str | Path] = None,
+) -> Dict[str, Any]:
+    """Merge ``preset`` and ``train_config`` into ``out`` after validating every key.
+
+    Without ``train_config`` the output describes the pretrained base model alone
+    (``exp/pretrained/model.yaml``: the No-FT system and the stage-3 importance model).
+    ``pretrained_dir`` (stage 2's output) replaces the preset's ``exp/pretrained`` in
+    ``llm_conf``/``encoder_conf.model_name_or_path``, for recipes run with another ``--expdir``.
+    """
+    from espnet_ext.tasks.speech_llm import SpeechLLMTask
+
+    valid = set(SpeechLLMTask.default_args())
+    p = load_yaml(preset)
+    t = load_yaml(train_config) if train_config is not None else {}
+    for path, conf, extra in ((preset, p, PRESET_ONLY_KEYS), (train_config, t, ())):
+        unknown = sorted(set(conf) - valid - set(extra))
+        if unknown:
+            raise ValueError(f"{path}: unknown config key(s) {unknown}")
+    merged = merge_configs({k: v for k, v in p.items() if k not in PRESET_ONLY_KEYS}, t)
+    if pretrained_dir is not None:
+        for key, sub in (("llm_conf", "llm"), ("encoder_conf", "whisper")):
+            if isinstance(merged.get(key), dict) and "model_name_or_path" in merged[key]:
+                merged[key] = {**merged[key], "model_name_or_path": str(Path(pretrained_dir) / sub)}
+    sources = f"{preset} + {train_config}" if train_config is not None else str(preset)
+    header = f"# composed from {sources} by espnet_ext.bin.compose_config\n"
+    atomic_write_text(out, header + yaml.safe_dump(merged, sort_keys=False))
+    return merged

@@ -1,0 +1,111 @@
+"""Tests of espnet_ext.data.tts (espeak-ng through the espeakng-loader wheel)."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("espeakng_loader")
+
+from espnet_ext.data.tts import DEMO_VOICES, EspeakTTS, Voice, synthesize_16k  # noqa: E402
+
+SENTENCE = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def tts() -> EspeakTTS:
+    return EspeakTTS()
+
+
+@pytest.fixture(scope="module")
+def demo_audio(tts: EspeakTTS) -> dict:
+    return {v: tts.synthesize(SENTENCE, v) for v in DEMO_VOICES}
+
+
+def test_voice_tag_and_validation() -> None:
+    assert Voice("en-us").tag == "enus175p50"
+    assert Voice("en-gb-x-rp", 150, 60).tag == "engbxrp150p60"
+    with pytest.raises(ValueError, match="rate"):
+        Voice("en", rate=20)
+    with pytest.raises(ValueError, match="pitch"):
+        Voice("en", pitch=101)
+    with pytest.raises(ValueError, match="voice name"):
+        Voice("en us")
+
+
+def test_demo_voices_are_distinct() -> None:
+    assert len(DEMO_VOICES) >= 6
+    assert len(set(DEMO_VOICES)) == len(DEMO_VOICES)
+    assert len({v.tag for v in DEMO_VOICES}) == len(DEMO_VOICES)
+
+
+def test_each_demo_voice_speaks(tts: EspeakTTS, demo_audio: dict) -> None:
+    assert tts.sample_rate == 22050
+    for voice, wav in demo_audio.items():
+        seconds = wav.shape[0] / tts.sample_rate
+        assert wav.dtype == np.float32 and wav.ndim == 1, voice
+        assert 0.8 < seconds < 4.0, (voice, seconds)
+        assert np.isfinite(wav).all() and np.abs(wav).max() <= 1.0, voice
+        assert np.abs(wav).max() > 0.1 and np.sqrt(np.mean(wav**2)) > 0.01, voice
+
+
+def test_voices_differ(demo_audio: dict) -> None:
+    for (va, a), (vb, b) in itertools.combinations(demo_audio.items(), 2):
+        same = a.shape == b.shape and np.allclose(a, b, atol=1e-3)
+        assert not same, (va, vb)
+
+
+def test_shared_engine_is_thread_safe(tts: EspeakTTS, demo_audio: dict) -> None:
+    assert EspeakTTS().sample_rate == tts.sample_rate
+    results: dict = {}
+
+    def worker(i: int) -> None:
+        results[i] = tts.synthesize(SENTENCE, DEMO_VOICES[i % 2])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 6
+    for i, wav in results.items():  # pitch flutter shifts lengths by a few samples only
+        ref = demo_audio[DEMO_VOICES[i % 2]]
+        assert abs(wav.shape[0] - ref.shape[0]) < 0.01 * ref.shape[0], i
+
+
+_REPRO = """
+import hashlib
+from espnet_ext.data.tts import DEMO_VOICES, EspeakTTS
+tts = EspeakTTS()
+h = hashlib.sha256()
+for v in DEMO_VOICES[:3]:
+    h.update(tts.synthesize("Hello there, how are you?", v).tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_fixed_call_sequence_is_reproducible() -> None:
+    runs = [subprocess.run([sys.executable, "-c", _REPRO], check=True, capture_output=True, text=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0].strip()) == 64
+
+
+def test_errors(tts: EspeakTTS) -> None:
+    for text in ("", "   \n"):
+        with pytest.raises(ValueError, match="empty"):
+            tts.synthesize(text, DEMO_VOICES[0])
+    with pytest.raises(ValueError, match="no-such-voice"):
+        tts.synthesize("hello", Voice("no-such-voice"))
+    assert tts.synthesize("hello", DEMO_VOICES[0]).size > 0  # still usable afterwards
+
+
+def test_synthesize_16k(tts: EspeakTTS, demo_audio: dict) -> None:
+    voice = DEMO_VOICES[0]
+    wav16 = synthesize_16k(tts, SENTENCE, voice)
+    expected = demo_audio[voice].shape[0] * 16000 / tts.sample_rate
+    assert wav16.dtype == np.float32 and abs(wav16.shape[0] - expected) <= 2
