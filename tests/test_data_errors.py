@@ -1,0 +1,370 @@
+"""The bad-input contract: every error names the utterance id, file or config key at fault.
+
+Covers Kaldi data dirs, audio loading, the encoder-window policy, the stage-2 feature
+dump (with tiny random models), config composition and the atomic writers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from espnet_ext.data.audio import fit_to_window, load_audio, write_wav
+from espnet_ext.data.kaldi_dir import DataError, read_kaldi_dir, read_table
+from espnet_ext.utils.atomic import atomic_dir, atomic_open, atomic_write_text
+from espnet_ext.utils.config import compose_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rewrite_line(path: Path, uid: str, new_line: str | None) -> None:
+    """Replace (or drop, with ``None``) the line of ``uid`` in a Kaldi table."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = [(new_line if l.split(" ", 1)[0] == uid else l) for l in lines]
+    path.write_text("".join(l + "\n" for l in out if l is not None), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------
+# read_kaldi_dir
+# --------------------------------------------------------------------------------------
+def test_read_kaldi_dir_roundtrip(tiny_kaldi_dir):
+    utts = read_kaldi_dir(tiny_kaldi_dir)
+    assert [u.utt_id for u in utts] == ["spkA-q001", "spkA-q002", "spkB-q003"]
+    assert utts[1].answers == ["seven", "7"] and utts[2].spk == "spkB"
+    assert (tiny_kaldi_dir / "spk2utt").read_text().splitlines()[0] == "spkA spkA-q001 spkA-q002"
+
+
+def test_read_kaldi_dir_ids_must_line_up(tiny_kaldi_dir):
+    _rewrite_line(tiny_kaldi_dir / "answer", "spkA-q002", None)
+    with pytest.raises(DataError) as e:
+        read_kaldi_dir(tiny_kaldi_dir)
+    assert "answer" in str(e.value) and "spkA-q002" in str(e.value)
+
+
+def test_read_kaldi_dir_extra_id(tiny_kaldi_dir):
+    with open(tiny_kaldi_dir / "utt2spk", "a") as f:
+        f.write("spkZ-q999 spkZ\n")
+    with pytest.raises(DataError) as e:
+        read_kaldi_dir(tiny_kaldi_dir)
+    assert "utt2spk" in str(e.value) and "spkZ-q999" in str(e.value)
+
+
+def test_read_kaldi_dir_empty_question(tiny_kaldi_dir):
+    _rewrite_line(tiny_kaldi_dir / "text", "spkB-q003", "spkB-q003   ")
+    with pytest.raises(DataError) as e:
+        read_kaldi_dir(tiny_kaldi_dir)
+    assert "spkB-q003" in str(e.value) and "text" in str(e.value)
+
+
+@pytest.mark.parametrize("value", ["[]", '[""]', '["ok", "  "]', '"Paris"', ""])
+def test_read_kaldi_dir_empty_answer(tiny_kaldi_dir, value):
+    _rewrite_line(tiny_kaldi_dir / "answer", "spkA-q001", f"spkA-q001 {value}")
+    with pytest.raises(DataError) as e:
+        read_kaldi_dir(tiny_kaldi_dir)
+    assert "spkA-q001" in str(e.value) and "answer" in str(e.value)
+
+
+def test_read_kaldi_dir_malformed_answer_json(tiny_kaldi_dir):
+    _rewrite_line(tiny_kaldi_dir / "answer", "spkA-q002", 'spkA-q002 ["seven", 7')
+    with pytest.raises(DataError) as e:
+        read_kaldi_dir(tiny_kaldi_dir)
+    assert "spkA-q002" in str(e.value) and "JSON" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["utt2spk", "wav.scp", "answer"])
+def test_read_kaldi_dir_missing_file(tiny_kaldi_dir, name):
+    (tiny_kaldi_dir / name).unlink()
+    with pytest.raises(DataError) as e:
+        read_kaldi_dir(tiny_kaldi_dir)
+    assert str(tiny_kaldi_dir / name) in str(e.value)
+
+
+def test_read_table_duplicate_id(tmp_path):
+    (tmp_path / "text").write_text("a x\nb y\na z\n")
+    with pytest.raises(DataError, match=r"text:3: duplicate id a"):
+        read_table(tmp_path / "text")
+
+
+# --------------------------------------------------------------------------------------
+# load_audio / fit_to_window
+# --------------------------------------------------------------------------------------
+def test_load_audio_missing(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_audio(tmp_path / "nope.wav", "spkA-q001")
+    assert "spkA-q001" in str(e.value) and "nope.wav" in str(e.value)
+
+
+def test_load_audio_corrupt(tmp_path):
+    bad = tmp_path / "corrupt.wav"
+    bad.write_bytes(np.random.default_rng(0).bytes(2048))
+    with pytest.raises(DataError) as e:
+        load_audio(bad, "spkA-q002")
+    assert "spkA-q002" in str(e.value) and "corrupt.wav" in str(e.value)
+
+
+def test_load_audio_empty(tmp_path):
+    empty = tmp_path / "empty.wav"
+    write_wav(empty, np.zeros(0, np.float32))
+    with pytest.raises(DataError) as e:
+        load_audio(empty, "spkB-q003")
+    assert "spkB-q003" in str(e.value) and "empty" in str(e.value)
+
+
+@pytest.mark.parametrize("sr,n_in,n_out", [(8000, 8000, 16000), (44100, 22050, 8000), (16000, 1234, 1234)])
+def test_load_audio_resamples(tmp_path, sr, n_in, n_out):
+    t = np.arange(n_in) / sr
+    path = tmp_path / f"tone{sr}.wav"
+    write_wav(path, (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sr=sr)
+    wav = load_audio(path)
+    assert wav.dtype == np.float32 and wav.shape == (n_out,)
+    # still a 440 Hz tone: the spectral peak lands on 440 Hz at 16 kHz
+    peak = np.argmax(np.abs(np.fft.rfft(wav))) * 16000 / len(wav)
+    assert abs(peak - 440) < 16000 / len(wav) + 1
+
+
+def test_load_audio_stereo_is_mixed_down(tmp_path):
+    import soundfile as sf
+
+    path = tmp_path / "stereo.wav"
+    sf.write(str(path), np.stack([np.full(100, 0.5), np.full(100, -0.25)], 1), 16000)
+    assert load_audio(path) == pytest.approx(np.full(100, 0.125), abs=1e-4)
+
+
+def test_fit_to_window():
+    wav = np.arange(16000 * 3, dtype=np.float32)
+    same, flag = fit_to_window(wav, 5.0, "reject", "u1")
+    assert same is wav and flag is False
+    cut, flag = fit_to_window(wav, 2.0, "truncate", "u1")
+    assert flag is True and cut.shape == (32000,) and cut[-1] == 31999
+    with pytest.raises(DataError) as e:
+        fit_to_window(wav, 2.0, "reject", "spkQ-long7")
+    assert "spkQ-long7" in str(e.value) and "3.0 s" in str(e.value)
+    with pytest.raises(ValueError, match="policy"):
+        fit_to_window(wav, 2.0, "drop", "u1")
+
+
+# --------------------------------------------------------------------------------------
+# dump_encoder_features
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def dump_parts(tiny_whisper_dir, tiny_llm_dir):
+    from transformers import AutoTokenizer
+
+    from espnet_ext.models.encoder import WhisperSpeechEncoder
+    from espnet_ext.models.llm import ChatPrompt
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llm_dir))
+    prompt = ChatPrompt.from_tokenizer(tok)
+    encoder = WhisperSpeechEncoder(str(tiny_whisper_dir))
+    return dict(encoder=encoder, tokenizer=tok, prompt_overhead=len(prompt.prefix) + len(prompt.suffix),
+                downsample_rate=5)
+
+
+def _ids_of(path: Path):
+    return [line.split(" ", 1)[0] for line in path.read_text().splitlines()]
+
+
+def test_dump_writes_features_and_shape_files(tmp_path, tiny_kaldi_dir, dump_parts, make_speech_llm):
+    import kaldiio
+
+    from espnet_ext.data.dump import dump_encoder_features, load_report
+    from espnet_ext.tasks.collate import PadCollate
+    from espnet_ext.tasks.preprocess import SpeechLLMPreprocessor
+
+    out = tmp_path / "dump" / "test"
+    report = dump_encoder_features(tiny_kaldi_dir, out, batch_size=2, **dump_parts)
+    assert (report.n_input, report.n_written, report.n_truncated, report.skipped) == (3, 3, 0, {})
+    assert load_report(out)["n_written"] == 3
+    ids = ["spkA-q001", "spkA-q002", "spkB-q003"]
+    for name in ("wav.scp", "text", "answer", "utt2spk", "enc_feats.scp", "llm_len.speech", "llm_len.text"):
+        assert _ids_of(out / name) == ids, name
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+    feats = kaldiio.load_scp(str(out / "enc_feats.scp"))
+    enc = dump_parts["encoder"]
+    utts = {u.utt_id: u for u in read_kaldi_dir(tiny_kaldi_dir)}
+    for uid in ids:
+        wav = load_audio(utts[uid].wav)
+        alone, n = enc.encode_waveforms([wav])
+        assert feats[uid].shape == (int(n[0]), 32) and feats[uid].dtype == np.float32
+        np.testing.assert_allclose(feats[uid], alone[0].numpy(), atol=1e-5)
+
+    # the shape files hold exactly the LLM sequence length of each training sample
+    model = make_speech_llm(encoder=False)
+    pre = SpeechLLMPreprocessor(model.llm.tokenizer, model.llm.prompt.closing)
+    texts, answers = read_table(out / "text"), read_table(out / "answer")
+    for modality, key in (("speech", "enc_feats"), ("text", "text")):
+        shape = {u: int(v) for u, v in read_table(out / f"llm_len.{modality}").items()}
+        for uid in ids:
+            data = pre(uid, {"text": texts[uid], "answer": answers[uid]})
+            sample = {key: feats[uid] if key == "enc_feats" else data["text"]}
+            _, batch = PadCollate()([(uid, sample)])
+            middles = model.placeholder_embeddings(modality, **batch)
+            _, mask, _ = model.build_inputs(middles, [torch.from_numpy(data["answer"])])
+            assert shape[uid] == int(mask.sum()), (modality, uid)
+
+
+def test_dump_corrupt_wav_fails_and_writes_nothing(tmp_path, make_tiny_kaldi_dir, dump_parts):
+    from espnet_ext.data.dump import dump_encoder_features
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(np.random.default_rng(1).bytes(4096))
+    data = make_tiny_kaldi_dir(wavs={"spkA-q002": bad})
+    out = tmp_path / "dump" / "bad"
+    with pytest.raises(DataError) as e:
+        dump_encoder_features(data, out, **dump_parts)
+    assert "spkA-q002" in str(e.value)
+    assert not out.exists()
+    assert not (tmp_path / "dump").exists() or not list((tmp_path / "dump").iterdir())
+
+
+def test_dump_skip_bad_utts(tmp_path, make_tiny_kaldi_dir, dump_parts):
+    import kaldiio
+
+    from espnet_ext.data.dump import dump_encoder_features
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(np.random.default_rng(2).bytes(4096))
+    data = make_tiny_kaldi_dir(wavs={"spkA-q002": bad})
+    out = tmp_path / "dump" / "skip"
+    report = dump_encoder_features(data, out, skip_bad_utts=True, **dump_parts)
+    assert report.n_written == 2 and list(report.skipped) == ["spkA-q002"]
+    saved = json.loads((out / "dump_report.json").read_text())
+    assert list(saved["skipped"]) == ["spkA-q002"] and "bad.wav" in saved["skipped"]["spkA-q002"]
+    assert saved["n_input"] == 3 and saved["n_written"] == 2
+    kept = ["spkA-q001", "spkB-q003"]
+    for name in ("wav.scp", "text", "answer", "utt2spk", "enc_feats.scp", "llm_len.speech", "llm_len.text"):
+        assert _ids_of(out / name) == kept, name
+    assert sorted(kaldiio.load_scp(str(out / "enc_feats.scp"))) == kept
+    assert read_kaldi_dir(out)  # the copied Kaldi files still cross-check
+
+
+@pytest.mark.parametrize("policy", ["truncate", "reject"])
+def test_dump_long_audio_policy(tmp_path, make_tiny_kaldi_dir, dump_parts, policy):
+    import kaldiio
+
+    from espnet_ext.data.dump import dump_encoder_features
+
+    utts = [("spkA-q001", "spkA", 1.0, "What is the capital of France?", ["Paris"]),
+            ("spkC-long1", "spkC", 35.0, "What is a long question?", ["long"])]
+    data = make_tiny_kaldi_dir(name="long", utts=utts)
+    out = tmp_path / "dump" / "long"
+    if policy == "reject":
+        with pytest.raises(DataError) as e:
+            dump_encoder_features(data, out, long_audio=policy, **dump_parts)
+        assert "spkC-long1" in str(e.value)
+        assert not out.exists()
+        return
+    report = dump_encoder_features(data, out, long_audio=policy, **dump_parts)
+    assert report.n_truncated == 1 and report.n_written == 2
+    assert json.loads((out / "dump_report.json").read_text())["n_truncated"] == 1
+    feats = kaldiio.load_scp(str(out / "enc_feats.scp"))
+    assert feats["spkC-long1"].shape == (1500, 32)  # 30 s → 3000 mel frames → 1500
+
+
+# --------------------------------------------------------------------------------------
+# compose_train_config
+# --------------------------------------------------------------------------------------
+PRESET = {
+    "pretrained": {"llm": "tiny-random-llama", "whisper": "tiny-random-whisper"},
+    "encoder": "whisper",
+    "encoder_conf": {"model_name_or_path": "exp/pretrained/whisper", "pad_to_30s": False},
+    "adaptor": "concat",
+    "adaptor_conf": {"downsample_rate": 5, "hidden_size": 32},
+    "llm": "hf",
+    "llm_conf": {"model_name_or_path": "exp/pretrained/llm", "torch_dtype": "float32"},
+    "batch_size": 2,
+}
+TRAIN = {
+    "adaptor_conf": {"hidden_size": 64},
+    "llm_conf": {"torch_dtype": "bfloat16"},
+    "optim": "adamw",
+    "optim_conf": {"lr": 2.0e-5},
+    "batch_size": 8,
+}
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_compose_train_config_merges(tmp_path):
+    preset = _write_yaml(tmp_path / "preset.yaml", PRESET)
+    train = _write_yaml(tmp_path / "train.yaml", TRAIN)
+    out = tmp_path / "exp" / "train.yaml"
+    merged = compose_train_config(preset, train, out)
+    assert "pretrained" not in merged  # preset-only key
+    assert merged["adaptor_conf"] == {"downsample_rate": 5, "hidden_size": 64}
+    assert merged["llm_conf"] == {"model_name_or_path": "exp/pretrained/llm", "torch_dtype": "bfloat16"}
+    assert merged["encoder_conf"] == PRESET["encoder_conf"]
+    assert merged["batch_size"] == 8 and merged["optim"] == "adamw"
+    text = out.read_text()
+    assert text.startswith("# composed from") and str(preset) in text.splitlines()[0]
+    assert yaml.safe_load(text) == merged
+    assert [p.name for p in out.parent.iterdir()] == ["train.yaml"]
+
+
+def test_compose_train_config_repo_files(tmp_path):
+    merged = compose_train_config(REPO / "conf/model/tiny_random.yaml", REPO / "conf/train_full.yaml",
+                                  tmp_path / "train.yaml")
+    assert merged["scheduler"] == "warmupcosinelr" and merged["adaptor_conf"]["hidden_size"] == 32
+
+
+@pytest.mark.parametrize("which", ["preset", "train"])
+def test_compose_train_config_unknown_key(tmp_path, which):
+    preset_data, train_data = dict(PRESET), dict(TRAIN)
+    (preset_data if which == "preset" else train_data)["adaptor_confg"] = {"hidden_size": 3}
+    preset = _write_yaml(tmp_path / "preset.yaml", preset_data)
+    train = _write_yaml(tmp_path / "train.yaml", train_data)
+    out = tmp_path / "out.yaml"
+    with pytest.raises(ValueError) as e:
+        compose_train_config(preset, train, out)
+    bad = preset if which == "preset" else train
+    assert str(bad) in str(e.value) and "adaptor_confg" in str(e.value)
+    assert not out.exists()
+
+
+def test_compose_train_config_missing_file(tmp_path):
+    train = _write_yaml(tmp_path / "train.yaml", TRAIN)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        compose_train_config(tmp_path / "nope.yaml", train, tmp_path / "out.yaml")
+
+
+# --------------------------------------------------------------------------------------
+# atomic writers
+# --------------------------------------------------------------------------------------
+def test_atomic_open_keeps_old_file_on_error(tmp_path):
+    target = tmp_path / "hyp"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as f:
+            f.write("new, half written")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old\n"
+    assert sorted(os.listdir(tmp_path)) == ["hyp"]
+    with atomic_open(target, "wb") as f:
+        f.write(b"new\n")
+    assert target.read_bytes() == b"new\n" and sorted(os.listdir(tmp_path)) == ["hyp"]
+
+
+def test_atomic_dir_keeps_old_dir_on_error(tmp_path):
+    target = tmp_path / "dump"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target) as tmp:
+            (tmp / "a").write_text("2")
+            (tmp / "b").write_text("2")
+            raise KeyboardInterrupt
+    assert sorted(os.listdir(target)) == ["a"] and (target / "a").read_text() == "1"
+    assert sorted(os.listdir(tmp_path)) == ["dump"]
+    with atomic_dir(target) as tmp:  # a successful rewrite replaces the whole dir
+        (tmp / "c").write_text("3")
+    assert sorted(os.listdir(target)) == ["c"] and sorted(os.listdir(tmp_path)) == ["dump"]

@@ -1,0 +1,127 @@
+"""Scoring of decode dirs and the generated RESULTS.md (hand-written hyps and references)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from espnet_ext.data.kaldi_dir import DataError
+from espnet_ext.eval.results import collect_summary, render_results_md, score_decode_dir
+
+REFS = {
+    "u1": ["Paris"],
+    "u2": ["7"],
+    "u3": ["cat"],
+    "u4": ["Mars"],
+    "u5": ["New York", "NYC"],
+}
+#                                                  has_answer  contain
+HYPS = {
+    "u1": "The capital of France is Paris.",      # yes         yes
+    "u2": "There are seven days in a week.",      # no          yes (seven → 7)
+    "u3": "It belongs to a category.",            # no          yes (substring)
+    "u4": "",                                     # no          no  (empty hyp)
+    "u5": "I think it is new york city",          # yes         yes
+}
+
+
+def _write_refs(d: Path, refs=REFS) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "answer").write_text("".join(f"{u} {json.dumps(r)}\n" for u, r in refs.items()))
+    return d
+
+
+def _write_hyps(d: Path, hyps=HYPS) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "hyp").write_text("".join(f"{u} {h}\n".replace(" \n", "\n") for u, h in hyps.items()))
+    return d
+
+
+def test_score_decode_dir_both_matchers(tmp_path):
+    refs = _write_refs(tmp_path / "dump" / "test")
+    dec = _write_hyps(tmp_path / "exp" / "full" / "decode_test_text")
+    result = score_decode_dir(dec, refs)
+    assert result == {
+        "n": 5,
+        "has_answer": {"n_correct": 2, "accuracy": 40.0},
+        "contain": {"n_correct": 4, "accuracy": 80.0},
+    }
+    assert json.loads((dec / "score.json").read_text()) == result
+    rows = [line.split("\t") for line in (dec / "score_detail.tsv").read_text().splitlines()]
+    assert rows[0][:3] == ["utt_id", "has_answer", "contain"]
+    marks = {r[0]: (r[1], r[2]) for r in rows[1:]}
+    assert marks == {"u1": ("1", "1"), "u2": ("0", "1"), "u3": ("0", "1"), "u4": ("0", "0"),
+                     "u5": ("1", "1")}
+    assert rows[4][3] == "" and json.loads(rows[5][4]) == ["New York", "NYC"]
+
+
+def test_score_decode_dir_missing_hyp_names_utt(tmp_path):
+    refs = _write_refs(tmp_path / "dump" / "test")
+    dec = _write_hyps(tmp_path / "dec", {u: h for u, h in HYPS.items() if u != "u3"})
+    with pytest.raises(DataError, match="u3"):
+        score_decode_dir(dec, refs)
+    assert not (dec / "score.json").exists()
+
+
+def _fake_exp(tmp_path: Path) -> Path:
+    """noft: T2T only; full: T2T + S2T on one test set, with one decode report."""
+    refs = _write_refs(tmp_path / "dump" / "test")
+    exp = tmp_path / "exp"
+    hyps_by_dir = {
+        # correct of 5 (has_answer / contain)
+        "noft/decode_test_text": {**HYPS, "u1": "I do not know."},         # 1 / 3
+        "full/decode_test_text": HYPS,                                        # 2 / 4
+        "full/decode_test_speech": {**HYPS, "u5": "Boston", "u2": "Seven."},  # 1 / 3
+    }
+    for sub, hyps in hyps_by_dir.items():
+        score_decode_dir(_write_hyps(exp / sub, hyps), refs)
+    (exp / "full" / "decode_test_speech" / "decode_report.json").write_text(json.dumps({
+        "n_utts": 5, "n_new_tokens": 40, "seconds": 2.5, "seconds_per_utt": 0.5,
+        "batch_size": 4, "max_new_tokens": 64, "data_dir": "dump/test", "world_size": 1}))
+    (exp / "noft" / "decode_junk").mkdir()  # ignored: not decode_<set>_<modality>
+    return exp
+
+
+def test_collect_summary_and_table2(tmp_path):
+    exp = _fake_exp(tmp_path)
+    summary = collect_summary(exp, ["noft", "full", "lora"])
+    assert list(summary["systems"]) == ["noft", "full"]  # lora has no decode dirs
+    assert set(summary["systems"]["noft"]["test"]) == {"text"}
+    assert summary["systems"]["full"]["test"]["speech"]["has_answer"] == {"n_correct": 1, "accuracy": 20.0}
+    assert summary["decode"] == {"full": {"decode_test_speech": {
+        "n_utts": 5, "n_new_tokens": 40, "seconds": 2.5, "seconds_per_utt": 0.5,
+        "batch_size": 4, "max_new_tokens": 64}}}
+
+    summary["meta"] = {"date": "2025-01-01", "commit": "abc123"}
+    summary["stage_times"] = {"stage 4": 10.0, "stage 5": 2.5}
+    md = render_results_md(summary)
+    lines = md.splitlines()
+    assert lines[0].startswith("<!-- Generated") and "- commit: `abc123`" in lines
+    has = lines.index("### `has_answer`")
+    assert lines[has + 2 : has + 6] == [
+        "| System | test T2T | test S2T |",
+        "|---|---:|---:|",
+        "| No-FT | 20.0 | - |",
+        "| Full-FT | 40.0 | 20.0 |",
+    ]
+    assert lines[has + 7] == "Matcher: `has_answer` (test: 5 questions)."
+    con = lines.index("### `contain`")
+    assert lines[con + 4 : con + 6] == ["| No-FT | 60.0 | - |", "| Full-FT | 80.0 | 60.0 |"]
+    assert "| Full-FT | decode_test_speech | 5 | 0.500 | 40 | 4 | 64 |" in lines
+    assert "| total | 12.5 |" in lines
+    assert md.endswith("\n") and not md.endswith("\n\n")
+
+
+def test_render_results_md_is_deterministic(tmp_path):
+    summary = collect_summary(_fake_exp(tmp_path), ["noft", "full"])
+    md = render_results_md(summary)
+    assert render_results_md(summary) == md
+    # a summary.json round trip (what make_results --from_summary reads) renders the same
+    assert render_results_md(json.loads(json.dumps(summary, indent=2))) == md
+    # rendering reads nothing but the dict: the exp dir can be gone
+    import shutil
+
+    shutil.rmtree(tmp_path / "exp")
+    assert render_results_md(json.loads(json.dumps(summary))) == md
