@@ -76,13 +76,44 @@ def test_rerun_is_idempotent(recipe_run):
     tmp, _ = recipe_run
     ckpt = tmp / "exp/full/valid.loss.best.pth"
     hyp = tmp / "exp/full/decode_test_llamaq_speech/hyp"
-    before = (ckpt.stat().st_mtime_ns, (tmp / "dump/train/enc_feats.ark").stat().st_mtime_ns)
-    p = _run(tmp, "--stage", "1", "--stop_stage", "4")
-    assert (ckpt.stat().st_mtime_ns, (tmp / "dump/train/enc_feats.ark").stat().st_mtime_ns) == before
-    assert hyp.is_file()
+    stamps = lambda: [p.stat().st_mtime_ns for p in (ckpt, hyp, tmp / "dump/train/enc_feats.ark",  # noqa: E731
+                                                     tmp / "exp/importance/base/scores.safetensors")]
+    before = stamps()
+    _run(tmp, "--stage", "1", "--stop_stage", "6")
+    assert stamps() == before
     assert "already" in (tmp / "exp/log/dump_train.log").read_text()
+    assert "already decoded" in (tmp / "exp/full/decode_speech.log").read_text()
 
 
 def test_unknown_option_is_rejected(tmp_path):
     p = subprocess.run(["./run.sh", "--no_such_option", "1"], cwd=RECIPE, capture_output=True, text=True)
     assert p.returncode != 0 and "no_such_option" in p.stderr
+
+
+def test_stage1_real_corpora_from_local_copies(tmp_path):
+    """--data_source real: the four corpora (fixtures in their HF schemas) via db.sh paths."""
+    from test_corpora import audio_bytes, hf_audio, llama_rows, make_alpaca, make_va, write_parquet
+
+    va, alpaca = make_va(tmp_path / "va"), make_alpaca(tmp_path / "alpaca")
+    llamaq, webq = tmp_path / "llamaq", tmp_path / "webq"
+    write_parquet(llamaq / "data" / "test-00000-of-00001.parquet", llama_rows(3), "audio")
+    write_parquet(webq / "data" / "test-00000-of-00001.parquet", {
+        "url": ["u0", "u1"], "question": ["Who wrote Hamlet?", "Where is Rome?"],
+        "answers": [["Shakespeare", "William Shakespeare"], ["Italy"]],
+        "audio": [hf_audio(audio_bytes(16000)) for _ in range(2)],
+    }, "audio")
+    env = {**os.environ, "VOICEASSISTANT_400K": str(va), "SPOKEN_ALPACA_GPT4": str(alpaca),
+           "LLAMA_QUESTIONS": str(llamaq), "SPOKEN_WEB_QUESTIONS": str(webq)}
+    cmd = ["./run.sh", "--stage", "1", "--stop_stage", "1", "--data_source", "real",
+           "--local_data_opts", "--n_dev 2", "--datadir", str(tmp_path / "data"),
+           "--expdir", str(tmp_path / "exp")]
+    p = subprocess.run(cmd, cwd=RECIPE, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    from espnet_ext.data.kaldi_dir import read_kaldi_dir
+
+    sets = {s: read_kaldi_dir(tmp_path / "data" / s) for s in ("train", "dev", "test_llamaq", "test_webq")}
+    assert len(sets["dev"]) == 2 and len(sets["test_llamaq"]) == 3 and len(sets["test_webq"]) == 2
+    train_ids = {u.utt_id for u in sets["train"]}
+    assert any(i.startswith("voiceassistant_") for i in train_ids | {u.utt_id for u in sets["dev"]})
+    assert any(i.startswith("spoken_alpaca_") for i in train_ids | {u.utt_id for u in sets["dev"]})
+    assert [u.answers for u in sets["test_webq"]][0] == ["Shakespeare", "William Shakespeare"]

@@ -26,6 +26,7 @@ stage=1                  # first stage to run
 stop_stage=6             # last stage to run
 data_source=demo         # demo: built-in spoken QA world; real: corpora named in db.sh
 demo_max_utts=           # demo: cap utterances per set (smoke tests); empty = all
+local_data_opts=""       # extra options for local/data.sh (e.g. "--train_max_utts 20000 --n_dev 500")
 model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained models (conf/model/)
 train_configs="conf/train_full.yaml"  # space-separated; tag = file name minus train_ and .yaml
 decode_config=conf/decode.yaml        # batch size, max_new_tokens, model checkpoint to use
@@ -44,7 +45,11 @@ dumpdir=dump             # cached encoder outputs + shape files
 expdir=exp               # experiments
 results_md=RESULTS.md    # generated results file (stage 6)
 
-help_message=$(sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//')
+help_message="$(sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//')
+
+Options (default in brackets):
+$(sed -n '/^# ---- options/,/^help_message=/p' "$0" | grep -E '^[a-z_]+=' | grep -v '^help_message=' |
+  sed -E 's/^([a-z_]+)=("[^"]*"|[^ ]*) *# *(.*)$/  --\1 [\2]  \3/')"
 run_args="$*"            # the command line, recorded in RESULTS.md and exp/run.sh.cmd
 . ./path.sh
 . ./cmd.sh
@@ -64,7 +69,8 @@ stage1() {
   stage_header 1 "local/data.sh ($data_source) -> $datadir/{$(all_sets | tr ' ' ,)}"
   local opts=(--data_source "$data_source" --datadir "$datadir" --skip_bad_utts "$skip_bad_utts")
   [ -n "$demo_max_utts" ] && opts+=(--max_utts_per_set "$demo_max_utts")
-  ${train_cmd} "$expdir/log/data.log" local/data.sh "${opts[@]}"
+  # shellcheck disable=SC2086
+  ${train_cmd} "$expdir/log/data.log" local/data.sh "${opts[@]}" $local_data_opts
 }
 
 # ---- stage 2: pretrained models + frozen-encoder cache --------------------------------------

@@ -35,6 +35,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="cap on answer length (LLaMA-Omni: 256; short-answer QA needs far fewer)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--dist_backend", default="gloo", help="torch.distributed backend under torchrun")
+    p.add_argument("--overwrite", choices=["true", "false"], default="false",
+                   help="redo output dirs whose hyp was decoded with the same model and options")
     return p
 
 
@@ -45,13 +47,22 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     import torch
 
-    from espnet_ext.tasks.inference import decode_dump_dir, load_model
+    from espnet_ext.tasks.inference import decode_dump_dir, is_decoded, load_model, model_stamp
 
+    stamp = model_stamp(args.config, args.model_file, args.modality, args.max_new_tokens)
+    todo = [(d, o) for d, o in zip(args.data_dir, args.output_dir)
+            if args.overwrite == "true" or not is_decoded(o, stamp)]
+    for d, o in zip(args.data_dir, args.output_dir):
+        if (d, o) not in todo:
+            logging.info("%s already decoded with this model; skipping (--overwrite true to redo)", o)
+    if not todo:
+        return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.distributed.init_process_group(backend=args.dist_backend)
     model = load_model(args.config, args.model_file, args.device)
-    for data_dir, out_dir in zip(args.data_dir, args.output_dir):
-        r = decode_dump_dir(model, data_dir, out_dir, args.modality, args.batch_size, args.max_new_tokens)
+    for data_dir, out_dir in todo:
+        r = decode_dump_dir(model, data_dir, out_dir, args.modality, args.batch_size,
+                            args.max_new_tokens, stamp=stamp)
         logging.info("%s %s: %d utts in %.1f s (%.3f s/utt, %d new tokens)",
                      data_dir, args.modality, r.n_utts, r.seconds, r.seconds_per_utt, r.n_new_tokens)
     if torch.distributed.is_initialized():

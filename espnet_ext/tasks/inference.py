@@ -68,6 +68,23 @@ def load_model(
     return model
 
 
+def model_stamp(config: str | Path, model_file: Optional[str | Path], modality: str, max_new_tokens: int) -> dict:
+    """What a decode dir was produced from (files with their mtimes, and options)."""
+    def file_id(p):
+        return None if p is None else [str(Path(p).resolve()), Path(p).stat().st_mtime_ns]
+
+    return {"config": file_id(config), "model_file": file_id(model_file), "modality": modality,
+            "max_new_tokens": max_new_tokens}
+
+
+def is_decoded(output_dir: str | Path, stamp: dict) -> bool:
+    """True when ``output_dir`` holds a finished decode of the same model and options."""
+    rep = Path(output_dir) / "decode_report.json"
+    if not (rep.is_file() and (Path(output_dir) / "hyp").is_file()):
+        return False
+    return json.loads(rep.read_text()).get("stamp") == json.loads(json.dumps(stamp))
+
+
 def decode_dump_dir(
     model: ESPnetSpeechLLM,
     data_dir: str | Path,
@@ -75,6 +92,7 @@ def decode_dump_dir(
     modality: Literal["speech", "text"],
     batch_size: int = 16,
     max_new_tokens: int = 64,
+    stamp: Optional[dict] = None,
 ) -> DecodeReport:
     """Decode every utterance of a dump dir and write ``output_dir/hyp`` (``<utt> <answer>``)."""
     data_dir = Path(data_dir)
@@ -107,5 +125,5 @@ def decode_dump_dir(
         with atomic_open(out / "hyp") as f:
             f.writelines(f"{u} {hyps[u]}\n" for u in sorted(hyps))
         atomic_write_text(out / "decode_report.json", json.dumps(
-            {**asdict(report), "seconds_per_utt": report.seconds_per_utt}, indent=2) + "\n")
+            {**asdict(report), "seconds_per_utt": report.seconds_per_utt, "stamp": stamp}, indent=2) + "\n")
     return report
