@@ -53,6 +53,8 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         self.adaptor = adaptor
         self.llm = llm
         self.modality = modality
+        # optional training-only loss term (optim/anchor.py), set by the task
+        self.anchor: Optional[torch.nn.Module] = None
         prompt = llm.prompt
         self.register_buffer("prefix_ids", torch.tensor(prompt.prefix), persistent=False)
         self.register_buffer("suffix_ids", torch.tensor(prompt.suffix), persistent=False)
@@ -134,6 +136,9 @@ class ESPnetSpeechLLM(AbsESPnetModel):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
         """Mean cross-entropy on response + closing tokens; ``(loss, stats, weight)``.
 
+        In training mode an attached ``anchor`` adds its penalty to the returned loss and
+        reports it as ``stats["anchor"]``; ``stats["loss"]`` is always the cross-entropy.
+
         ``answer`` holds the response tokens followed by the closing token(s), padded with
         -1 (ESPnet's ``CommonCollateFn``).  ``weight`` is the number of loss tokens, so
         ESPnet's distributed averaging is token-weighted.
@@ -157,6 +162,10 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         with torch.no_grad():
             acc = (logits.argmax(-1) == targets).float().mean()
         stats = {"loss": loss.detach(), "acc": acc}
+        if self.anchor is not None and self.training:
+            penalty = self.anchor(self)  # importance-weighted anchoring, training only
+            stats["anchor"] = penalty.detach()
+            loss = loss + penalty
         loss, stats, weight = force_gatherable((loss, stats, torch.tensor(len(targets))), loss.device)
         return loss, stats, weight
 
