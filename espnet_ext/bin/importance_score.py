@@ -12,7 +12,7 @@ Usage:
         --data_dir dump/train --output_dir exp/importance/full
 
 Writes ``scores.safetensors``, ``summary.json`` and, with ``--eval_dir``, ``table1.{json,md}``.
-A finished report is not redone unless ``--overwrite true``.  Under ``torchrun`` every
+A finished report of the same model files and options is not redone unless ``--overwrite true``.  Under ``torchrun`` every
 rank scores a share of the batches and the gradient sums are all-reduced.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 from typing import Optional, Sequence
 
 
@@ -43,19 +42,22 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     import torch
 
-    from espnet_ext.importance.job import load_importance_config, run_importance
+    from espnet_ext.importance.job import is_scored, load_importance_config, report_stamp, run_importance
     from espnet_ext.tasks.inference import load_model
 
-    if (Path(args.output_dir) / "summary.json").exists() and args.overwrite == "false":
-        logging.info("%s already scored; skipping (--overwrite true to redo)", args.output_dir)
-        return
     scoring, deactivation = load_importance_config(args.config)
+    stamp = report_stamp(args.model_config, args.model_file, scoring, args.data_dir, deactivation, args.eval_dir)
+    if args.overwrite == "false" and is_scored(args.output_dir, stamp):
+        logging.info("%s already scored from the same model and options; skipping (--overwrite true "
+                     "to redo)", args.output_dir)
+        return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.distributed.init_process_group(backend="gloo" if args.device == "cpu" else "nccl")
     model = load_model(args.model_config, args.model_file, args.device)
     run_importance(
         model, args.data_dir, args.output_dir, scoring, deactivation if args.eval_dir else None,
-        args.eval_dir, provenance={"model_config": args.model_config, "model_file": args.model_file},
+        args.eval_dir, provenance={"model_config": args.model_config, "model_file": args.model_file,
+                                   "stamp": stamp},
     )
 
 

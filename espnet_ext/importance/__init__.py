@@ -5,6 +5,13 @@
 * ``scoring``    — eq. (2), I = |θ ⊙ Σ_b ∂L_b/∂θ| over a data subset (no optimizer step);
 * ``report``     — safetensors scores + JSON summary (I_layer of eq. 3, per-module sums,
                    thresholds, provenance), atomically written and checked on load;
-* ``threshold``  — exact top/bottom-p % thresholds without sorting (two histogram passes);
-* ``deactivate`` — Table 1: zero the top/bottom/random p %, measure perplexity, restore bit-exactly.
+* ``threshold``  — exact top/bottom-p % thresholds without sorting (sample + filter,
+                   histogram fallback);
+* ``deactivate`` — Table 1: zero the top/bottom/random p %, measure perplexity, restore bit-exactly;
+* ``structure``  — Fig. 1 rank clustering: 3×3 vicinity maps of the top set and a row/column
+                   concentration ratio against a random set of equal size;
+* ``shift``      — Fig. 2–3: normalised layer curves, JS divergence / Pearson / peak move / mass ratio;
+* ``change``     — Fig. 4: |θ_ft − θ_base| maps (LoRA merged) and their concentration;
+* ``probe``      — the same measurements during training (``--importance_probe_conf``);
+* ``job``, ``analyze`` — the stage-3 and stage-6 jobs behind ``espnet_ext.bin.importance_*``.
 """

@@ -2,13 +2,16 @@
 
 Scores a model (the pretrained base LLM, or a trained exp dir's checkpoint) on a fixed
 subset of a dump dir, writes the report, and runs the Table-1 deactivation check on a
-held-out dump dir.  The subset is chosen by seed from the utterance ids, so the base model
+held-out dump dir (a LoRA model's adapters are merged first, so "θ_i = 0" zeroes the
+effective weight).  A report records a stamp of its inputs (:func:`report_stamp`) and
+is redone only when they change.  The subset is chosen by seed from the utterance ids, so the base model
 and every fine-tuned model are scored on exactly the same utterances.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -18,7 +21,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from espnet_ext.importance.deactivate import deactivation_table, render_table1
-from espnet_ext.importance.params import select_parameters
+from espnet_ext.importance.params import lora_layers, select_parameters
 from espnet_ext.importance.report import write_report
 from espnet_ext.importance.scoring import ImportanceConfig, score_importance
 from espnet_ext.tasks.batches import dump_batches, preprocessor_for, subset_ids
@@ -43,9 +46,9 @@ class DeactivationConfig:
 def load_importance_config(path: str | Path) -> tuple[ImportanceConfig, DeactivationConfig]:
     """Parse ``conf/importance.yaml``; unknown keys error with the file and key."""
     raw = load_yaml(path)
-    unknown = sorted(set(raw) - {"scoring", "deactivation"})
+    unknown = sorted(set(raw) - {"scoring", "deactivation", "analysis"})
     if unknown:
-        raise ValueError(f"{path}: unknown top-level key(s) {unknown} (expected scoring, deactivation)")
+        raise ValueError(f"{path}: unknown top-level key(s) {unknown} (expected scoring, deactivation, analysis)")
     out = []
     for section, cls in (("scoring", ImportanceConfig), ("deactivation", DeactivationConfig)):
         conf = raw.get(section) or {}
@@ -58,6 +61,39 @@ def load_importance_config(path: str | Path) -> tuple[ImportanceConfig, Deactiva
                 conf[k] = tuple(conf[k])
         out.append(cls(**conf))
     return out[0], out[1]
+
+
+def _file_id(path: Optional[str | Path], content: bool) -> Optional[list]:
+    """A file's identity: its sha256 (small config files) or size + mtime (checkpoints)."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    if content:
+        return [str(p), hashlib.sha256(p.read_bytes()).hexdigest()]
+    st = p.stat()
+    return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def report_stamp(
+    model_config: str | Path, model_file: Optional[str | Path], config: ImportanceConfig,
+    data_dir: str | Path, deactivation: Optional[DeactivationConfig] = None,
+    eval_dir: Optional[str | Path] = None,
+) -> dict:
+    """What a report is computed from; a report with the same stamp is not redone."""
+    return json.loads(json.dumps({
+        "model_config": _file_id(model_config, content=True), "model_file": _file_id(model_file, content=False),
+        "scoring": dataclasses.asdict(config), "data_dir": str(Path(data_dir).resolve()),
+        "deactivation": dataclasses.asdict(deactivation) if deactivation and eval_dir else None,
+        "eval_dir": str(Path(eval_dir).resolve()) if eval_dir else None,
+    }))
+
+
+def is_scored(output_dir: str | Path, stamp: dict) -> bool:
+    """True when ``output_dir`` holds a finished report with this stamp."""
+    p = Path(output_dir) / "summary.json"
+    if not p.is_file():
+        return False
+    return json.loads(p.read_text()).get("meta", {}).get("stamp") == stamp
 
 
 def run_importance(
@@ -94,6 +130,10 @@ def run_importance(
             m: [b for _, b in dump_batches(eval_dir, pre, m, deactivation.batch_size, eval_ids, device=device)]
             for m in deactivation.modalities
         }
+        # LoRA: zeroing θ_i must zero the *effective* weight, so the adapters are merged
+        # into the base weights first (in place; the model computes the same function)
+        for layer in lora_layers(model).values():
+            layer.merge()
         params = select_parameters(model, config.groups)
         table = deactivation_table(model, params, result.scores, eval_batches,
                                    deactivation.fraction, deactivation.scope, deactivation.seed)

@@ -4,7 +4,8 @@ The paper scores the LLM's transformer layers (parameter names containing ``laye
 embeddings and the LM head are excluded by default, the adaptor is optional.  Names are
 the ESPnet model's (``llm.model.model.layers.3.self_attn.q_proj.weight``); a peft-wrapped
 LLM adds ``base_model.model.`` and ``.base_layer`` — :func:`canonical_name` removes both
-so reports of plain and LoRA models share keys.
+so reports of plain and LoRA models share keys.  :func:`effective_weights` gives the
+weights the forward pass really uses (W + scaling · B @ A under LoRA), in fp32.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def select_parameters(
         raise ValueError(f"unknown parameter group(s) {bad}; choose from {PARAM_GROUPS}")
     out: Dict[str, torch.nn.Parameter] = {}
     seen = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
+    for name, p in unwrap_model(model).named_parameters(remove_duplicate=False):
         if "lora_" in name or id(p) in seen:
             continue
         canon = canonical_name(name)
@@ -87,3 +88,62 @@ def num_layers(names: Iterable[str]) -> int:
 def split_name(name: str) -> Tuple[Optional[int], Optional[str]]:
     """``(layer, module type)`` of a parameter name."""
     return layer_index(name), module_type(name)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper."""
+    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel,
+                                              torch.nn.DataParallel)) else model
+
+
+def lora_layers(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
+    """Canonical weight name → the peft LoRA layer that wraps it (empty without peft).
+
+    Only layers whose LoRA term is live count: merged or disabled adapters add nothing.
+    """
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft is optional for plain models
+        return {}
+    out = {}
+    for name, module in unwrap_model(model).named_modules():
+        if not isinstance(module, LoraLayer) or getattr(module, "merged", False):
+            continue
+        if getattr(module, "disable_adapters", False):
+            continue
+        live = [a for a in module.active_adapters if a in module.lora_A]
+        if not live:
+            continue
+        bad = [a for a in live if getattr(module, "lora_variant", {}).get(a) is not None]
+        if bad or not hasattr(module.lora_A[live[0]], "weight"):
+            raise NotImplementedError(f"{name}: only plain LoRA on Linear layers is supported (not DoRA etc.)")
+        out[canonical_name(f"{name}.base_layer.weight")] = module
+    return out
+
+
+def lora_delta(module: torch.nn.Module) -> torch.Tensor:
+    """Σ over active adapters of scaling · B @ A, in fp32 (the weight a merge would add)."""
+    delta = None
+    for a in module.active_adapters:
+        if a not in module.lora_A:
+            continue
+        d = module.lora_B[a].weight.detach().float() @ module.lora_A[a].weight.detach().float()
+        if getattr(module, "fan_in_fan_out", False):
+            d = d.T
+        d = d * module.scaling[a]
+        delta = d if delta is None else delta + d
+    return delta
+
+
+def effective_weight(param: torch.Tensor, lora_module: Optional[torch.nn.Module] = None) -> torch.Tensor:
+    """The weight the forward pass uses, detached, in fp32: W (+ scaling · B @ A under LoRA)."""
+    w = param.detach().float()
+    return w if lora_module is None else w + lora_delta(lora_module).to(w.device)
+
+
+def effective_weights(
+    model: torch.nn.Module, groups: Iterable[str] = ("layers",)
+) -> Dict[str, torch.Tensor]:
+    """fp32 effective weights of the selected parameters (LoRA deltas merged in)."""
+    lora = lora_layers(model)
+    return {n: effective_weight(p, lora.get(n)) for n, p in select_parameters(model, groups).items()}

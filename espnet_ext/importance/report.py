@@ -4,8 +4,9 @@
 ``<dir>/summary.json``        per-layer sums (I_layer of eq. 3), per-module-type sums,
                               global and per-matrix quantile thresholds, provenance
 
-Both files are written atomically.  :func:`load_report` checks that the report matches
-a model (same parameter names and shapes) and names the first mismatch otherwise.
+Both files are written atomically (``summary.json`` last: it marks a finished report).
+:func:`load_report` checks that the report matches a model (same parameter names and
+shapes) and names the first mismatch otherwise.
 """
 
 from __future__ import annotations
@@ -71,10 +72,15 @@ def write_report(
     out_dir: str | Path, scores: Dict[str, torch.Tensor], meta: Optional[dict] = None,
     dtype: str = "float32",
 ) -> dict:
-    """Write ``scores.safetensors`` and ``summary.json`` atomically; returns the summary."""
+    """Write ``scores.safetensors`` and ``summary.json`` atomically; returns the summary.
+
+    ``summary.json`` marks a finished report: it is removed first and written last, so
+    an interrupted rewrite never leaves a summary next to scores it does not describe.
+    """
     from safetensors.torch import save
 
     out_dir = Path(out_dir)
+    (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
     cast = {n: t.detach().to(getattr(torch, dtype)).contiguous() for n, t in scores.items()}
     with atomic_open(out_dir / SCORES_FILE, "wb") as f:
         f.write(save(cast, metadata={"dtype": dtype}))
@@ -115,3 +121,11 @@ def load_scores(
                     f"the model's is {tuple(shape)}"
                 )
     return scores
+
+
+def load_report(report_dir: str | Path, model: torch.nn.Module, groups=("layers",)) -> Dict[str, torch.Tensor]:
+    """Scores of ``report_dir`` checked against ``model``'s parameters in ``groups``."""
+    from espnet_ext.importance.params import select_parameters
+
+    shapes = {n: p.shape for n, p in select_parameters(model, groups).items()}
+    return load_scores(report_dir, expected_shapes=shapes)

@@ -10,22 +10,25 @@ signed sum Σ_b ∂L_b/∂θ, and only then I = |θ ⊙ Σ_b g_b| (``accumulate=
 the default).  Molchanov et al. (2019) instead sum per-batch scores Σ_b |θ ⊙ g_b|;
 that is offered as ``accumulate="abs_per_batch"``.
 
-Works on plain and peft-LoRA models (the effective weight W + BA is scored; its gradient
-equals the base weight's gradient because the LoRA term is additive), under
-``torch.distributed`` (gradient sums are all-reduced) and on bf16 models (accumulation
-in fp32).
+Works on plain and peft-LoRA models (the effective weight W + scaling·BA is scored; its
+gradient equals the base weight's gradient because the LoRA term is additive), under
+``torch.distributed`` (each rank scores its share of the batches; the sums are
+all-reduced, so the scores equal a single process's on the same batches) and on bf16
+models (accumulation in fp32).  Cost: one forward + backward per batch (the backward
+stops at the scored parameters); no optimizer state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Literal, Optional, Tuple
+from typing import Dict, Iterable, Iterator, Literal, Optional, Tuple
 
 import torch
 from tqdm import tqdm
 
-from espnet_ext.importance.params import select_parameters
+from espnet_ext.importance.params import effective_weight, lora_layers, select_parameters, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +55,9 @@ class ImportanceConfig:
             raise ValueError(f"accumulate must be signed_sum or abs_per_batch, got {self.accumulate!r}")
         if not 0 < self.subset_fraction <= 1:
             raise ValueError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
+        if self.num_utts is not None and self.num_utts < 1:
+            raise ValueError(f"num_utts must be >= 1 or null, got {self.num_utts}")
         self.groups = tuple(self.groups)
-
-
 
 
 @dataclass
@@ -73,6 +76,18 @@ def _all_reduce_(t: torch.Tensor) -> None:
         torch.distributed.all_reduce(t)
 
 
+@contextlib.contextmanager
+def training_modes_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Restore every submodule's own ``training`` flag on exit (a frozen encoder may sit
+    in eval mode inside a training model)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def score_importance(
     model: torch.nn.Module,
     batches: Iterable[Dict[str, torch.Tensor]],
@@ -82,53 +97,77 @@ def score_importance(
     """Eq. (2) over ``batches`` (dicts of model inputs); no optimizer step is taken.
 
     ``effective_weights`` maps canonical names to the weights to multiply with the
-    accumulated gradient when they differ from the parameters (merged LoRA weights).
-    Gradients of the selected parameters are accumulated in fp32 whatever the model dtype;
-    the model's ``.grad`` fields are left as they were found (``None``).
+    accumulated gradient when they differ from the parameters; by default peft LoRA
+    layers are detected and W + scaling · B @ A is used (the base weight's gradient is
+    the effective weight's gradient: the LoRA term is additive).
+
+    Side-effect free, so it can run in the middle of training (the trainer's importance
+    probe): ``backward(inputs=...)`` touches only the scored parameters, whose existing
+    ``.grad`` tensors are set aside (no copy) and put back afterwards; each batch's
+    gradient is added to an fp32 accumulator by a post-accumulate hook and freed at once.
+    Besides the forward/backward activations, peak memory is therefore the model, one fp32
+    accumulator of the scored parameters and one layer's transient gradients, whatever the
+    model dtype (bf16 models accumulate in fp32).  Every
+    submodule's train/eval flag and ``requires_grad`` are restored; the model runs in
+    eval mode (no dropout) while scoring.
     """
+    model = unwrap_model(model)
     params = select_parameters(model, config.groups)
-    was_training = model.training
-    model.eval()  # no dropout: the estimate is of the deterministic loss
-    requires = {n: p.requires_grad for n, p in params.items()}
-    for p in params.values():
-        p.requires_grad_(True)
+    lora = {} if effective_weights is not None else lora_layers(model)
+
+    def weight(n: str) -> torch.Tensor:
+        """θ of eq. (2): the effective weight (fp32 under LoRA), else the parameter itself."""
+        if effective_weights is not None and n in effective_weights:
+            return effective_weights[n].detach().to(params[n].device)
+        return effective_weight(params[n], lora[n]) if n in lora else params[n].detach()
+
     acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
+    signed = config.accumulate == "signed_sum"
+
+    def hook_for(n: str):
+        def hook(p: torch.Tensor) -> None:
+            g, p.grad = p.grad, None
+            if signed:
+                acc[n].add_(g)  # fp32 += (b)f16/fp32 gradient
+            else:  # Molchanov: Σ_b |θ ⊙ g_b|
+                acc[n].add_((weight(n).float() * g.float()).abs_())
+        return hook
+
+    requires = {n: p.requires_grad for n, p in params.items()}
+    stashed = {n: p.grad for n, p in params.items()}
+    handles = []
     n_batches = n_utts = 0
     loss_sum = 0.0
-    try:
-        for batch in tqdm(batches, desc=f"importance ({config.modality})", unit="batch"):
-            for p in params.values():
-                p.grad = None
-            loss, _, _ = model(**batch, modality=config.modality)
-            loss.sum().backward()
+    with training_modes_kept(model):
+        model.eval()  # no dropout: the estimate is of the deterministic loss
+        try:
             for n, p in params.items():
-                if p.grad is None:
-                    continue
-                g = p.grad.float()
-                if config.accumulate == "signed_sum":
-                    acc[n] += g
-                else:  # Molchanov: sum of per-batch |θ ⊙ g_b|; all-reduce per batch
-                    _all_reduce_(g)
-                    w = (effective_weights or {}).get(n, p).detach().float()
-                    acc[n] += (w * g).abs()
-            n_batches += 1
-            n_utts += len(next(iter(batch.values())))
-            loss_sum += float(loss.detach().sum())
-    finally:
-        for n, p in params.items():
-            p.grad = None
-            p.requires_grad_(requires[n])
-        model.train(was_training)
-    if n_batches == 0:
-        raise ValueError("importance scoring got no batches")
-    scores: Dict[str, torch.Tensor] = {}
-    for n, p in params.items():
-        if config.accumulate == "signed_sum":
-            _all_reduce_(acc[n])  # Σ over ranks of Σ over batches
-            w = (effective_weights or {}).get(n, p).detach().float()
-            acc[n] = (w * acc[n]).abs()
-        scores[n] = acc[n].cpu()
+                p.grad = None
+                p.requires_grad_(True)
+                handles.append(p.register_post_accumulate_grad_hook(hook_for(n)))
+            with torch.enable_grad():
+                for batch in tqdm(batches, desc=f"importance ({config.modality})", unit="batch",
+                                  disable=not logger.isEnabledFor(logging.INFO)):
+                    loss, _, _ = model(**batch, modality=config.modality)
+                    loss.sum().backward(inputs=list(params.values()))
+                    n_batches += 1
+                    n_utts += len(next(iter(batch.values())))
+                    loss_sum += float(loss.detach().sum())
+        finally:
+            for h in handles:
+                h.remove()
+            for n, p in params.items():
+                p.requires_grad_(requires[n])
+                p.grad = stashed[n]
     stats = torch.tensor([n_batches, n_utts, loss_sum], dtype=torch.float64)
     _all_reduce_(stats)
     n_batches, n_utts, loss_sum = int(stats[0]), int(stats[1]), float(stats[2])
+    if n_batches == 0:
+        raise ValueError("importance scoring got no batches")
+    scores: Dict[str, torch.Tensor] = {}
+    for n in params:
+        _all_reduce_(acc[n])  # Σ over ranks (of Σ_b g_b, or of Σ_b |θ ⊙ g_b|)
+        if signed:
+            acc[n].mul_(weight(n)).abs_()  # in place, in fp32 (a bf16 θ is promoted on the fly)
+        scores[n] = acc.pop(n).cpu()
     return ImportanceResult(scores, n_batches, n_utts, loss_sum / n_batches)

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Importance after fine-tuning, its shift, rank clustering and parameter changes (stage 6).
+
+Usage:
+    python -m espnet_ext.bin.importance_analyze --config conf/importance.yaml --exp_dir exp \\
+        --systems "full layerlr lora" --base_model_config exp/pretrained/model.yaml \\
+        --data_dir dump/train --eval_dir dump/dev --checkpoint valid.loss.best.pth
+
+Scores every system's textual importance on the base report's utterances
+(``exp/importance/<tag>/``), then writes ``exp/results/figures/fig{1,2,4}_*.png``,
+``exp/results/analysis.json`` and ``analysis_detail.json``.  Reports and the analysis are
+redone only when their inputs changed (or with ``--overwrite true``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Optional, Sequence
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="conf/importance.yaml (scoring, deactivation, analysis)")
+    p.add_argument("--exp_dir", default="exp", help="experiment root (exp/importance/base must exist)")
+    p.add_argument("--systems", default="", help="space-separated trained system tags (exp/<tag>)")
+    p.add_argument("--base_model_config", required=True, help="the base model's YAML (exp/pretrained/model.yaml)")
+    p.add_argument("--data_dir", required=True, help="dump dir of the base report's scoring subset")
+    p.add_argument("--eval_dir", default=None, help="held-out dump dir: Table-1 check of every system")
+    p.add_argument("--checkpoint", default="valid.loss.best.pth", help="checkpoint file name in exp/<tag>")
+    p.add_argument("--out_dir", default=None, help="default: <exp_dir>/results")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--overwrite", choices=["true", "false"], default="false", help="redo up-to-date outputs")
+    return p
+
+
+def main(cmd: Optional[Sequence[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    from espnet_ext.importance.analyze import run_analysis
+
+    run_analysis(args.exp_dir, args.systems.split(), args.config, args.base_model_config, args.data_dir,
+                 args.eval_dir, args.checkpoint, args.out_dir, args.device, args.overwrite == "true")
+
+
+if __name__ == "__main__":
+    main()

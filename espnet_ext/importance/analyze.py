@@ -1,0 +1,221 @@
+"""The stage-6 importance analysis (paper §2.3 and §3.3): Fig. 1–4 plus their numbers.
+
+For every trained system ``exp/<tag>`` (``config.yaml`` + checkpoint):
+
+1. textual importance on the same utterances as the base report
+   (``exp/importance/<tag>/``, with the Table-1 check when an eval dir is given), redone
+   only when the model files or options changed;
+2. the parameter change against the base model's effective weights (Fig. 4 maps of one
+   layer, row/column concentration of every matrix's top-5 % |Δ|, per-layer ‖Δ‖/‖θ‖);
+
+then, over all systems:
+
+3. the layer-wise distribution shift against the base (Fig. 2–3 combined, shift table);
+4. rank clustering of the base importance (Fig. 1 maps of a few layers) and the
+   concentration of every report's top-5 % sets.
+
+Outputs in ``out_dir`` (``exp/results``): ``figures/{fig1_rank_clustering,
+fig2_layer_shift_text, fig4_param_change}.png``, ``analysis.json`` (everything RESULTS.md
+shows) and ``analysis_detail.json`` (per-matrix numbers).  A finished analysis of the
+same inputs is not redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from espnet_ext.importance.change import analyze_change
+from espnet_ext.importance.job import is_scored, load_importance_config, report_stamp, run_importance
+from espnet_ext.importance.params import MODULE_TYPES, effective_weights, num_layers
+from espnet_ext.importance.report import load_scores
+from espnet_ext.importance.shift import layer_curves, plot_layer_shift, shift_table
+from espnet_ext.importance.structure import (
+    matrix_concentration, plot_grid, rank_clustering_maps, summarize_concentration,
+)
+from espnet_ext.utils.atomic import atomic_write_text
+from espnet_ext.utils.config import load_yaml
+
+logger = logging.getLogger(__name__)
+
+FIGURES = {
+    "fig1": "fig1_rank_clustering.png",
+    "fig2": "fig2_layer_shift_text.png",
+    "fig4": "fig4_param_change.png",
+}
+ANALYSIS_FILE = "analysis.json"
+DETAIL_FILE = "analysis_detail.json"
+
+
+@dataclasses.dataclass
+class AnalysisConfig:
+    """``analysis:`` section of ``conf/importance.yaml``."""
+
+    top_fraction: float = 0.05  # Fig. 1 / Fig. 4: the "Top 5 %" region of each matrix
+    line_fraction: float = 0.05  # concentration score: the top 5 % of rows and of columns
+    layers: Optional[tuple] = None  # Fig. 1 rows; None = first, middle and last layer
+    change_layer: Optional[int] = None  # Fig. 4 layer; None = the middle layer
+    max_px: int = 256  # heatmaps are block-max pooled to at most this many pixels a side
+    seed: int = 0  # random baseline masks of the concentration score
+
+    def __post_init__(self) -> None:
+        for k in ("top_fraction", "line_fraction"):
+            if not 0 < getattr(self, k) < 1:
+                raise ValueError(f"analysis.{k} must be in (0, 1), got {getattr(self, k)}")
+        if self.layers is not None:
+            self.layers = tuple(int(i) for i in self.layers)
+
+    def pick_layers(self, n_layers: int) -> List[int]:
+        layers = list(self.layers) if self.layers is not None else sorted({0, n_layers // 2, n_layers - 1})
+        bad = [i for i in layers if not 0 <= i < n_layers]
+        if bad:
+            raise ValueError(f"analysis.layers {bad} out of range for a {n_layers}-layer model")
+        return layers
+
+    def pick_change_layer(self, n_layers: int) -> int:
+        i = self.change_layer if self.change_layer is not None else n_layers // 2
+        if not 0 <= i < n_layers:
+            raise ValueError(f"analysis.change_layer {i} out of range for a {n_layers}-layer model")
+        return i
+
+
+def load_analysis_config(path: str | Path) -> AnalysisConfig:
+    """The ``analysis`` section of an importance YAML (defaults when absent)."""
+    conf = dict(load_yaml(path).get("analysis") or {})
+    fields = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    bad = sorted(set(conf) - fields)
+    if bad:
+        raise ValueError(f"{path}: unknown key(s) {bad} in 'analysis' (valid: {sorted(fields)})")
+    return AnalysisConfig(**conf)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def report_concentration(scores: Dict[str, torch.Tensor], conf: AnalysisConfig) -> Dict[str, Dict[str, float]]:
+    """Concentration of the top-``top_fraction`` set of every scored matrix."""
+    return {n: matrix_concentration(s, conf.top_fraction, conf.line_fraction, conf.seed)
+            for n, s in scores.items() if s.dim() == 2}
+
+
+def run_analysis(
+    exp_dir: str | Path,
+    systems: Sequence[str],
+    importance_config: str | Path,
+    base_model_config: str | Path,
+    data_dir: str | Path,
+    eval_dir: Optional[str | Path] = None,
+    checkpoint: str = "valid.loss.best.pth",
+    out_dir: Optional[str | Path] = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> dict:
+    """Score every system, then write figures and ``analysis.json`` (see module docstring)."""
+    from espnet_ext.eval.results import SYSTEM_NAMES
+    from espnet_ext.tasks.inference import load_model
+
+    exp_dir = Path(exp_dir)
+    out_dir = Path(out_dir) if out_dir is not None else exp_dir / "results"
+    scoring, deactivation = load_importance_config(importance_config)
+    conf = load_analysis_config(importance_config)
+    base_report = exp_dir / "importance" / "base"
+    if not (base_report / "summary.json").is_file():
+        raise FileNotFoundError(f"no base importance report at {base_report} (run stage 3 first)")
+    models = {}
+    for tag in systems:
+        cfg, ckpt = exp_dir / tag / "config.yaml", exp_dir / tag / checkpoint
+        for f in (cfg, ckpt):
+            if not f.exists():
+                raise FileNotFoundError(f"system {tag}: {f} is missing (train it in stage 4)")
+        models[tag] = (cfg, ckpt, report_stamp(cfg, ckpt, scoring, data_dir, deactivation, eval_dir))
+
+    stamp = json.loads(json.dumps({
+        "systems": list(systems), "reports": {t: m[2] for t, m in models.items()},
+        "base_report": _sha(base_report / "summary.json"), "analysis": dataclasses.asdict(conf),
+        "base_model_config": _sha(Path(base_model_config)),
+    }))
+    done = out_dir / ANALYSIS_FILE
+    old = json.loads(done.read_text()) if done.is_file() else {}
+    if (not overwrite and old.get("stamp") == stamp
+            and all(is_scored(exp_dir / "importance" / t, m[2]) for t, m in models.items())
+            and all((out_dir / f).is_file() for f in old.get("figures", {}).values())):
+        logger.info("%s is up to date; skipping (--overwrite true to redo)", done)
+        return old
+
+    # 1-2. score every system; parameter change against the base weights
+    base_model = load_model(base_model_config, None, device)
+    base_w = {n: w.cpu() for n, w in effective_weights(base_model, scoring.groups).items()}
+    del base_model
+    n_layers = num_layers(base_w)
+    change_layer = conf.pick_change_layer(n_layers)
+    change, change_detail, change_maps = {}, {}, []
+    for tag, (cfg, ckpt, rstamp) in models.items():
+        model = load_model(cfg, ckpt, device)
+        report = exp_dir / "importance" / tag
+        if overwrite or not is_scored(report, rstamp):
+            logger.info("scoring %s (%s) -> %s", tag, ckpt, report)
+            run_importance(model, data_dir, report, scoring, deactivation if eval_dir else None, eval_dir,
+                           provenance={"model_config": str(cfg), "model_file": str(ckpt), "stamp": rstamp})
+        tuned_w = {n: w.cpu() for n, w in effective_weights(model, scoring.groups).items()}
+        del model
+        stats, maps = analyze_change(base_w, tuned_w, change_layer, MODULE_TYPES,
+                                     conf.top_fraction, conf.line_fraction, conf.seed)
+        del tuned_w
+        change_detail[tag] = stats.pop("concentration_per_matrix")
+        change[tag] = stats
+        change_maps.append(maps)
+
+    # 3. layer-wise distribution shift (Fig. 2-3)
+    reports = {"base": base_report, **{t: exp_dir / "importance" / t for t in systems}}
+    curves = layer_curves(reports)
+    names = {"base": "Base (pretrained)", **{t: SYSTEM_NAMES.get(t, t) for t in systems}}
+    fig_dir = out_dir / "figures"
+    plot_layer_shift(curves, fig_dir / FIGURES["fig2"], "Textual importance per layer, before and after "
+                     "speech fine-tuning (Fig. 2-3)", names)
+
+    # 4. rank clustering (Fig. 1) and the concentration of every report's top set
+    clustering, clustering_detail = {}, {}
+    base_scores = None
+    for name, d in reports.items():
+        shapes = {n: w.shape for n, w in base_w.items()}
+        scores = load_scores(d, expected_shapes=shapes)
+        clustering_detail[name] = report_concentration(scores, conf)
+        clustering[name] = summarize_concentration(clustering_detail[name])
+        if name == "base":
+            base_scores = scores
+    layers = conf.pick_layers(n_layers)
+    grid, row_labels = rank_clustering_maps(base_scores, layers, MODULE_TYPES, conf.top_fraction)
+    pct = f"{100 * conf.top_fraction:g}%"
+    plot_grid(grid, row_labels, MODULE_TYPES, fig_dir / FIGURES["fig1"],
+              f"Base textual importance: top-{pct} vicinity maps (Fig. 1)",
+              "share of the 3×3 vicinity in the top set", conf.max_px)
+    if change_maps:
+        plot_grid(change_maps, [names[t] for t in systems], MODULE_TYPES, fig_dir / FIGURES["fig4"],
+                  f"|θ_ft − θ_base| of layer {change_layer}, normalised per matrix (Fig. 4)",
+                  "|Δθ| / max |Δθ|", conf.max_px)
+
+    analysis = {
+        "systems": list(systems),
+        "config": dataclasses.asdict(conf),
+        "n_layers": n_layers,
+        "curves": curves,
+        "shift": shift_table(curves),
+        "rank_clustering": clustering,
+        "rank_clustering_layers": layers,
+        "change": change,
+        "change_layer": change_layer,
+        "figures": {k: f"figures/{v}" for k, v in FIGURES.items() if (fig_dir / v).is_file()},
+        "stamp": stamp,
+    }
+    atomic_write_text(out_dir / DETAIL_FILE, json.dumps(
+        {"rank_clustering": clustering_detail, "change": change_detail}, indent=1) + "\n")
+    atomic_write_text(done, json.dumps(analysis, indent=1) + "\n")
+    logger.info("wrote %s and %s", done, fig_dir)
+    return analysis

@@ -1,0 +1,178 @@
+"""Rank clustering (paper §2.3.1, Fig. 1): where in a weight matrix the top parameters sit.
+
+For one matrix (importance scores, or |Δθ| for Fig. 4):
+
+* :func:`top_mask` — the top-p % entries of the matrix (exact threshold, ties kept);
+* :func:`vicinity_map` — for every entry, the fraction of its 3×3 neighbourhood that is
+  in the top set (0..1; at the border only the neighbours that exist count).  This is
+  the quantity Fig. 1 shows: "the proportion of parameters within a 3×3 vicinity that
+  belong to the 'Top' region";
+* :func:`concentration` — a number the paper lacks: the share of the top set that lies in
+  the top-5 % of rows or the top-5 % of columns (rows and columns ranked by how many top
+  entries they hold), divided by the same share for a random mask of equal size.  A
+  ratio of 1 means "scattered like noise"; row/column clustering gives ratios well
+  above 1 (a mask made of whole rows reaches 1 / (1 − 0.95²) ≈ 10 at 5 %).
+
+:func:`display_pool` block-max-pools a map to at most 256 px a side for plotting, and
+:func:`plot_grid` renders a grid of maps to PNG (matplotlib, Agg backend).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from espnet_ext.importance.threshold import selection_mask, threshold_for_fraction
+
+
+def top_mask(matrix: torch.Tensor, fraction: float = 0.05) -> torch.Tensor:
+    """Boolean mask of the top ``fraction`` entries of one matrix (ties included)."""
+    return selection_mask(matrix, threshold_for_fraction([matrix], fraction, "top"), "top")
+
+
+def vicinity_map(mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of each entry's 3×3 neighbourhood (itself included) that is in ``mask``.
+
+    A 3×3 ones-kernel convolution counts top entries; the same convolution of an all-ones
+    matrix counts the neighbours that exist, so border entries are not diluted by padding.
+    """
+    if mask.dim() != 2:
+        raise ValueError(f"vicinity_map needs a matrix, got shape {tuple(mask.shape)}")
+    x = mask.float()[None, None]  # (1, 1, Rows, Cols)
+    ones = torch.ones(1, 1, 3, 3)
+    hits = F.conv2d(x, ones, padding=1)
+    present = F.conv2d(torch.ones_like(x), ones, padding=1)
+    return (hits / present)[0, 0]
+
+
+def _top_lines(counts: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices of the ``ceil(fraction · n)`` lines with the most top entries (stable ties)."""
+    n = max(1, math.ceil(fraction * counts.numel()))
+    order = torch.sort(counts, descending=True, stable=True).indices
+    return order[:n]
+
+
+def line_share(mask: torch.Tensor, fraction: float = 0.05) -> float:
+    """Share of the top entries lying in the top-``fraction`` rows or top-``fraction`` columns."""
+    total = int(mask.sum())
+    if total == 0:
+        return 0.0
+    rows = torch.zeros(mask.shape[0], dtype=torch.bool)
+    cols = torch.zeros(mask.shape[1], dtype=torch.bool)
+    rows[_top_lines(mask.sum(1), fraction)] = True
+    cols[_top_lines(mask.sum(0), fraction)] = True
+    covered = mask & (rows[:, None] | cols[None, :])
+    return int(covered.sum()) / total
+
+
+def random_mask_like(mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A uniformly random mask with exactly as many entries as ``mask``."""
+    k = int(mask.sum())
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.zeros(mask.numel(), dtype=torch.bool)
+    if k:
+        out[torch.topk(torch.rand(mask.numel(), generator=gen), k).indices] = True
+    return out.view(mask.shape)
+
+
+def concentration(mask: torch.Tensor, line_fraction: float = 0.05, seed: int = 0) -> Dict[str, float]:
+    """Row/column concentration of a top set against a random set of equal size.
+
+    Returns ``share`` (top entries in the top rows ∪ top columns), ``random_share`` (the
+    same for a seeded random mask of equal size) and ``ratio`` = share / random_share.
+    """
+    share = line_share(mask, line_fraction)
+    base = line_share(random_mask_like(mask, seed), line_fraction)
+    return {"share": share, "random_share": base, "ratio": share / base if base > 0 else float("nan")}
+
+
+def matrix_concentration(
+    matrix: torch.Tensor, top_fraction: float = 0.05, line_fraction: float = 0.05, seed: int = 0
+) -> Dict[str, float]:
+    """:func:`concentration` of the top-``top_fraction`` mask of a score/|Δ| matrix."""
+    return concentration(top_mask(matrix.float(), top_fraction), line_fraction, seed)
+
+
+def summarize_concentration(per_matrix: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
+    """Mean share / random share / ratio per module type (q, k, v, o, gate, up, down) and overall."""
+    from espnet_ext.importance.params import module_type
+
+    groups: Dict[str, List[Dict[str, float]]] = {}
+    for name, c in per_matrix.items():
+        groups.setdefault(module_type(name) or "other", []).append(c)
+        groups.setdefault("all", []).append(c)
+    out = {}
+    for t, cs in groups.items():
+        out[t] = {k: sum(c[k] for c in cs) / len(cs) for k in ("share", "random_share", "ratio")}
+        out[t]["n_matrices"] = len(cs)
+    return out
+
+
+def display_pool(m: torch.Tensor, max_px: int = 256) -> torch.Tensor:
+    """Block-max pooling so neither side exceeds ``max_px`` (small top regions stay visible)."""
+    kh, kw = math.ceil(m.shape[0] / max_px), math.ceil(m.shape[1] / max_px)
+    if kh == 1 and kw == 1:
+        return m
+    return F.max_pool2d(m.float()[None, None], (kh, kw), ceil_mode=True)[0, 0]
+
+
+def plot_grid(
+    maps: Sequence[Sequence[Optional[torch.Tensor]]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    path: str | Path,
+    title: str,
+    colorbar_label: str,
+    max_px: int = 256,
+) -> Path:
+    """A grid of heatmaps (values in 0..1) to PNG; ``None`` cells stay empty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from espnet_ext.utils.atomic import atomic_open
+
+    nr, nc = len(maps), max(len(r) for r in maps)
+    fig, axes = plt.subplots(nr, nc, figsize=(2.1 * nc + 0.8, 2.1 * nr + 0.6), squeeze=False)
+    im = None
+    for i, row in enumerate(maps):
+        for j in range(nc):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            m = row[j] if j < len(row) else None
+            if m is None:
+                ax.axis("off")
+                continue
+            im = ax.imshow(display_pool(m, max_px).numpy(), cmap="viridis", vmin=0, vmax=1,
+                           aspect="auto", interpolation="nearest")
+            if i == 0:
+                ax.set_title(f"{col_labels[j]}\n{tuple(m.shape)[0]}×{tuple(m.shape)[1]}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label=colorbar_label)
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rank_clustering_maps(
+    scores: Dict[str, torch.Tensor], layers: Sequence[int], module_types: Sequence[str],
+    fraction: float = 0.05,
+) -> Tuple[List[List[Optional[torch.Tensor]]], List[str]]:
+    """Fig. 1 grid: vicinity maps of the top-``fraction`` mask, rows = layers, cols = types."""
+    from espnet_ext.importance.params import split_name
+
+    index = {split_name(n): s for n, s in scores.items() if s.dim() == 2}
+    grid = [[vicinity_map(top_mask(index[(l, t)], fraction)) if (l, t) in index else None
+             for t in module_types] for l in layers]
+    return grid, [f"layer {l}" for l in layers]

@@ -1,0 +1,112 @@
+"""ESPnet ``Trainer`` with the optional importance probe (``--importance_probe_conf``).
+
+With the option unset (null, the default) this is ESPnet's ``Trainer`` unchanged.  With
+it set, :class:`espnet_ext.importance.probe.ImportanceProbe` scores textual importance on
+a small fixed probe set:
+
+* after every N-th epoch, at the end of validation: the scalars (``imp_js``,
+  ``imp_pearson``, ``imp_peak_move``, ``imp_mass_ratio`` against the base report,
+  ``imp_loss``, ``imp_peak_layer``) are registered in the *valid* reporter as one extra
+  step, so they appear in ESPnet's epoch log line, ``images/`` and tensorboard (valid
+  statistics such as ``loss`` skip the step: ESPnet drops non-finite entries); they can
+  even serve as ``best_model_criterion`` (e.g. ``[valid, imp_js, min]``);
+* every N training iterations (optional): the same scalars go to the train tensorboard
+  writer under ``importance_probe/`` (the reporter is left alone, so iteration counts and
+  logging intervals stay as they are); the probe's time counts into that step's
+  ``iter_time``.  Under DDP this assumes every rank runs the same number of iterations
+  (ESPnet's sharded batches do).
+
+Every probe also writes ``<output_dir>/importance_probe/{epoch<N>,step<N>}.json`` with the
+per-layer distribution.  It leaves the training trajectory bit-identical (see
+:mod:`espnet_ext.importance.probe`).  ESPnet's DeepSpeed path refuses any trainer class
+but its own (``--use_deepspeed true`` with this task raises "only default trainer is
+compatible with deepspeed"); train without DeepSpeed to use this task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Optional
+
+from espnet_ext.utils.espnet_compat import Trainer  # first: ESPnet's imports need its shim
+
+from espnet2.train.trainer import TrainerOptions  # noqa: E402  (imported by the shim already)
+from espnet2.utils.build_dataclass import build_dataclass  # noqa: E402
+from espnet2.utils.nested_dict_action import NestedDictAction  # noqa: E402
+
+
+@dataclasses.dataclass
+class SpeechLLMTrainerOptions(TrainerOptions):
+    importance_probe_conf: Optional[dict] = None
+
+
+class SpeechLLMTrainer(Trainer):
+    """ESPnet's Trainer plus the importance probe hooks."""
+
+    _probe = None  # (conf, output_dir, probe): built once per process
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(description="Importance probe")
+        group.add_argument(
+            "--importance_probe_conf", action=NestedDictAction, default=None,
+            help="textual importance on a fixed probe set during training, e.g. {data_dir: "
+            "dump/dev, num_utts: 16, every_n_epochs: 1, every_n_steps: 0, base_report: "
+            "exp/importance/base, modality: text, batch_size: 8}; null = off. Cost per probe: "
+            "num_utts × one forward+backward",
+        )
+
+    @classmethod
+    def build_options(cls, args: argparse.Namespace) -> SpeechLLMTrainerOptions:
+        return build_dataclass(SpeechLLMTrainerOptions, args)
+
+    @classmethod
+    def probe_for(cls, options):
+        """The probe of these options (``None`` when off); built and checked once."""
+        conf = getattr(options, "importance_probe_conf", None)
+        if not conf:
+            return None
+        key = (repr(conf), str(options.output_dir))
+        if cls._probe is None or cls._probe[0] != key:
+            from espnet_ext.importance.probe import ImportanceProbe, ProbeConfig
+
+            cls._probe = (key, ImportanceProbe(ProbeConfig.from_dict(dict(conf)), options.output_dir))
+        return cls._probe[1]
+
+    @classmethod
+    def train_one_epoch(cls, model, iterator, optimizers, schedulers, scaler, reporter, summary_writer,
+                        options, distributed_option) -> bool:
+        probe = cls.probe_for(options)
+        if probe is not None and probe.config.every_n_steps > 0:
+            iterator = cls._probing(iterator, probe, model, reporter, summary_writer)
+        return super().train_one_epoch(
+            model=model, iterator=iterator, optimizers=optimizers, schedulers=schedulers, scaler=scaler,
+            reporter=reporter, summary_writer=summary_writer, options=options,
+            distributed_option=distributed_option,
+        )
+
+    @staticmethod
+    def _probing(iterator, probe, model, reporter, summary_writer):
+        """Yield the batches; when ESPnet asks for the next one, the previous iteration is
+        complete (optimizer step included), so a due probe runs then."""
+        for item in iterator:
+            yield item
+            step = reporter.get_total_count()
+            if probe.due(step=step):
+                scalars = probe.run(model, f"step{step}", reporter.get_epoch(), step)
+                if summary_writer is not None:
+                    for k, v in scalars.items():
+                        summary_writer.add_scalar(f"importance_probe/{k}", v, step)
+
+    @classmethod
+    def validate_one_epoch(cls, model, iterator, reporter, options, distributed_option) -> None:
+        super().validate_one_epoch(
+            model=model, iterator=iterator, reporter=reporter, options=options,
+            distributed_option=distributed_option,
+        )
+        probe = cls.probe_for(options)
+        epoch = reporter.get_epoch()
+        if probe is not None and probe.due(epoch=epoch):
+            reporter.register(probe.run(model, f"epoch{epoch}", epoch))
+            reporter.next()
