@@ -61,6 +61,20 @@ def test_all_stages_produce_their_outputs(recipe_run):
         assert f"Stage {n}:" in p.stderr
 
 
+def test_mitigations_train_on_the_stage3_report_and_decode(recipe_run):
+    import yaml
+
+    tmp, _ = recipe_run
+    for tag, key in (("layerlr", "layer_lr_conf"), ("impanchor", "anchor_conf")):
+        conf = yaml.safe_load((tmp / "exp" / tag / "config.yaml").read_text())
+        assert conf[key]["importance_report"] == str(tmp / "exp/importance/base")  # follows --expdir
+    for tag in ("layerlr", "lora", "impanchor"):
+        for m in ("text", "speech"):
+            assert len((tmp / "exp" / tag / f"decode_test_webq_{m}" / "hyp").read_text().splitlines()) == 6
+    md = (tmp / "RESULTS.md").read_text()
+    assert all(f"| {name} | " in md for name in ("Layer-LR", "LoRA", "ImpAnchor (ours)"))
+
+
 def test_results_md_is_generated_from_summary(recipe_run, tmp_path):
     tmp, _ = recipe_run
     md = (tmp / "RESULTS.md").read_text()

@@ -125,3 +125,17 @@ def test_render_results_md_is_deterministic(tmp_path):
 
     shutil.rmtree(tmp_path / "exp")
     assert render_results_md(json.loads(json.dumps(summary))) == md
+
+
+def test_rank_ablation_table_only_with_rank_systems(tmp_path):
+    summary = collect_summary(_fake_exp(tmp_path), ["noft", "full"])
+    assert "rank ablation" not in render_results_md(summary)
+    full = summary["systems"]["full"]
+    summary["systems"] |= {"lora_r16": full, "lora_r8": {"test": {"text": full["test"]["text"]}},
+                           "impanchor": full}
+    lines = render_results_md(summary).splitlines()
+    assert "| ImpAnchor (ours) | 40.0 | 20.0 |" in lines and "| LoRA r=16 | 40.0 | 20.0 |" in lines
+    start = lines.index("## LoRA rank ablation (Table 3 analogue)")
+    has = lines.index("### `has_answer`", start)
+    assert lines[has + 2 : has + 6] == [  # sorted by rank, not by tag
+        "| Rank | test T2T | test S2T |", "|---:|---:|---:|", "| 8 | 40.0 | - |", "| 16 | 40.0 | 20.0 |"]

@@ -17,8 +17,10 @@
 #                                                   -> exp/<tag>/
 #   5 decode      T2T for No-FT; T2T + S2T for every trained system
 #                                                   -> exp/<tag>/decode_<set>_<modality>/
-#   6 score       QA accuracy (has_answer, contain), RESULTS.md
-#                                                   -> exp/results/, RESULTS.md
+#   6 score       QA accuracy (has_answer, contain); importance of every trained system,
+#                 its shift, rank clustering, parameter changes (Fig. 1-4); RESULTS.md
+#                                                   -> exp/results/, exp/importance/<tag>/,
+#                                                      RESULTS.md + figures/ beside it
 set -euo pipefail
 
 # ---- options (every one can be given as --name value) ------------------------------------
@@ -28,9 +30,12 @@ data_source=demo         # demo: built-in spoken QA world; real: corpora named i
 demo_max_utts=           # demo: cap utterances per set (smoke tests); empty = all
 local_data_opts=""       # extra options for local/data.sh (e.g. "--train_max_utts 20000 --n_dev 500")
 model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained models (conf/model/)
-train_configs="conf/train_full.yaml"  # space-separated; tag = file name minus train_ and .yaml
+# Full-FT, the paper's two mitigations (eq. 3 layer-wise lr, LoRA) and ours (importance-
+# weighted anchoring); layerlr and impanchor read stage 3's $expdir/importance/base.
+# LoRA rank ablation (Table 3): conf/train_lora_r8.yaml conf/train_lora_r16.yaml conf/train_lora_r24.yaml
+train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml conf/train_impanchor.yaml"  # space-separated; tag = file name minus train_ and .yaml
 decode_config=conf/decode.yaml        # batch size, max_new_tokens, model checkpoint to use
-importance_config=conf/importance.yaml # importance scoring options (stage 3)
+importance_config=conf/importance.yaml # importance scoring (stage 3) and analysis (stage 6) options
 train_set=train          # training data dir under data/
 valid_set=dev            # validation data dir under data/
 test_sets="test_llamaq test_webq"     # decoded and scored sets
@@ -45,7 +50,7 @@ dumpdir=dump             # cached encoder outputs + shape files
 expdir=exp               # experiments
 results_md=RESULTS.md    # generated results file (stage 6)
 
-help_message="$(sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//')
+help_message="$(sed -n '2,/^set -euo pipefail/{/^#/p}' "$0" | sed 's/^# \{0,1\}//')
 
 Options (default in brackets):
 $(sed -n '/^# ---- options/,/^help_message=/p' "$0" | grep -E '^[a-z_]+=' | grep -v '^help_message=' |
@@ -110,7 +115,7 @@ stage4() {
     stage_header 4 "$conf + $model_preset -> $dir"
     mkdir -p "$dir"
     python -m espnet_ext.bin.compose_config --preset "$model_preset" --train_config "$conf" \
-      --out "$dir/train.yaml" --pretrained_dir "$expdir/pretrained"
+      --out "$dir/train.yaml" --pretrained_dir "$expdir/pretrained" --expdir "$expdir"
     local data=()
     for part in "enc_feats.scp,enc_feats,kaldi_ark" "text,text,text" "answer,answer,text"; do
       data+=(--train_data_path_and_name_and_type "$dumpdir/$train_set/$part"
@@ -175,6 +180,15 @@ stage6() {
     done
   done
   ${train_cmd} "$expdir/log/score.log" python -m espnet_ext.bin.score_qa "${args[@]}"
+  # textual importance of every trained system on the base report's utterances, its shift,
+  # rank clustering and parameter changes (Fig. 1-4); redone only when inputs changed
+  local trained="${systems#noft}" ckpt
+  ckpt=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get inference_model)
+  stage_header 6 "$expdir/{$(echo $trained | tr ' ' ,)}/$ckpt -> $expdir/importance/<tag>, $expdir/results/{analysis.json,figures}"
+  ${train_cmd} "$expdir/log/importance_analyze.log" python -m espnet_ext.bin.importance_analyze \
+    --config "$importance_config" --exp_dir "$expdir" --systems "$trained" \
+    --base_model_config "$expdir/pretrained/model.yaml" --data_dir "$dumpdir/$train_set" \
+    --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt"
   python -m espnet_ext.bin.make_results --exp_dir "$expdir" --systems "$systems" \
     --stage_times "$stage_times" --out_md "$results_md" \
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \

@@ -4,6 +4,9 @@
 Usage:
     python -m espnet_ext.bin.compose_config --preset conf/model/smollm2_135m_whisper_tiny.yaml \\
         --train_config conf/train_full.yaml --out exp/full/train.yaml
+    # another exp dir: model paths and importance reports (exp/...) follow it
+    python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --train_config conf/train_layerlr.yaml \
+        --out /data/exp/layerlr/train.yaml --pretrained_dir /data/exp/pretrained --expdir /data/exp
     # the pretrained base model alone (No-FT, stage-3 importance)
     python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --out exp/pretrained/model.yaml
     # print one value of a preset (used by run.sh for the stage-2 sources)
@@ -23,6 +26,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="composed config to write")
     p.add_argument("--pretrained_dir", default=None,
                    help="stage-2 output dir replacing exp/pretrained in model paths")
+    p.add_argument("--expdir", default=None,
+                   help="the recipe's exp dir: importance_report paths written exp/... are rebased onto it")
     p.add_argument("--get", default=None, help="print a dotted key of the preset and exit")
     return p
 
@@ -42,7 +47,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     if not args.out:
         raise SystemExit("--out is required unless --get is given")
     try:
-        compose_train_config(args.preset, args.train_config, args.out, args.pretrained_dir)
+        compose_train_config(args.preset, args.train_config, args.out, args.pretrained_dir, args.expdir)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"compose_config: {e}") from e
 

@@ -7,7 +7,9 @@ Usage:
     # regenerate RESULTS.md from a committed summary (no exp/ needed)
     python -m espnet_ext.bin.make_results --from_summary exp/results/summary.json --out_md RESULTS.md
 
-RESULTS.md is a pure function of summary.json, so the committed pair can be checked.
+RESULTS.md is a pure function of summary.json, so the committed pair can be checked.  The
+importance-analysis figures (exp/results/figures/) are copied to ``figures/`` next to
+RESULTS.md, which links them relatively.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    from espnet_ext.eval.results import collect_summary, render_results_md
+    from espnet_ext.eval.results import collect_summary, publish_figures, render_results_md
     from espnet_ext.utils.atomic import atomic_write_text
 
     if args.from_summary:
         summary = json.loads(Path(args.from_summary).read_text())
     else:
         summary = collect_summary(args.exp_dir, args.systems.split())
+        publish_figures(summary, args.exp_dir, args.out_md)  # figures/ next to RESULTS.md
         summary["meta"] = dict(kv.split("=", 1) for kv in args.meta)
         if args.stage_times and Path(args.stage_times).exists():
             rows = [ln.split("\t") for ln in Path(args.stage_times).read_text().splitlines() if ln.strip()]

@@ -25,7 +25,11 @@ from espnet_ext.utils.atomic import atomic_open, atomic_write_text
 #: display names of the paper's systems (Table 2); other tags are shown as they are
 SYSTEM_NAMES = {
     "noft": "No-FT", "full": "Full-FT", "layerlr": "Layer-LR", "lora": "LoRA",
+    "impanchor": "ImpAnchor (ours)",
+    "lora_r8": "LoRA r=8", "lora_r16": "LoRA r=16", "lora_r24": "LoRA r=24",
 }
+#: LoRA rank-ablation systems (Table 3): tag ``lora_r<rank>``
+_RANK_RE = re.compile(r"^lora_r(?P<rank>\d+)$")
 MODALITY_NAMES = {"text": "T2T", "speech": "S2T"}
 _DECODE_RE = re.compile(r"^decode_(?P<set>.+)_(?P<modality>text|speech)$")
 
@@ -75,7 +79,28 @@ def collect_summary(exp_dir: str | Path, systems: List[str]) -> dict:
                 }
     for t1 in sorted((exp_dir / "importance").glob("*/table1.json")):
         out.setdefault("table1", {})[t1.parent.name] = json.loads(t1.read_text())
+    analysis = exp_dir / "results" / "analysis.json"
+    if analysis.is_file():  # stage 6's importance analysis (figure paths relative to exp/results)
+        a = json.loads(analysis.read_text())
+        out["analysis"] = {k: v for k, v in a.items() if k != "stamp"}
     return out
+
+
+def publish_figures(summary: dict, exp_dir: str | Path, md_path: str | Path) -> dict:
+    """Copy the analysis figures to ``<dir of md_path>/figures/`` and point the summary's
+    figure paths there (relative to ``md_path``, as RESULTS.md links them)."""
+    import shutil
+
+    figures = summary.get("analysis", {}).get("figures", {})
+    target = Path(md_path).resolve().parent / "figures"
+    for key, rel in list(figures.items()):
+        src = (Path(exp_dir) / "results" / rel).resolve()
+        dst = target / Path(rel).name
+        if src != dst:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        figures[key] = f"figures/{dst.name}"
+    return summary
 
 
 def _acc(score: Optional[dict], matcher: str) -> str:
@@ -97,6 +122,79 @@ def render_table2(summary: dict, matcher: str) -> str:
     return "\n".join(rows) + f"\n\nMatcher: `{matcher}` ({note}).\n"
 
 
+def render_rank_ablation(summary: dict, matcher: str) -> str:
+    """Table 3 analogue: T2T/S2T accuracy per test set for the ``lora_r<rank>`` systems
+    (empty string when none was trained)."""
+    ranks = sorted((int(m["rank"]), tag) for tag in summary["systems"] if (m := _RANK_RE.match(tag)))
+    if not ranks:
+        return ""
+    per_rank = {tag: summary["systems"][tag] for _, tag in ranks}
+    sets = sorted({s for per in per_rank.values() for s in per})
+    head = "| Rank | " + " | ".join(f"{s} {MODALITY_NAMES[m]}" for s in sets for m in ("text", "speech")) + " |"
+    rows = [head, "|---:|" + "---:|" * (2 * len(sets))]
+    for rank, tag in ranks:
+        cells = [_acc(per_rank[tag].get(s, {}).get(m), matcher) for s in sets for m in ("text", "speech")]
+        rows.append(f"| {rank} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + f"\n\nMatcher: `{matcher}`.\n"
+
+
+def _concentration_table(rows: Dict[str, dict], label: str) -> List[str]:
+    """Markdown rows of mean concentration ratios per module type (see importance.structure)."""
+    from espnet_ext.importance.params import MODULE_TYPES
+
+    cols = [t for t in (*MODULE_TYPES, "all") if any(t in r for r in rows.values())]
+    out = [f"| {label} | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, per in rows.items():
+        out.append(f"| {name} | " + " | ".join(f"{per[c]['ratio']:.2f}" if c in per else "-" for c in cols) + " |")
+    return out
+
+
+def render_analysis(a: dict) -> List[str]:
+    """The importance-analysis section (Fig. 1-4 with their numbers) of RESULTS.md."""
+    from espnet_ext.importance.shift import render_shift_table
+
+    names = {"base": "Base (pretrained)", **SYSTEM_NAMES}
+    figs = a.get("figures", {})
+    conf = a.get("config", {})
+    pct = f"{100 * conf.get('top_fraction', 0.05):g}%"
+    line_pct = f"{100 * conf.get('line_fraction', 0.05):g}%"
+    lines = ["## Textual importance after fine-tuning (§2.3, §3.3; Fig. 1-4)", ""]
+    if a.get("shift"):
+        lines += ["### Layer-wise distribution shift against the base model (Fig. 2-3)", "",
+                  render_shift_table(a["shift"], names),
+                  "JS divergence (base 2) and Pearson r compare the normalised per-layer importance "
+                  "curves; the peak-layer move is fine-tuned minus base (negative = earlier); the mass "
+                  "ratio is total importance after / before.", ""]
+    if "fig2" in figs:
+        lines += [f"![Fig. 2-3: layer-wise textual importance]({figs['fig2']})", ""]
+    if a.get("rank_clustering"):
+        lines += ["### Rank clustering of the importance (Fig. 1)", "",
+                  *_concentration_table({names.get(k, k): v for k, v in a["rank_clustering"].items()},
+                                        "Importance of"), "",
+                  f"Concentration ratio: share of each matrix's top-{pct} importance lying in its top-"
+                  f"{line_pct} rows or columns, divided by the same share for a random set of equal size "
+                  "(1 = scattered like noise; mean over the matrices of each type).", ""]
+    if "fig1" in figs:
+        lines += [f"![Fig. 1: rank clustering]({figs['fig1']})", ""]
+    if a.get("change"):
+        rows = {names.get(t, t): c["concentration"] for t, c in a["change"].items() if c.get("concentration")}
+        lines += ["### Parameter changes (Fig. 4)", ""]
+        if rows:
+            lines += [*_concentration_table(rows, "Δθ of"), "",
+                      f"The same concentration ratio for the top-{pct} |θ_ft − θ_base| of each matrix "
+                      "(LoRA: the merged update).", ""]
+        lines += ["| System | mean ‖Δθ‖/‖θ‖ per layer | max (layer) |", "|---|---:|---:|"]
+        for t, c in a["change"].items():
+            rel = c["relative_change_per_layer"]
+            top = max(range(len(rel)), key=rel.__getitem__) if rel else 0
+            lines.append(f"| {names.get(t, t)} | {sum(rel) / max(len(rel), 1):.2e} | "
+                         f"{max(rel, default=0):.2e} ({top}) |")
+        lines.append("")
+    if "fig4" in figs:
+        lines += [f"![Fig. 4: parameter changes]({figs['fig4']})", ""]
+    return lines
+
+
 def render_results_md(summary: dict) -> str:
     """The whole ``RESULTS.md`` from a summary dict (see :func:`collect_summary`)."""
     meta = summary.get("meta", {})
@@ -108,6 +206,10 @@ def render_results_md(summary: dict) -> str:
     lines += ["", "## Spoken QA accuracy (Table 2 analogue)", ""]
     for matcher in MATCHERS:
         lines += [f"### `{matcher}`", "", render_table2(summary, matcher)]
+    if any(_RANK_RE.match(tag) for tag in summary["systems"]):
+        lines += ["## LoRA rank ablation (Table 3 analogue)", ""]
+        for matcher in MATCHERS:
+            lines += [f"### `{matcher}`", "", render_rank_ablation(summary, matcher)]
     if summary.get("table1"):
         from espnet_ext.importance.deactivate import render_table1
 
@@ -115,6 +217,8 @@ def render_results_md(summary: dict) -> str:
         for name, t in summary["table1"].items():
             lines += [f"### `{name}` ({t['n_utts']} held-out utterances of `{t['eval_dir']}`)", "",
                       render_table1(t["table"], t["fraction"], t["scope"])]
+    if summary.get("analysis"):
+        lines += render_analysis(summary["analysis"])
     if summary.get("decode"):
         lines += ["## Decoding cost", "", "| System | decode dir | utts | s/utt | new tokens | batch | max_new_tokens |",
                   "|---|---|---:|---:|---:|---:|---:|"]

@@ -76,8 +76,8 @@ def apply_lora(llm: torch.nn.Module, options: LoraOptions) -> None:
     from peft import get_peft_model
 
     model = llm.model
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    unknown = [t for t in options.target_modules if t not in present]
+    names = [name for name, _ in model.named_modules()]
+    unknown = [t for t in options.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if unknown:
         raise ValueError(f"lora_conf.target_modules {unknown} are not modules of {llm.model_name_or_path}")
     llm.model = get_peft_model(model, options.peft_config())

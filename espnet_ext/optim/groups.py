@@ -2,7 +2,7 @@
 
 Every trainable parameter lands in exactly one group; frozen parameters in none.  The
 base builder separates the adaptor (randomly initialised, often given a larger lr) from
-the LLM; the layer-wise builder of eq. (3) refines the LLM group per layer.
+the LLM; the layer-wise builder of eq. (3) (``layer_lr.py``) refines the LLM group per layer.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ def adaptor_llm_groups(
     return [g for g in groups if g.params]
 
 
-def log_groups(groups: List[ParamGroup]) -> None:
-    """Log size and learning rate of every group."""
-    for g in groups:
+def log_groups(groups: List[ParamGroup], optim_index: int = 0) -> None:
+    """Log size and learning rate of every group, under the key ESPnet's reporter gives
+    its lr (``optim<k>_lr<j>`` in the training log and tensorboard)."""
+    for j, g in enumerate(groups):
         n = sum(p.numel() for p in g.params)
-        logger.info("optimizer group %-12s %3d tensors %12d params  lr=%.3g", g.name, len(g.params), n, g.lr)
+        logger.info("optimizer group optim%d_lr%-3d %-16s %4d tensors %12d params  lr=%.4g",
+                    optim_index, j, g.name, len(g.params), n, g.lr)

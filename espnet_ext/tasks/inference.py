@@ -69,12 +69,17 @@ def load_model(
 
 
 def model_stamp(config: str | Path, model_file: Optional[str | Path], modality: str, max_new_tokens: int) -> dict:
-    """What a decode dir was produced from (files with their mtimes, and options)."""
+    """What a decode dir was produced from (the config's content, the checkpoint's mtime,
+    and options).  The config is identified by content: ESPnet rewrites an exp dir's
+    ``config.yaml`` on every (resumed) training run, even when nothing is left to train."""
+    import hashlib
+
     def file_id(p):
         return None if p is None else [str(Path(p).resolve()), Path(p).stat().st_mtime_ns]
 
-    return {"config": file_id(config), "model_file": file_id(model_file), "modality": modality,
-            "max_new_tokens": max_new_tokens}
+    digest = hashlib.sha256(Path(config).read_bytes()).hexdigest()
+    return {"config": [str(Path(config).resolve()), digest], "model_file": file_id(model_file),
+            "modality": modality, "max_new_tokens": max_new_tokens}
 
 
 def is_decoded(output_dir: str | Path, stamp: dict) -> bool:

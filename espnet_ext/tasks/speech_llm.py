@@ -8,6 +8,10 @@ Parts are ``ClassChoices`` entries with ``--X_conf`` partners (as in
 * ``--adaptor concat`` — frame-concatenating projector (k, hidden size in ``adaptor_conf``);
 * ``--llm hf`` — any Hugging Face causal LM (hub id, local folder).
 
+Mitigations of §3.1, each off when its option is null: ``--layer_lr_conf`` (eq. 3,
+``optim/layer_lr.py``), ``--lora_conf`` (peft, ``models/lora.py``) and ``--anchor_conf``
+(importance-weighted anchoring, ours, ``optim/anchor.py``).
+
 Data names: ``answer`` (required), ``text`` (question transcript), ``enc_feats`` (cached
 encoder outputs, ``kaldi_ark``) and ``speech`` (raw waveform, ``sound``).  ``config.yaml``
 stores only the choice keys, so inference must import this module (it does, via
@@ -23,7 +27,7 @@ from typing import Callable, Collection, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from espnet_ext.utils.espnet_compat import AbsTask, Trainer, abs_task_module
+from espnet_ext.utils.espnet_compat import AbsTask, abs_task_module
 from espnet2.train.class_choices import ClassChoices
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool
@@ -36,6 +40,7 @@ from espnet_ext.models.speech_llm import ESPnetSpeechLLM
 from espnet_ext.optim.schedulers import WarmupCosineLR
 from espnet_ext.tasks.collate import PadCollate
 from espnet_ext.tasks.preprocess import SpeechLLMPreprocessor
+from espnet_ext.tasks.trainer import SpeechLLMTrainer
 from espnet_ext.utils.conf import build_from_conf, check_conf_keys
 
 logger = logging.getLogger(__name__)
@@ -61,7 +66,7 @@ class SpeechLLMTask(AbsTask):
 
     num_optimizers: int = 1
     class_choices_list = [encoder_choices, adaptor_choices, llm_choices]
-    trainer = Trainer
+    trainer = SpeechLLMTrainer  # ESPnet's Trainer + the optional importance probe
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -77,6 +82,22 @@ class SpeechLLMTask(AbsTask):
         group.add_argument(
             "--adaptor_lr", type=float, default=None,
             help="learning rate of the (randomly initialised) adaptor; default: optim_conf.lr",
+        )
+        group = parser.add_argument_group(description="Mitigations of textual degradation (§3.1)")
+        group.add_argument(
+            "--layer_lr_conf", action=NestedDictAction, default=None,
+            help="importance-driven layer-wise lr (eq. 3), e.g. "
+            "{importance_report: exp/importance/base, lambda_: 0.4}; null = off",
+        )
+        group.add_argument(
+            "--lora_conf", action=NestedDictAction, default=None,
+            help="peft LoRA on the LLM, e.g. {r: 8, alpha: 16, dropout: 0.05, target_modules: "
+            "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}; null = off",
+        )
+        group.add_argument(
+            "--anchor_conf", action=NestedDictAction, default=None,
+            help="importance-weighted anchoring to the base weights (ours), e.g. "
+            "{importance_report: exp/importance/base, mu: 1.0}; null = off",
         )
         group = parser.add_argument_group(description="Preprocess related")
         group.add_argument(
@@ -134,6 +155,11 @@ class SpeechLLMTask(AbsTask):
         llm_class = llm_choices.get_class(args.llm)
         llm = build_from_conf(llm_class, args.llm_conf, "llm_conf")
         hidden = llm.hidden_size()
+        lora_conf = getattr(args, "lora_conf", None)
+        if lora_conf is not None:  # peft LoRA: base weights frozen, LoRA factors trainable
+            from espnet_ext.models.lora import LoraOptions, apply_lora
+
+            apply_lora(llm, build_from_conf(LoraOptions, lora_conf, "lora_conf"))
 
         # 2. Frozen speech encoder (optional when cached encoder outputs are used)
         encoder = None
@@ -167,11 +193,23 @@ class SpeechLLMTask(AbsTask):
         model = build_from_conf(
             ESPnetSpeechLLM, args.model_conf, "model_conf", encoder=encoder, adaptor=adaptor, llm=llm
         )
+
+        # 5. Training-only loss term: anchor the scored weights to their pretrained values
+        anchor_conf = getattr(args, "anchor_conf", None)
+        if anchor_conf is not None:
+            from espnet_ext.optim.anchor import AnchorConfig, ImportanceAnchor
+
+            if lora_conf is not None:
+                raise ValueError("anchor_conf and lora_conf exclude each other: LoRA freezes the "
+                                 "base weights the anchor would hold")
+            model.anchor = ImportanceAnchor.from_report(
+                model, build_from_conf(AnchorConfig, anchor_conf, "anchor_conf"))
         return model
 
     @classmethod
     def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module) -> List[torch.optim.Optimizer]:
-        """One optimizer over named groups (adaptor / LLM) with per-group learning rates.
+        """One optimizer over named groups (adaptor / LLM, or per layer with
+        ``--layer_lr_conf``) with per-group learning rates.
 
         ESPnet's schedulers multiply each group's own initial lr, so per-group rates survive
         warm-up and decay (``warmupcosinelr``, ``warmuplr``).
@@ -183,8 +221,15 @@ class SpeechLLMTask(AbsTask):
             raise ValueError(f"--optim must be one of {list(abs_task_module.optim_classes)}: {args.optim}")
         conf = dict(args.optim_conf)
         lr = conf.pop("lr", 1e-3)
-        groups = adaptor_llm_groups(model, lr, getattr(args, "adaptor_lr", None))
-        log_groups(groups)
+        layer_lr_conf = getattr(args, "layer_lr_conf", None)
+        if layer_lr_conf is not None:  # eq. (3): one group per LLM layer
+            from espnet_ext.optim.layer_lr import LayerLRConfig, layer_lr_groups
+
+            layer_lr = build_from_conf(LayerLRConfig, layer_lr_conf, "layer_lr_conf")
+            groups = layer_lr_groups(model, lr, getattr(args, "adaptor_lr", None), layer_lr)
+        else:
+            groups = adaptor_llm_groups(model, lr, getattr(args, "adaptor_lr", None))
+        log_groups(groups)  # names the reporter's optim0_lr<j> keys
         return [optim_class([g.as_dict() for g in groups], lr=lr, **conf)]
 
     @classmethod
@@ -207,7 +252,8 @@ class SpeechLLMTask(AbsTask):
             config_file = Path(model_file).parent / "config.yaml"
         with open(config_file, encoding="utf-8") as f:
             args = argparse.Namespace(**yaml.safe_load(f))
-        model = cls.build_model(args)
+        # the anchor only adds a training loss term; it needs neither its report nor a copy
+        model = cls.build_model(argparse.Namespace(**{**vars(args), "anchor_conf": None}))
         if model_file is not None:
             state = torch.load(model_file, map_location="cpu", weights_only=False)
             state = state.get("model", state) if "model" in state and isinstance(state["model"], dict) else state

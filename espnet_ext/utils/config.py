@@ -19,6 +19,8 @@ import yaml
 from espnet_ext.utils.atomic import atomic_write_text
 
 PRESET_ONLY_KEYS = ("pretrained",)
+#: options whose ``importance_report`` path is written relative to the recipe (``exp/...``)
+REPORT_CONF_KEYS = ("layer_lr_conf", "anchor_conf")
 
 
 def load_yaml(path: str | Path) -> Dict[str, Any]:
@@ -45,7 +47,7 @@ def merge_configs(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, A
 
 def compose_train_config(
     preset: str | Path, train_config: Optional[str | Path], out: str | Path,
-    pretrained_dir: Optional[str | Path] = None,
+    pretrained_dir: Optional[str | Path] = None, exp_dir: Optional[str | Path] = None,
 ) -> Dict[str, Any]:
     """Merge ``preset`` and ``train_config`` into ``out`` after validating every key.
 
@@ -53,6 +55,8 @@ def compose_train_config(
     (``exp/pretrained/model.yaml``: the No-FT system and the stage-3 importance model).
     ``pretrained_dir`` (stage 2's output) replaces the preset's ``exp/pretrained`` in
     ``llm_conf``/``encoder_conf.model_name_or_path``, for recipes run with another ``--expdir``.
+    ``exp_dir`` likewise rebases an ``importance_report`` written as ``exp/...`` in
+    ``layer_lr_conf``/``anchor_conf`` (``exp/importance/base`` → ``<exp_dir>/importance/base``).
     """
     from espnet_ext.tasks.speech_llm import SpeechLLMTask
 
@@ -68,7 +72,20 @@ def compose_train_config(
         for key, sub in (("llm_conf", "llm"), ("encoder_conf", "whisper")):
             if isinstance(merged.get(key), dict) and "model_name_or_path" in merged[key]:
                 merged[key] = {**merged[key], "model_name_or_path": str(Path(pretrained_dir) / sub)}
+    if exp_dir is not None:
+        for key in REPORT_CONF_KEYS:
+            conf = merged.get(key)
+            if isinstance(conf, dict) and "importance_report" in conf:
+                merged[key] = {**conf, "importance_report": rebase_exp_path(conf["importance_report"], exp_dir)}
     sources = f"{preset} + {train_config}" if train_config is not None else str(preset)
     header = f"# composed from {sources} by espnet_ext.bin.compose_config\n"
     atomic_write_text(out, header + yaml.safe_dump(merged, sort_keys=False))
     return merged
+
+
+def rebase_exp_path(path: str | Path, exp_dir: str | Path) -> str:
+    """``exp/a/b`` → ``<exp_dir>/a/b``; absolute paths and other relative paths unchanged."""
+    parts = Path(path).parts
+    if Path(path).is_absolute() or not parts or parts[0] != "exp":
+        return str(path)
+    return str(Path(exp_dir, *parts[1:]))

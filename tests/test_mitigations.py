@@ -1,0 +1,399 @@
+"""The §3.1 mitigations on tiny random models: layer-wise lr (eq. 3), peft LoRA and our
+importance-weighted anchoring — hand-checked math, error contracts, one real ESPnet
+training run per new ``conf/train_*.yaml``, and the LoRA export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+import torch
+import yaml
+from test_model import _text_batch
+from test_training import _run_train, _train_cmd, tiny_dumps  # noqa: F401  (fixture reused)
+
+from espnet_ext.importance.params import canonical_name, select_parameters
+from espnet_ext.importance.report import write_report
+from espnet_ext.optim.anchor import AnchorConfig, ImportanceAnchor, _WeightedSquaredDistance
+from espnet_ext.optim.layer_lr import LayerLRConfig, layer_lr_groups, layer_lr_scales
+from espnet_ext.tasks.inference import load_model
+from espnet_ext.tasks.speech_llm import SpeechLLMTask
+from espnet_ext.utils.config import compose_train_config, load_yaml, rebase_exp_path
+from espnet_ext.utils.espnet_compat import abs_task_module
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+STRATEGY_KEYS = {"layerlr": {"layer_lr_conf"}, "impanchor": {"anchor_conf"}, "lora": {"lora_conf", "optim_conf"}}
+SHORT_RUN = ["--max_epoch", "1", "--num_iters_per_epoch", "2", "--batch_size", "4",
+             "--valid_batch_size", "4", "--scheduler_conf", "total_steps=2"]
+
+
+def _report(model: torch.nn.Module, out: Path, layer_sums: Sequence[float], seed: int = 0) -> Path:
+    """A synthetic report over the model's layer parameters whose layer i sums to layer_sums[i]."""
+    params = select_parameters(model, ("layers",))
+    g = torch.Generator().manual_seed(seed)
+    raw = {n: torch.rand(p.shape, generator=g) + 0.1 for n, p in params.items()}
+    per_layer = {}
+    for n, s in raw.items():
+        per_layer.setdefault(int(n.split("layers.")[1].split(".")[0]), []).append(n)
+    scores = {}
+    for i, names in per_layer.items():
+        total = sum(float(raw[n].sum()) for n in names)
+        for n in names:
+            scores[n] = raw[n] * (layer_sums[i] / total)
+    write_report(out, scores)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# layer-wise learning rates (eq. 3)
+# --------------------------------------------------------------------------------------
+def test_eq3_scales_hand_checked():
+    sums = [2.0, 6.0, 4.0, 10.0]  # min 2, max 10: normalised 0, 0.5, 0.25, 1
+    assert layer_lr_scales(sums, 0.4) == pytest.approx([1.0, 0.8, 0.9, 0.6])
+    assert layer_lr_scales(sums, 0.0) == pytest.approx([1.0] * 4)  # λ = 0: full fine-tuning
+    assert layer_lr_scales(sums, 1.0) == pytest.approx([1.0, 0.5, 0.75, 0.0])  # most important at 0
+    with pytest.raises(ValueError, match="degenerate"):
+        layer_lr_scales([3.0, 3.0, 3.0], 0.4)
+    with pytest.raises(ValueError, match="non-finite"):
+        layer_lr_scales([1.0, float("nan")], 0.4)
+    with pytest.raises(ValueError, match="lambda_"):
+        LayerLRConfig("r", lambda_=1.5)
+
+
+def test_layer_lr_groups_partition_and_rates(make_speech_llm, tmp_path):
+    model = make_speech_llm()
+    model.llm.model.model.layers[2].mlp.up_proj.weight.requires_grad_(False)  # one frozen LLM tensor
+    rep = _report(model, tmp_path / "rep", [2.0, 6.0, 4.0, 10.0])
+    conf = LayerLRConfig(str(rep), lambda_=0.4, embeddings_lr=0.5)
+    groups = layer_lr_groups(model, lr=1.0, adaptor_lr=3.0, config=conf)
+    assert [g.name for g in groups] == ["adaptor", "llm.embeddings", "llm.layers.0", "llm.layers.1",
+                                        "llm.layers.2", "llm.layers.3", "llm.other"]
+    assert [g.lr for g in groups] == pytest.approx([3.0, 0.5, 1.0, 0.8, 0.9, 0.6, 1.0])
+    ids = [id(p) for g in groups for p in g.params]
+    assert len(ids) == len(set(ids))  # every trainable parameter in exactly one group
+    assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
+    assert not set(ids) & {id(p) for p in model.parameters() if not p.requires_grad}
+    by_name = {g.name: {id(p) for p in g.params} for g in groups}
+    assert by_name["llm.layers.1"] == {id(p) for p in model.llm.model.model.layers[1].parameters()}
+    assert by_name["llm.other"] == {id(model.llm.model.model.norm.weight)}  # final norm
+
+
+def test_one_sgd_step_moves_each_layer_by_its_ratio(make_speech_llm, speech_llm_args, tmp_path):
+    model = make_speech_llm(encoder=False)
+    rep = _report(model, tmp_path / "rep", [2.0, 6.0, 4.0, 10.0])
+    args = speech_llm_args("--optim", "sgd", "--optim_conf", "{lr: 0.1, momentum: 0.0}",
+                           "--layer_lr_conf", f"{{importance_report: {rep}}}", encoder=False)
+    (opt,) = SpeechLLMTask.build_optimizers(args, model)
+    _, batch = _text_batch(model)
+    model.train()
+    loss, _, _ = model(**batch, modality="text")
+    loss.backward()
+    layers = model.llm.model.model.layers
+    before = [[p.detach().clone() for p in layer.parameters()] for layer in layers]
+    grads = [[p.grad.clone() for p in layer.parameters()] for layer in layers]
+    opt.step()
+    for i, scale in enumerate([1.0, 0.8, 0.9, 0.6]):
+        for p, b, g in zip(layers[i].parameters(), before[i], grads[i]):
+            assert g.abs().max() > 0
+            # θ' = θ − (scale · lr) g; a step at another scale would be ≥ 0.1 · 0.1 · |g| away
+            torch.testing.assert_close(p.detach(), b - 0.1 * scale * g, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("scheduler,conf", [("warmupcosinelr", {"total_steps": 10, "warmup_ratio": 0.2}),
+                                            ("warmuplr", {"warmup_steps": 3})])
+def test_espnet_schedulers_keep_the_layer_ratios(make_speech_llm, speech_llm_args, tmp_path, scheduler, conf):
+    model = make_speech_llm(encoder=False)
+    rep = _report(model, tmp_path / "rep", [2.0, 6.0, 4.0, 10.0])
+    args = speech_llm_args("--optim", "adamw", "--optim_conf", "lr=0.001", "--adaptor_lr", "0.01",
+                           "--layer_lr_conf", f"importance_report={rep}", encoder=False)
+    (opt,) = SpeechLLMTask.build_optimizers(args, model)
+    sched = abs_task_module.scheduler_classes[scheduler](opt, **conf)
+    initial = [g["initial_lr"] for g in opt.param_groups]
+    for _ in range(6):
+        factor = opt.param_groups[0]["lr"] / initial[0]
+        assert 0 < factor <= 1.0 + 1e-9
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([factor * lr for lr in initial])
+        opt.step()
+        sched.step()
+    names = [g["name"] for g in opt.param_groups]
+    assert initial[names.index("llm.layers.3")] == pytest.approx(0.6e-3)  # (1 − 0.4) · lr
+    assert initial[names.index("adaptor")] == pytest.approx(0.01)
+
+
+def test_group_index_to_name_is_logged(make_speech_llm, speech_llm_args, tmp_path, caplog):
+    model = make_speech_llm(encoder=False)
+    rep = _report(model, tmp_path / "rep", [2.0, 6.0, 4.0, 10.0])
+    args = speech_llm_args("--optim_conf", "lr=0.001", "--layer_lr_conf", f"importance_report={rep}",
+                           encoder=False)
+    with caplog.at_level("INFO"):
+        (opt,) = SpeechLLMTask.build_optimizers(args, model)
+    for j, g in enumerate(opt.param_groups):  # ESPnet reports group j as optim0_lr<j>
+        assert any(f"optim0_lr{j} " in r.message and g["name"] in r.message for r in caplog.records), j
+
+
+def test_layer_lr_report_errors(make_speech_llm, speech_llm_args, tmp_path):
+    model = make_speech_llm(encoder=False)
+
+    def build(rep, **conf):
+        args = speech_llm_args("--optim_conf", "lr=0.001", encoder=False)
+        args.layer_lr_conf = {"importance_report": str(rep), **conf}
+        return SpeechLLMTask.build_optimizers(args, model)
+
+    with pytest.raises(FileNotFoundError, match="stage 3"):
+        build(tmp_path / "nothing")
+    scores = select_parameters(model, ("layers",))
+    three = {n: torch.ones(p.shape) * (1 + int(n.split("layers.")[1][0]))
+             for n, p in scores.items() if "layers.3." not in n}
+    write_report(tmp_path / "three", three)
+    with pytest.raises(ValueError, match="3 layer sums but the model has 4"):
+        build(tmp_path / "three")
+    renamed = {n.replace("up_proj", "upper_proj"): torch.rand(p.shape) for n, p in scores.items()}
+    write_report(tmp_path / "renamed", renamed)
+    with pytest.raises(ValueError, match="does not match the model's layer parameters"):
+        build(tmp_path / "renamed")
+    reshaped = {n: torch.rand(p.shape[::-1]) for n, p in scores.items()}
+    write_report(tmp_path / "reshaped", reshaped)
+    with pytest.raises(ValueError, match="shape"):
+        build(tmp_path / "reshaped")
+    write_report(tmp_path / "flat", {n: torch.full(p.shape, 7.0 / p.numel() / 9) for n, p in scores.items()})
+    with pytest.raises(ValueError, match="degenerate"):
+        build(tmp_path / "flat")
+    rep = _report(model, tmp_path / "ok", [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="layer_lr_conf: unknown key"):
+        build(rep, lamda=0.3)
+
+
+# --------------------------------------------------------------------------------------
+# LoRA (peft)
+# --------------------------------------------------------------------------------------
+def test_lora_freezes_base_keeps_adaptor_and_matches_plain_model_at_init(make_speech_llm):
+    plain = make_speech_llm(encoder=False)
+    model = make_speech_llm("--lora_conf", "{r: 4, dropout: 0.0}", encoder=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith("adaptor.") or ".lora_" in n}
+    assert len([n for n in trainable if "lora_A" in n]) == 4 * 7  # 4 layers × q k v o gate up down
+    assert model.llm.model.peft_config["default"].lora_alpha == 8  # alpha = 2r by default
+    # B = 0 at init: the LoRA model computes exactly what the plain model does
+    model.adaptor.load_state_dict(plain.adaptor.state_dict())
+    _, batch = _text_batch(model)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch, modality="text")[0], model(**batch, modality="text")[0])
+    assert model.generate("text", max_new_tokens=3, text=batch["text"], text_lengths=batch["text_lengths"]) == \
+        plain.generate("text", max_new_tokens=3, text=batch["text"], text_lengths=batch["text_lengths"])
+    with pytest.raises(ValueError, match="target_modules"):
+        make_speech_llm("--lora_conf", "{r: 4, target_modules: [qkv_proj]}", encoder=False)
+    with pytest.raises(ValueError, match="lora_conf.r"):
+        make_speech_llm("--lora_conf", "{r: 0}", encoder=False)
+
+
+def test_lora_export_adapter_and_merged_model_agree(make_speech_llm, speech_llm_args, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from espnet_ext.models.lora import export_lora
+
+    model = make_speech_llm("--lora_conf", "{r: 4, dropout: 0.0}", encoder=False)
+    torch.manual_seed(3)
+    with torch.no_grad():  # a clearly non-zero low-rank update
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250], [7, 7, 120, 8, 9, 11]])
+    with torch.no_grad():
+        ref = model.llm.model(input_ids=ids).logits
+        base_llm = AutoModelForCausalLM.from_pretrained(model.llm.model_name_or_path).eval()
+        assert (base_llm(input_ids=ids).logits - ref).abs().max() > 1e-2
+    adaptor_state = {k: v.clone() for k, v in model.adaptor.state_dict().items()}
+    paths = export_lora(model.eval(), tmp_path / "export", adaptor_conf={"hidden_size": 32})
+    with torch.no_grad():
+        adapted = PeftModel.from_pretrained(base_llm, paths["adapter"]).eval()
+        from_adapter = adapted(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(paths["merged"]).eval()
+        from_merged = merged(input_ids=ids).logits
+    torch.testing.assert_close(from_adapter, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(from_merged, from_adapter, rtol=0, atol=1e-5)
+    assert not any("lora" in k for k in merged.state_dict())
+    saved = load_file(paths["adaptor"])
+    assert saved.keys() == adaptor_state.keys() and all(torch.equal(saved[k], adaptor_state[k]) for k in saved)
+    assert (paths["merged"] / "tokenizer_config.json").is_file()
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        export_lora(make_speech_llm(encoder=False), tmp_path / "x")
+
+
+# --------------------------------------------------------------------------------------
+# importance-weighted anchoring (ours)
+# --------------------------------------------------------------------------------------
+class _Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+
+
+def test_anchor_penalty_and_gradient_hand_checked():
+    toy = _Toy()
+    importance = torch.tensor([1.0, 3.0])  # mean 2 → ŵ = [0.5, 1.5]
+    anchor = ImportanceAnchor({"w": toy.w.detach().clone()}, {"w": importance / importance.mean()}, mu=4.0)
+    pen = anchor(toy)
+    pen.backward()
+    assert float(pen.detach()) == 0.0 and toy.w.grad.tolist() == [0.0, 0.0]  # zero at the base weights
+    with torch.no_grad():
+        toy.w.copy_(torch.tensor([2.0, 0.0]))  # Δθ = [1, −2]
+    toy.w.grad = None
+    pen = anchor(toy)
+    pen.backward()
+    # μ/2 · (0.5·1² + 1.5·(−2)²) = 2 · 6.5 ; gradient μ ŵ Δθ = 4 · [0.5, −3]
+    assert float(pen.detach()) == pytest.approx(13.0)
+    assert toy.w.grad.tolist() == pytest.approx([2.0, -12.0])
+    # the custom backward equals autograd of the plain expression
+    p, b, w = (torch.randn(3, 4, dtype=torch.double, requires_grad=i == 0) for i in range(3))
+    assert torch.autograd.gradcheck(_WeightedSquaredDistance.apply, (p, b, w.abs()))
+
+
+def test_anchor_on_the_speech_llm(make_speech_llm, speech_llm_args, tmp_path):
+    plain = make_speech_llm(encoder=False)
+    rep = _report(plain, tmp_path / "rep", [2.0, 6.0, 4.0, 10.0])
+    model = make_speech_llm("--anchor_conf", f"{{importance_report: {rep}, mu: 3.0}}", encoder=False)
+    assert len(model.anchor.names) == len(select_parameters(model, ("layers",)))
+    assert not any("anchor" in k for k in model.state_dict())  # nothing extra in checkpoints
+    _, batch = _text_batch(model)
+    model.train()
+    loss0, stats0, _ = model(**batch, modality="text")
+    assert float(stats0["anchor"]) == 0.0
+    # move one weight matrix: penalty = μ/2 · Σ ŵ δ² with ŵ = I / mean(I)
+    from safetensors.torch import load_file
+
+    scores = load_file(str(rep / "scores.safetensors"))
+    mean = sum(float(s.double().sum()) for s in scores.values()) / sum(s.numel() for s in scores.values())
+    q = model.llm.model.model.layers[1].self_attn.q_proj.weight
+    with torch.no_grad():
+        q.add_(0.01)
+    loss, stats, _ = model(**batch, modality="text")
+    expected = 1.5 * float((scores["llm.model.model.layers.1.self_attn.q_proj.weight"].double() / mean).sum()) * 1e-4
+    assert float(stats["anchor"]) == pytest.approx(expected, rel=1e-4)
+    torch.testing.assert_close(loss.reshape(()), (stats["loss"] + stats["anchor"]).reshape(()))
+    model.eval()  # evaluation (and importance scoring) never sees the penalty
+    _, stats_eval, _ = model(**batch, modality="text")
+    assert "anchor" not in stats_eval
+    with pytest.raises(ValueError, match="exclude each other"):
+        make_speech_llm("--anchor_conf", f"importance_report={rep}", "--lora_conf", "r=4", encoder=False)
+    adaptor_scores = {"adaptor.linear1.weight": torch.rand(plain.adaptor.linear1.weight.shape)}
+    write_report(tmp_path / "adaptor", adaptor_scores)
+    with pytest.raises(ValueError, match="adaptor"):
+        make_speech_llm("--anchor_conf", f"importance_report={tmp_path / 'adaptor'}", encoder=False)
+    write_report(tmp_path / "other", {"llm.model.model.layers.9.mlp.up_proj.weight": torch.rand(2, 2)})
+    with pytest.raises(ValueError, match="not in the model"):
+        make_speech_llm("--anchor_conf", f"importance_report={tmp_path / 'other'}", encoder=False)
+    with pytest.raises(ValueError, match="anchor_conf.mu"):
+        AnchorConfig(str(rep), mu=-1.0)
+
+
+# --------------------------------------------------------------------------------------
+# configs and recipe glue
+# --------------------------------------------------------------------------------------
+def test_train_configs_equal_train_full_but_for_their_strategy():
+    full = load_yaml(CONF / "train_full.yaml")
+    configs = sorted(CONF.glob("train_*.yaml"))
+    assert {p.stem for p in configs} >= {"train_full", "train_layerlr", "train_lora", "train_impanchor",
+                                         "train_lora_r8", "train_lora_r16", "train_lora_r24"}
+    for path in configs:
+        conf = load_yaml(path)
+        kind = next((k for k in STRATEGY_KEYS if path.stem.startswith(f"train_{k}")), None)
+        allowed = STRATEGY_KEYS.get(kind, set())
+        for key in set(full) | set(conf):
+            if key not in allowed:
+                assert conf.get(key) == full.get(key), (path.name, key)
+        if kind == "lora":
+            assert {k: v for k, v in conf["optim_conf"].items() if k != "lr"} == \
+                {k: v for k, v in full["optim_conf"].items() if k != "lr"}
+            assert conf["lora_conf"]["alpha"] == 2 * conf["lora_conf"]["r"]  # alpha = 2r (paper)
+            rank = 8 if path.stem == "train_lora" else int(path.stem.split("_r")[-1])  # paper 1B: r = 8
+            assert conf["lora_conf"]["r"] == rank, path.name
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith("# ") and lines[1].lstrip("# ").startswith("./run.sh"), path.name
+
+
+def test_compose_rebases_importance_reports_onto_expdir(tmp_path):
+    assert rebase_exp_path("exp/importance/base", "/x/exp2") == "/x/exp2/importance/base"
+    assert rebase_exp_path("/abs/exp/importance/base", "/x") == "/abs/exp/importance/base"
+    assert rebase_exp_path("other/importance/base", "/x") == "other/importance/base"
+    for name, key in (("train_layerlr", "layer_lr_conf"), ("train_impanchor", "anchor_conf")):
+        merged = compose_train_config(CONF / "model/tiny_random.yaml", CONF / f"{name}.yaml",
+                                      tmp_path / f"{name}.yaml", tmp_path / "e/pretrained", tmp_path / "e")
+        assert merged[key]["importance_report"] == str(tmp_path / "e/importance/base")
+        assert yaml.safe_load((tmp_path / f"{name}.yaml").read_text())[key] == merged[key]
+
+
+@pytest.fixture(scope="module")
+def recipe_exp(tmp_path_factory, tiny_llm_dir, tiny_whisper_dir, tiny_dumps):  # noqa: F811
+    """exp/{pretrained,importance/base} as stages 2-3 leave them, for the real train configs."""
+    exp = tmp_path_factory.mktemp("mitig") / "exp"
+    (exp / "pretrained").mkdir(parents=True)
+    (exp / "pretrained/llm").symlink_to(tiny_llm_dir)
+    (exp / "pretrained/whisper").symlink_to(tiny_whisper_dir)
+    args = SpeechLLMTask.get_parser().parse_args(
+        ["--llm_conf", f"model_name_or_path={tiny_llm_dir}", "--encoder", "none",
+         "--adaptor_conf", "{input_size: 32, hidden_size: 32}"])
+    _report(SpeechLLMTask.build_model(args), exp / "importance/base", [2.0, 6.0, 4.0, 10.0])
+    return exp
+
+
+def _train_real_config(recipe_exp, tiny_dumps, name):  # noqa: F811
+    out = recipe_exp / name.removeprefix("train_")
+    conf = compose_train_config(CONF / "model/tiny_random.yaml", CONF / f"{name}.yaml", out / "train.yaml",
+                                recipe_exp / "pretrained", recipe_exp)
+    p = _run_train(_train_cmd(tiny_dumps, out / "train.yaml", out, *SHORT_RUN))
+    assert (out / "valid.loss.best.pth").is_file()
+    return out, conf, p
+
+
+def test_train_layerlr_config(recipe_exp, tiny_dumps):  # noqa: F811
+    out, conf, p = _train_real_config(recipe_exp, tiny_dumps, "train_layerlr")
+    assert "optim0_lr5   llm.layers.3" in p.stderr  # the group behind the reporter key is logged
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["layer_lr_conf"]["importance_report"] == str(recipe_exp / "importance/base")
+    assert "optim0_lr5=" in p.stderr  # ESPnet reports every group's lr
+    load_model(out / "config.yaml", out / "valid.loss.best.pth")
+
+
+def test_train_impanchor_config(recipe_exp, tiny_dumps):  # noqa: F811
+    out, conf, p = _train_real_config(recipe_exp, tiny_dumps, "train_impanchor")
+    assert "importance anchor: mu=1" in p.stderr and "anchor=" in p.stderr  # a train stat
+    model = load_model(out / "config.yaml", out / "valid.loss.best.pth")  # strict, no anchor needed
+    assert model.anchor is None
+
+
+def test_train_lora_config_keeps_base_weights_and_exports(recipe_exp, tiny_dumps, tiny_llm_dir):  # noqa: F811
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from espnet_ext.bin.export_lora import main as export_main
+
+    out, conf, _ = _train_real_config(recipe_exp, tiny_dumps, "train_lora")
+    state = torch.load(out / "valid.loss.best.pth", map_location="cpu", weights_only=False)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llm_dir).state_dict()
+    llm_keys = [k for k in state if k.startswith("llm.") and "lora_" not in k]
+    assert len(llm_keys) == len(base)
+    for k in llm_keys:  # frozen base weights are bit-identical after training
+        assert torch.equal(state[k], base[canonical_name(k).removeprefix("llm.model.")]), k
+    lora_b = [k for k in state if "lora_B" in k]
+    assert lora_b and any(state[k].abs().max() > 0 for k in lora_b)  # the update trained
+    optim = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)["optimizers"][0]
+    adaptor = optim["param_groups"][0]
+    assert adaptor["name"] == "adaptor" and len(adaptor["params"]) == 4  # the adaptor trains fully
+    assert all(optim["state"][i]["exp_avg"].abs().max() > 0 for i in adaptor["params"])
+    trained = load_model(out / "config.yaml", out / "valid.loss.best.pth")  # strict round trip
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    with torch.no_grad():
+        ref = trained.llm.model(input_ids=ids).logits
+    export_main(["--config", str(out / "config.yaml"), "--model_file", str(out / "valid.loss.best.pth"),
+                 "--out_dir", str(out / "export")])
+    with torch.no_grad():
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llm_dir), out / "export/adapter")
+        merged = AutoModelForCausalLM.from_pretrained(out / "export/merged")
+        torch.testing.assert_close(adapted.eval()(input_ids=ids).logits, ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(merged.eval()(input_ids=ids).logits, ref, rtol=0, atol=1e-5)
+    assert json.loads((out / "export/adapter/adapter_config.json").read_text())["r"] == 8
