@@ -49,78 +49,14 @@ sbatch_opts=
 sbatch_bin=${SBATCH:-sbatch}
 scancel_bin=${SCANCEL:-scancel}
 
-# ---- options -------------------------------------------------------------------------
-while (($# > 0)); do
-  case $1 in
-    -h | --help) usage; exit 0 ;;
-    --) shift; break ;;
-    --*)
-      if [[ $1 == *=* ]]; then opt=${1%%=*}; val=${1#*=}; shift
-      else
-        opt=$1
-        (($# >= 2)) || die "option '$opt' needs a value"
-        val=$2; shift 2
-      fi
-      key=${opt#--}; key=${key//-/_}
-      case $key in
-        max_jobs_run) max_jobs_run=$val ;;
-        num_threads) num_threads=$val ;;
-        gpu) gpu=$val ;;
-        mem) mem=$val ;;
-        time) time_limit=$val ;;
-        partition) partition=$val ;;
-        account) account=$val ;;
-        qos) qos=$val ;;
-        constraint) constraint=$val ;;
-        sbatch_opts) sbatch_opts=$val ;;
-        config) ;;  # accepted for run.pl compatibility; unused
-        *) die "unknown option '$opt'" ;;
-      esac
-      ;;
-    *) break ;;
-  esac
-done
+# ---- options, JOB=start:end, log file, command (shared with the other launcher) -----
+# shellcheck source=launcher_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/launcher_lib.sh"
+parse_launcher_args "$@"
 [[ -z $max_jobs_run || $max_jobs_run =~ ^[1-9][0-9]*$ ]] ||
   die "--max_jobs_run must be a positive integer, got '$max_jobs_run'"
 [[ $num_threads =~ ^[1-9][0-9]*$ ]] || die "--num_threads must be a positive integer, got '$num_threads'"
 [[ $gpu =~ ^[0-9]+$ ]] || die "--gpu must be a non-negative integer, got '$gpu'"
-
-# ---- JOB=start:end ---------------------------------------------------------------------
-jobvar=
-first=1
-last=1
-if (($# > 0)) && [[ $1 =~ ^([A-Za-z_][A-Za-z0-9_]*)=([0-9]+)(:([0-9]+))?$ ]]; then
-  jobvar=${BASH_REMATCH[1]}
-  first=${BASH_REMATCH[2]}
-  last=${BASH_REMATCH[4]:-$first}
-  ((10#$first <= 10#$last)) || die "empty job range '$1'"
-  first=$((10#$first)); last=$((10#$last))
-  shift
-fi
-(($# >= 2)) || { usage >&2; die "expected [JOB=1:N] <log-file> <command ...>"; }
-logspec=$1
-shift
-cmd_args=("$@")
-
-# Shell operators that pass through unquoted (as in run_local.sh).
-is_operator() {
-  case $1 in '|' | '||' | '&&' | ';' | '>' | '>>' | '<' | '2>' | '2>>' | '2>&1' | '&>' | '|&') return 0 ;; esac
-  return 1
-}
-
-# build_cmdline INDEX: the command line of job INDEX (JOB substituted, args quoted).
-build_cmdline() {
-  local idx=$1 a out=
-  for a in "${cmd_args[@]}"; do
-    [[ -n $jobvar ]] && a=${a//"$jobvar"/$idx}
-    if is_operator "$a" || [[ $a =~ ^[A-Za-z0-9_./:=,+%@-]+$ ]]; then
-      out+="$a "
-    else
-      out+="${a@Q} "
-    fi
-  done
-  printf '%s' "${out% }"
-}
 
 # subst INDEX STRING: STRING with the job variable replaced by INDEX.
 subst() { if [[ -n $jobvar ]]; then printf '%s' "${2//"$jobvar"/$1}"; else printf '%s' "$2"; fi; }
