@@ -193,7 +193,8 @@ stage6() {
     --stage_times "$stage_times" --out_md "$results_md" \
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    --meta "command=./run.sh $run_args" --meta "model_preset=$model_preset"
+    --meta "command=./run.sh $run_args" \
+    --meta "all commands of this exp dir=$(sed 's/^cd [^&]*&& //' "$expdir/run.sh.cmd" | paste -sd ';' -)" --meta "model_preset=$model_preset"
   log "wrote $results_md"
 }
 

@@ -47,7 +47,8 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         summary["meta"] = dict(kv.split("=", 1) for kv in args.meta)
         if args.stage_times and Path(args.stage_times).exists():
             rows = [ln.split("\t") for ln in Path(args.stage_times).read_text().splitlines() if ln.strip()]
-            summary["stage_times"] = {f"stage {s}": float(t) for s, t in rows}
+            # stage 6 is running now (it writes this file): a recorded time would be stale
+            summary["stage_times"] = {f"stage {s}": float(t) for s, t in rows if s != "6"}
         out = Path(args.summary or Path(args.exp_dir) / "results" / "summary.json")
         atomic_write_text(out, json.dumps(summary, indent=2, sort_keys=False) + "\n")
         logging.info("wrote %s", out)
