@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "egs2" / "speechimp"
@@ -131,3 +132,23 @@ def test_stage1_real_corpora_from_local_copies(tmp_path):
     assert any(i.startswith("voiceassistant_") for i in train_ids | {u.utt_id for u in sets["dev"]})
     assert any(i.startswith("spoken_alpaca_") for i in train_ids | {u.utt_id for u in sets["dev"]})
     assert [u.answers for u in sets["test_webq"]][0] == ["Shakespeare", "William Shakespeare"]
+
+
+def test_adaptor_warmup_feeds_stage4(recipe_run, tmp_path):
+    """--adaptor_warmup true: stage 2 trains the CTC warm-up, stage 4 starts from it."""
+    tmp, _ = recipe_run
+    conf = yaml.safe_load((RECIPE / "conf" / "warmup.yaml").read_text())
+    conf["warmup_conf"].update(steps=4, eval_every=2, checkpoint_every=2, batch_size=4, warmup_steps=1)
+    (tmp_path / "warmup.yaml").write_text(yaml.safe_dump(conf))
+    exp = tmp_path / "exp"
+    cmd = ["./run.sh", "--stage", "2", "--stop_stage", "4", "--model_preset", "conf/model/tiny_random.yaml",
+           "--datadir", str(tmp / "data"), "--dumpdir", str(tmp / "dump"), "--expdir", str(exp),
+           "--train_configs", "conf/train_full.yaml", "--adaptor_warmup", "true",
+           "--warmup_config", str(tmp_path / "warmup.yaml"),
+           "--train_args", "--max_epoch 1 --num_iters_per_epoch 2 --batch_size 2 --scheduler_conf total_steps=2"]
+    p = subprocess.run(cmd, cwd=RECIPE, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert (exp / "warmup" / "adaptor.pth").is_file()
+    log = (exp / "full" / "train.log").read_text()
+    assert f"Loading pretrained params from {exp}/warmup/adaptor.pth::adaptor" in log

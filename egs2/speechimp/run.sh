@@ -36,6 +36,8 @@ model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained model
 train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml conf/train_impanchor.yaml"  # space-separated; tag = file name minus train_ and .yaml
 decode_config=conf/decode.yaml        # batch size, max_new_tokens, model checkpoint to use
 importance_config=conf/importance.yaml # importance scoring (stage 3) and analysis (stage 6) options
+adaptor_warmup=false     # ADDITION to the paper: CTC warm-up of the adaptor in stage 2, used as init_param in stage 4
+warmup_config=conf/warmup.yaml        # adaptor warm-up options (with --adaptor_warmup true)
 train_set=train          # training data dir under data/
 valid_set=dev            # validation data dir under data/
 test_sets="test_llamaq test_webq"     # decoded and scored sets
@@ -97,6 +99,13 @@ stage2() {
       --data_dir "$datadir/$s" --out_dir "$dumpdir/$s" --downsample_rate "$k" \
       --long_audio "$long_audio" --skip_bad_utts "$skip_bad_utts"
   done
+  if [ "$adaptor_warmup" = true ]; then
+    log "adaptor warm-up (addition to the paper's recipe): $dumpdir/$train_set -> $expdir/warmup"
+    ${train_cmd} "$expdir/log/adaptor_warmup.log" python -m espnet_ext.bin.adaptor_warmup \
+      --config "$warmup_config" --model_config "$expdir/pretrained/model.yaml" \
+      --train_dump "$dumpdir/$train_set" --valid_dump "$dumpdir/$valid_set" \
+      --align_dump "$dumpdir/align" --output_dir "$expdir/warmup"
+  fi
 }
 
 # ---- stage 3: importance of the base LLM (eq. 2) and its validation (Table 1) --------------
@@ -130,6 +139,7 @@ stage4() {
                --resume true "${data[@]}"
                --train_shape_file "$dumpdir/$train_set/llm_len.speech"
                --valid_shape_file "$dumpdir/$valid_set/llm_len.speech")
+    [ "$adaptor_warmup" = true ] && cmd+=(--init_param "$expdir/warmup/adaptor.pth::adaptor")
     # shellcheck disable=SC2206
     cmd+=($train_args)
     printf '%q ' "${cmd[@]}" >"$dir/train.sh.cmd"; echo >>"$dir/train.sh.cmd"
