@@ -116,7 +116,8 @@ def lora_layers(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
             continue
         bad = [a for a in live if getattr(module, "lora_variant", {}).get(a) is not None]
         if bad or not hasattr(module.lora_A[live[0]], "weight"):
-            raise NotImplementedError(f"{name}: only plain LoRA on Linear layers is supported (not DoRA etc.)")
+            raise ValueError(f"{name}: importance of LoRA variants (DoRA etc.) or non-Linear LoRA layers "
+                             "is not supported; use plain LoRA on Linear layers")
         out[canonical_name(f"{name}.base_layer.weight")] = module
     return out
 
