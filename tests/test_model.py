@@ -183,6 +183,7 @@ def test_loss_is_cross_entropy_on_answer_tokens_only(make_speech_llm, modality):
 def test_text_and_speech_share_one_path(make_speech_llm):
     """T2T: the LLM input is exactly embed(prefix + question + suffix + answer)."""
     model = make_speech_llm(encoder=False)
+    model.share_prompt_prefix = False  # the whole sequence in one tensor
     samples, batch = _text_batch(model)
     seen = {}
     real_hidden_states = model.llm.hidden_states
@@ -207,6 +208,50 @@ def test_text_and_speech_share_one_path(make_speech_llm):
         p = len(model.llm.prompt.prefix) + len(model.llm.prompt.suffix)
         assert prompt_lens == [p + 3, p + 5]
         torch.testing.assert_close(x[0, len(model.llm.prompt.prefix):][:3], mids[0], rtol=0, atol=0)
+
+
+def test_shared_prompt_prefix_is_exact(make_speech_llm):
+    """The prefix computed once and shared (default) = the prefix per sample: same loss,
+    same gradients (every parameter, the prefix's own path included)."""
+    model = make_speech_llm(encoder=False).train()
+    assert model.share_prompt_prefix
+    _, batch = _text_batch(model)
+    params = [p for p in model.llm.parameters() if p.requires_grad]  # T2T: the adaptor is unused
+    out = {}
+    for share in (False, True):
+        model.share_prompt_prefix = share
+        model.zero_grad(set_to_none=True)
+        loss, _, _ = model(**batch, modality="text")
+        loss.backward()
+        out[share] = (loss.detach(), [p.grad.clone() for p in params])
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-6, atol=1e-6)
+    for a, b in zip(out[True][1], out[False][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # the embedding rows of prefix tokens get gradient only through the shared cache
+    emb = model.llm.model.get_input_embeddings().weight
+    assert emb.grad is not None
+    prefix_rows = out[True][1][[i for i, p in enumerate(params) if p is emb][0]][model.prefix_ids]
+    assert float(prefix_rows.abs().sum()) > 0
+
+
+def test_mixed_precision_modes(make_speech_llm):
+    from espnet_ext.utils.precision import autocast_dtype
+
+    assert autocast_dtype("none", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cpu")) in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="model_conf.mixed_precision"):
+        make_speech_llm("--model_conf", "mixed_precision=fp8")
+    # bf16 autocast: fp32 master weights, fp32 loss close to the fp32 computation
+    model = make_speech_llm("--model_conf", "mixed_precision=bf16", encoder=False)
+    _, batch = _text_batch(model)
+    with torch.no_grad():
+        bf16_loss = model(**batch, modality="text")[0]
+        model.mixed_precision = "none"
+        fp32_loss = model(**batch, modality="text")[0]
+    assert bf16_loss.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
+    assert bf16_loss.item() != fp32_loss.item()  # autocast really ran
+    torch.testing.assert_close(bf16_loss, fp32_loss, rtol=0.02, atol=0.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -254,6 +299,12 @@ def test_generate_left_padding_and_stop_tokens(make_speech_llm):
     alone = [model.generate("speech", max_new_tokens=6, **collate([("u", {"enc_feats": f.numpy()})])[1])[0]
              for f in feats]
     assert together == alone
+    # the shared prefix cache (default: padding after the prefix) decodes exactly what
+    # the full left-padded prompt decodes
+    shared_text = model.generate("text", max_new_tokens=10, **batch)
+    model.share_prompt_prefix = False
+    assert model.generate("speech", max_new_tokens=6, **fb) == together
+    assert model.generate("text", max_new_tokens=10, **batch) == shared_text
 
 
 # --------------------------------------------------------------------------------------

@@ -122,10 +122,25 @@ class HFCausalLM(torch.nn.Module):
         """Token ids → input embeddings."""
         return self.model.get_input_embeddings()(ids)
 
-    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states ``(Batch, Length, Hidden)`` without computing any logits."""
+    def hidden_states(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, cache=None
+    ) -> torch.Tensor:
+        """Last hidden states ``(Batch, Length, Hidden)`` without computing any logits.
+
+        With ``cache`` (a transformers key/value cache of ``Past`` positions shared by every sample),
+        ``attention_mask`` covers the new positions only and right padding is assumed.
+        """
         decoder = self.model.get_decoder()
-        return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        if cache is None:
+            return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        past = cache.get_seq_length()
+        batch, length = attention_mask.shape
+        full_mask = torch.cat([attention_mask.new_ones(batch, past), attention_mask], dim=1)
+        positions = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
+        return decoder(
+            inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions,
+            cache=cache, use_cache=True,
+        ).last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Apply the LM head to selected hidden states only."""

@@ -12,6 +12,13 @@ One code path for both input modalities (LLaMA-Omni §2.1 prompt, see ``llm.py``
 
 The loss is the mean cross-entropy over response tokens and the closing end-of-turn
 token; logits are computed for those positions only (never the full sequence).
+
+The prompt prefix (system prompt and chat-template head, 43 of ~90 tokens for SmolLM2)
+is identical for every sample, so by default (``share_prompt_prefix``) it is run through
+the LLM once per batch and its key/value cache is repeated over the batch, in training
+(gradients flow through the shared prefix) and in decoding.  The result equals the
+unshared computation up to float rounding (tests/test_model.py); the saving is measured
+by ``benchmarks/bench_prefix_cache.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet_ext.models.adaptor import FrameConcatAdaptor
 from espnet_ext.models.encoder import AbsSpeechEncoder
 from espnet_ext.models.llm import HFCausalLM
+from espnet_ext.utils.precision import MixedPrecision, autocast_dtype, maybe_autocast
 
 Modality = Literal["speech", "text"]
 
@@ -37,6 +45,10 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         adaptor: the frame-concatenating projector.
         llm: the causal LM with its prompt pieces.
         modality: default input modality for ``forward``.
+        share_prompt_prefix: compute the common prompt prefix once per batch and share
+            its key/value cache (an exact reformulation, see the module docstring).
+        mixed_precision: ``none`` | ``bf16`` | ``auto``: run the adaptor and the LLM under
+            bf16 autocast with fp32 master weights (``espnet_ext/utils/precision.py``).
     """
 
     def __init__(
@@ -45,6 +57,8 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         adaptor: FrameConcatAdaptor,
         llm: HFCausalLM,
         modality: Modality = "speech",
+        share_prompt_prefix: bool = True,
+        mixed_precision: MixedPrecision = "none",
     ) -> None:
         super().__init__()
         if modality not in ("speech", "text"):
@@ -53,6 +67,9 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         self.adaptor = adaptor
         self.llm = llm
         self.modality = modality
+        self.share_prompt_prefix = share_prompt_prefix
+        autocast_dtype(mixed_precision, torch.device("cpu"))  # validate the mode now
+        self.mixed_precision = mixed_precision
         # optional training-only loss term (optim/anchor.py), set by the task
         self.anchor: Optional[torch.nn.Module] = None
         prompt = llm.prompt
@@ -94,18 +111,20 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         middles: List[torch.Tensor],
         answers: Optional[List[torch.Tensor]] = None,
         left_pad: bool = False,
+        include_prefix: bool = True,
     ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
         """Assemble ``[prefix][middle][suffix][answer]`` per sample and pad.
 
         Returns ``inputs_embeds (Batch, Length, Hidden)``, ``attention_mask`` and the
-        prompt length of each sample (where its answer starts, before padding).
+        prompt length of each sample (where its answer starts, before padding).  With
+        ``include_prefix=False`` the prefix is left out (it comes from a shared cache).
         """
         embed = self.llm.embed
-        prefix = embed(self.prefix_ids)
+        head = [embed(self.prefix_ids)] if include_prefix else []
         suffix = embed(self.suffix_ids)
         seqs, prompt_lens = [], []
         for i, mid in enumerate(middles):
-            parts = [prefix, mid, suffix]
+            parts = head + [mid, suffix]
             prompt_lens.append(sum(p.shape[0] for p in parts))
             if answers is not None:
                 parts.append(embed(answers[i]))
@@ -119,6 +138,22 @@ class ESPnetSpeechLLM(AbsESPnetModel):
             x[i, sl] = s
             mask[i, sl] = 1
         return x, mask, prompt_lens
+
+    def autocast(self):
+        """The mixed-precision context of this model's device (a no-op for ``none``)."""
+        device = self.prefix_ids.device
+        return maybe_autocast(autocast_dtype(self.mixed_precision, device), device)
+
+    def prefix_cache(self, batch_size: int):
+        """Key/value cache of the prompt prefix, computed once and repeated over the batch.
+
+        Differentiable: in training, each sample's gradient reaches the prefix through
+        the repeated keys and values.
+        """
+        prefix = self.llm.embed(self.prefix_ids)[None]  # (1, Prefix, Hidden)
+        cache = self.llm.model.get_decoder()(inputs_embeds=prefix, use_cache=True).cache
+        cache.batch_repeat_interleave(batch_size)
+        return cache
 
     # ---- training ----------------------------------------------------------------------
     def forward(
@@ -144,20 +179,27 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         ESPnet's distributed averaging is token-weighted.
         """
         modality = modality or self.modality
-        middles = self.placeholder_embeddings(
-            modality, text, text_lengths, speech, speech_lengths, enc_feats, enc_feats_lengths
-        )
         answers = [answer[i, : answer_lengths[i]] for i in range(len(answer))]
-        x, mask, prompt_lens = self.build_inputs(middles, answers)
-        hidden = self.llm.hidden_states(x, mask)  # (Batch, Length, Hidden)
-        # hidden state at position t predicts token t + 1: select positions that predict
-        # each answer token, then run the LM head on those rows only.
-        rows = torch.cat([torch.full((len(a),), i, device=x.device) for i, a in enumerate(answers)])
-        cols = torch.cat(
-            [torch.arange(len(a), device=x.device) + p - 1 for a, p in zip(answers, prompt_lens)]
-        )
+        with self.autocast():
+            middles = self.placeholder_embeddings(
+                modality, text, text_lengths, speech, speech_lengths, enc_feats, enc_feats_lengths
+            )
+            if self.share_prompt_prefix:
+                x, mask, prompt_lens = self.build_inputs(middles, answers, include_prefix=False)
+                cache = self.prefix_cache(len(answers))
+                hidden = self.llm.hidden_states(x, mask, cache=cache)
+            else:
+                x, mask, prompt_lens = self.build_inputs(middles, answers)
+                hidden = self.llm.hidden_states(x, mask)  # (Batch, Length, Hidden)
+            # hidden state at position t predicts token t + 1: select positions that predict
+            # each answer token, then run the LM head on those rows only.
+            rows = torch.cat([torch.full((len(a),), i, device=x.device) for i, a in enumerate(answers)])
+            cols = torch.cat(
+                [torch.arange(len(a), device=x.device) + p - 1 for a, p in zip(answers, prompt_lens)]
+            )
+            logits = self.llm.logits(hidden[rows, cols])
         targets = torch.cat(answers)
-        logits = self.llm.logits(hidden[rows, cols]).float()  # (N_tokens, Vocab)
+        logits = logits.float()  # (N_tokens, Vocab); the loss in fp32
         loss = torch.nn.functional.cross_entropy(logits, targets)
         with torch.no_grad():
             acc = (logits.argmax(-1) == targets).float().mean()
@@ -184,11 +226,26 @@ class ESPnetSpeechLLM(AbsESPnetModel):
 
         Generation stops at the end-of-turn token (LLaMA-Omni decodes greedily).
         """
+        with self.autocast():
+            return self._generate(modality, max_new_tokens, **inputs)
+
+    def _generate(self, modality: Modality, max_new_tokens: int, **inputs: torch.Tensor) -> List[List[int]]:
         middles = self.placeholder_embeddings(modality, **inputs)
-        x, mask, _ = self.build_inputs(middles, left_pad=True)
+        extra = {}
+        if self.share_prompt_prefix:
+            # [prefix][pad][middle][suffix]: the prefix comes from the shared cache, the
+            # padding sits after it (masked), positions follow the attention mask
+            x, mask, _ = self.build_inputs(middles, left_pad=True, include_prefix=False)
+            extra["cache"] = self.prefix_cache(len(middles))
+            prefix = self.llm.embed(self.prefix_ids)[None].expand(len(middles), -1, -1)
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)
+            mask = torch.cat([mask.new_ones(len(middles), prefix.shape[1]), mask], dim=1)
+        else:
+            x, mask, _ = self.build_inputs(middles, left_pad=True)
         out = self.llm.model.generate(
             inputs_embeds=x,
             attention_mask=mask,
+            **extra,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
