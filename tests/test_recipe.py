@@ -20,7 +20,7 @@ RECIPE = REPO / "egs2" / "speechimp"
 
 def _run(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
-        "./run.sh", "--model_preset", "conf/model/tiny_random.yaml", "--demo_max_utts", "6",
+        "./run.sh", "--preset", "full", "--model_preset", "conf/model/tiny_random.yaml", "--demo_max_utts", "6",
         "--datadir", str(tmp / "data"), "--dumpdir", str(tmp / "dump"), "--expdir", str(tmp / "exp"),
         "--results_md", str(tmp / "RESULTS.md"),
         "--train_args", "--max_epoch 1 --num_iters_per_epoch 2 --batch_size 2 --scheduler_conf total_steps=2",
@@ -97,7 +97,7 @@ def test_rerun_is_idempotent(recipe_run):
     _run(tmp, "--stage", "1", "--stop_stage", "6")
     assert stamps() == before
     assert "already" in (tmp / "exp/log/dump_train.log").read_text()
-    assert "already decoded" in (tmp / "exp/full/decode_speech.log").read_text()
+    assert "already decoded" in (tmp / "exp/full/decode.log").read_text()
 
 
 def test_unknown_option_is_rejected(tmp_path):

@@ -3,7 +3,8 @@
 # (Wang, Zheng, Ai, Ling: "Understanding Textual Capability Degradation in Speech LLMs via
 # Parameter Importance Analysis"; LLaMA-Omni stage-1 training on ESPnet.)
 #
-#   ./run.sh                                   # stages 1-6 on the built-in offline demo
+#   ./run.sh                                   # stages 1-6 on the built-in offline demo (preset quick)
+#   ./run.sh --preset full                     # the paper's recipe without additions, 3x the steps
 #   ./run.sh --stage 3 --stop_stage 6          # importance → train → decode → score
 #   ./run.sh --model_preset conf/model/llama32_1b_whisper_large_v3.yaml --data_source real --ngpu 1
 #
@@ -24,6 +25,7 @@
 set -euo pipefail
 
 # ---- options (every one can be given as --name value) ------------------------------------
+preset=quick             # conf/preset/<name>.yaml: quick (<= 20 min on 2 CPU cores, adds the adaptor warm-up) | full (paper's recipe, no additions)
 stage=1                  # first stage to run
 stop_stage=6             # last stage to run
 data_source=demo         # demo: built-in spoken QA world; real: corpora named in db.sh
@@ -36,7 +38,7 @@ model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained model
 train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml conf/train_impanchor.yaml"  # space-separated; tag = file name minus train_ and .yaml
 decode_config=conf/decode.yaml        # batch size, max_new_tokens, model checkpoint to use
 importance_config=conf/importance.yaml # importance scoring (stage 3) and analysis (stage 6) options
-adaptor_warmup=false     # ADDITION to the paper: CTC warm-up of the adaptor in stage 2, used as init_param in stage 4
+adaptor_warmup=          # ADDITION to the paper: CTC warm-up of the adaptor in stage 2, used as init_param in stage 4 (true|false; empty = the preset's)
 warmup_config=conf/warmup.yaml        # adaptor warm-up options (with --adaptor_warmup true)
 train_set=train          # training data dir under data/
 valid_set=dev            # validation data dir under data/
@@ -62,6 +64,11 @@ run_args="$*"            # the command line, recorded in RESULTS.md and exp/run.
 . ./cmd.sh
 . utils/log.sh
 . utils/parse_options.sh
+
+preset_file=conf/preset/$preset.yaml
+[ -f "$preset_file" ] || { echo "run.sh: --preset $preset: no $preset_file (presets: $(ls conf/preset | sed 's/\.yaml$//' | paste -sd ' ' -))" >&2; exit 1; }
+[ -n "$adaptor_warmup" ] || adaptor_warmup=$(python -m espnet_ext.bin.compose_config --preset "$preset_file" --get recipe.adaptor_warmup)
+case $adaptor_warmup in true|false) ;; *) echo "run.sh: --adaptor_warmup must be true or false, got '$adaptor_warmup'" >&2; exit 1;; esac
 
 mkdir -p "$expdir"
 stage_times=$expdir/stage_times.tsv
@@ -124,7 +131,7 @@ stage4() {
     stage_header 4 "$conf + $model_preset -> $dir"
     mkdir -p "$dir"
     python -m espnet_ext.bin.compose_config --preset "$model_preset" --train_config "$conf" \
-      --out "$dir/train.yaml" --pretrained_dir "$expdir/pretrained" --expdir "$expdir"
+      --recipe_preset "$preset_file" --out "$dir/train.yaml" --pretrained_dir "$expdir/pretrained" --expdir "$expdir"
     local data=()
     for part in "enc_feats.scp,enc_feats,kaldi_ark" "text,text,text" "answer,answer,text"; do
       data+=(--train_data_path_and_name_and_type "$dumpdir/$train_set/$part"
@@ -148,20 +155,22 @@ stage4() {
 }
 
 # ---- stage 5: decoding (No-FT: text only; trained systems: text and speech) -----------------
-decode_system() {  # decode_system TAG MODALITIES CONFIG [MODEL_FILE]
+decode_system() {  # decode_system TAG MODALITIES CONFIG [MODEL_FILE]: one job, the model loaded once
   local tag=$1 modalities=$2 config=$3 model_file=${4:-}
   local bs mnt
   bs=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get batch_size)
   mnt=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get max_new_tokens)
+  local io=() m s
   for m in $modalities; do
-    local io=()
-    for s in $test_sets; do io+=(--data_dir "$dumpdir/$s" --output_dir "$expdir/$tag/decode_${s}_$m"); done
-    local model=(); [ -n "$model_file" ] && model=(--model_file "$model_file")
-    # shellcheck disable=SC2086
-    ${decode_cmd} "$expdir/$tag/decode_$m.log" python -m espnet_ext.bin.speechllm_inference \
-      --config "$config" "${model[@]}" --modality "$m" --batch_size "$bs" --max_new_tokens "$mnt" \
-      "${io[@]}" $decode_args
+    for s in $test_sets; do
+      io+=(--modality "$m" --data_dir "$dumpdir/$s" --output_dir "$expdir/$tag/decode_${s}_$m")
+    done
   done
+  local model=(); [ -n "$model_file" ] && model=(--model_file "$model_file")
+  # shellcheck disable=SC2086
+  ${decode_cmd} "$expdir/$tag/decode.log" python -m espnet_ext.bin.speechllm_inference \
+    --config "$config" "${model[@]}" --batch_size "$bs" --max_new_tokens "$mnt" \
+    "${io[@]}" $decode_args
 }
 stage5() {
   stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_text"
@@ -204,7 +213,8 @@ stage6() {
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --meta "command=./run.sh $run_args" \
-    --meta "all commands of this exp dir=$(sed 's/^cd [^&]*&& //' "$expdir/run.sh.cmd" | paste -sd ';' -)" --meta "model_preset=$model_preset"
+    --meta "all commands of this exp dir=$(sed 's/^cd [^&]*&& //' "$expdir/run.sh.cmd" | paste -sd ';' -)" --meta "model_preset=$model_preset" \
+    --meta "preset=$preset (adaptor_warmup=$adaptor_warmup)"
   log "wrote $results_md"
 }
 

@@ -9,7 +9,10 @@ Usage:
         --out /data/exp/layerlr/train.yaml --pretrained_dir /data/exp/pretrained --expdir /data/exp
     # the pretrained base model alone (No-FT, stage-3 importance)
     python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --out exp/pretrained/model.yaml
-    # print one value of a preset (used by run.sh for the stage-2 sources)
+    # the recipe preset's step budget over a training config
+    python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --train_config conf/train_full.yaml \
+        --recipe_preset conf/preset/quick.yaml --out exp/full/train.yaml
+    # print one value of a YAML file (used by run.sh for the stage-2 sources and presets)
     python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --get pretrained.llm
 """
 
@@ -28,7 +31,10 @@ def get_parser() -> argparse.ArgumentParser:
                    help="stage-2 output dir replacing exp/pretrained in model paths")
     p.add_argument("--expdir", default=None,
                    help="the recipe's exp dir: importance_report paths written exp/... are rebased onto it")
-    p.add_argument("--get", default=None, help="print a dotted key of the preset and exit")
+    p.add_argument("--recipe_preset", default=None,
+                   help="conf/preset/<name>.yaml: its train: section is merged over --train_config")
+    p.add_argument("--get", default=None,
+                   help="print a dotted key of the --preset file and exit (booleans as true/false)")
     return p
 
 
@@ -42,12 +48,13 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
             if not isinstance(value, dict) or part not in value:
                 raise SystemExit(f"{args.preset}: no key {args.get}")
             value = value[part]
-        print(value)
+        print(str(value).lower() if isinstance(value, bool) else value)
         return
     if not args.out:
         raise SystemExit("--out is required unless --get is given")
     try:
-        compose_train_config(args.preset, args.train_config, args.out, args.pretrained_dir, args.expdir)
+        compose_train_config(args.preset, args.train_config, args.out, args.pretrained_dir, args.expdir,
+                             args.recipe_preset)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"compose_config: {e}") from e
 

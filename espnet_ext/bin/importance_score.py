@@ -19,6 +19,7 @@ rank scores a share of the batches and the gradient sums are all-reduced.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from typing import Optional, Sequence
@@ -46,6 +47,11 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     from espnet_ext.tasks.inference import load_model
 
     scoring, deactivation = load_importance_config(args.config)
+    if args.model_file is None and "speech" in deactivation.modalities:
+        # the pretrained base has an untrained (random) adaptor: no speech perplexity row
+        logging.info("no --model_file (pretrained base, random adaptor): Table-1 rows for text only")
+        deactivation = dataclasses.replace(
+            deactivation, modalities=tuple(m for m in deactivation.modalities if m != "speech"))
     stamp = report_stamp(args.model_config, args.model_file, scoring, args.data_dir, deactivation, args.eval_dir)
     if args.overwrite == "false" and is_scored(args.output_dir, stamp):
         logging.info("%s already scored from the same model and options; skipping (--overwrite true "

@@ -10,7 +10,8 @@ Usage:
     python -m espnet_ext.bin.speechllm_inference --config conf/train_full.yaml \\
         --modality text --data_dir dump/test_llamaq --output_dir exp/noft/decode_test_llamaq_text
 
-Several ``--data_dir``/``--output_dir`` pairs may be given; the model is loaded once.
+Several ``--data_dir``/``--output_dir`` pairs may be given, with one ``--modality`` for
+all of them or one per pair (T2T and S2T of a system in one call); the model is loaded once.
 Works under ``torchrun`` (each rank decodes a share; rank 0 writes ``hyp``).
 """
 
@@ -27,7 +28,8 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="exp dir config.yaml, or a training YAML for No-FT")
     p.add_argument("--model_file", default=None, help="checkpoint (.pth); omit for the No-FT baseline")
-    p.add_argument("--modality", choices=["speech", "text"], required=True, help="S2T or T2T input")
+    p.add_argument("--modality", choices=["speech", "text"], action="append", required=True,
+                   help="S2T or T2T input: once for every --data_dir, or once per --data_dir")
     p.add_argument("--data_dir", action="append", required=True, help="dump dir (repeatable)")
     p.add_argument("--output_dir", action="append", required=True, help="output dir per --data_dir")
     p.add_argument("--batch_size", type=int, default=16, help="utterances per generate() call")
@@ -44,27 +46,32 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     if len(args.data_dir) != len(args.output_dir):
         raise SystemExit("give one --output_dir per --data_dir")
+    if len(args.modality) == 1:
+        args.modality = args.modality * len(args.data_dir)
+    elif len(args.modality) != len(args.data_dir):
+        raise SystemExit(f"give one --modality for all, or one per --data_dir "
+                         f"({len(args.modality)} --modality for {len(args.data_dir)} --data_dir)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     import torch
 
     from espnet_ext.tasks.inference import decode_dump_dir, is_decoded, load_model, model_stamp
 
-    stamp = model_stamp(args.config, args.model_file, args.modality, args.max_new_tokens)
-    todo = [(d, o) for d, o in zip(args.data_dir, args.output_dir)
-            if args.overwrite == "true" or not is_decoded(o, stamp)]
-    for d, o in zip(args.data_dir, args.output_dir):
-        if (d, o) not in todo:
-            logging.info("%s already decoded with this model; skipping (--overwrite true to redo)", o)
+    jobs = [(d, o, m, model_stamp(args.config, args.model_file, m, args.max_new_tokens))
+            for d, o, m in zip(args.data_dir, args.output_dir, args.modality)]
+    todo = [j for j in jobs if args.overwrite == "true" or not is_decoded(j[1], j[3])]
+    for j in jobs:
+        if j not in todo:
+            logging.info("%s already decoded with this model; skipping (--overwrite true to redo)", j[1])
     if not todo:
         return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.distributed.init_process_group(backend=args.dist_backend)
     model = load_model(args.config, args.model_file, args.device)
-    for data_dir, out_dir in todo:
-        r = decode_dump_dir(model, data_dir, out_dir, args.modality, args.batch_size,
+    for data_dir, out_dir, modality, stamp in todo:
+        r = decode_dump_dir(model, data_dir, out_dir, modality, args.batch_size,
                             args.max_new_tokens, stamp=stamp)
         logging.info("%s %s: %d utts in %.1f s (%.3f s/utt, %d new tokens)",
-                     data_dir, args.modality, r.n_utts, r.seconds, r.seconds_per_utt, r.n_new_tokens)
+                     data_dir, modality, r.n_utts, r.seconds, r.seconds_per_utt, r.n_new_tokens)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -3,7 +3,8 @@
 For every trained system ``exp/<tag>`` (``config.yaml`` + checkpoint):
 
 1. textual importance on the same utterances as the base report
-   (``exp/importance/<tag>/``, with the Table-1 check when an eval dir is given), redone
+   (``exp/importance/<tag>/``, with the Table-1 check for the systems in
+   ``deactivation.systems`` when an eval dir is given), redone
    only when the model files or options changed;
 2. the parameter change against the base model's effective weights (Fig. 4 maps of one
    layer, row/column concentration of every matrix's top-5 % |Δ|, per-layer ‖Δ‖/‖θ‖);
@@ -134,17 +135,18 @@ def run_analysis(
         for f in (cfg, ckpt):
             if not f.exists():
                 raise FileNotFoundError(f"system {tag}: {f} is missing (train it in stage 4)")
-        models[tag] = (cfg, ckpt, report_stamp(cfg, ckpt, scoring, data_dir, deactivation, eval_dir))
+        deact = deactivation if eval_dir and tag in deactivation.systems else None
+        models[tag] = (cfg, ckpt, deact, report_stamp(cfg, ckpt, scoring, data_dir, deact, eval_dir))
 
     stamp = json.loads(json.dumps({
-        "systems": list(systems), "reports": {t: m[2] for t, m in models.items()},
+        "systems": list(systems), "reports": {t: m[3] for t, m in models.items()},
         "base_report": _sha(base_report / "summary.json"), "analysis": dataclasses.asdict(conf),
         "base_model_config": _sha(Path(base_model_config)),
     }))
     done = out_dir / ANALYSIS_FILE
     old = json.loads(done.read_text()) if done.is_file() else {}
     if (not overwrite and old.get("stamp") == stamp
-            and all(is_scored(exp_dir / "importance" / t, m[2]) for t, m in models.items())
+            and all(is_scored(exp_dir / "importance" / t, m[3]) for t, m in models.items())
             and all((out_dir / f).is_file() for f in old.get("figures", {}).values())):
         logger.info("%s is up to date; skipping (--overwrite true to redo)", done)
         return old
@@ -156,12 +158,12 @@ def run_analysis(
     n_layers = num_layers(base_w)
     change_layer = conf.pick_change_layer(n_layers)
     change, change_detail, change_maps = {}, {}, []
-    for tag, (cfg, ckpt, rstamp) in models.items():
+    for tag, (cfg, ckpt, deact, rstamp) in models.items():
         model = load_model(cfg, ckpt, device)
         report = exp_dir / "importance" / tag
         if overwrite or not is_scored(report, rstamp):
             logger.info("scoring %s (%s) -> %s", tag, ckpt, report)
-            run_importance(model, data_dir, report, scoring, deactivation if eval_dir else None, eval_dir,
+            run_importance(model, data_dir, report, scoring, deact, eval_dir,
                            provenance={"model_config": str(cfg), "model_file": str(ckpt), "stamp": rstamp})
         tuned_w = {n: w.cpu() for n, w in effective_weights(model, scoring.groups).items()}
         del model

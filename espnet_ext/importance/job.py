@@ -37,7 +37,8 @@ class DeactivationConfig:
 
     fraction: float = 0.03
     scope: str = "global"
-    modalities: tuple = ("text",)
+    modalities: tuple = ("text", "speech")  # a model without checkpoint (the base): text only
+    systems: tuple = ("full",)  # stage 6: trained systems that also get the check (Full-FT = the paper's speech LLM)
     num_utts: Optional[int] = 64
     batch_size: int = 8
     seed: int = 0
@@ -56,7 +57,7 @@ def load_importance_config(path: str | Path) -> tuple[ImportanceConfig, Deactiva
         bad = sorted(set(conf) - fields)
         if bad:
             raise ValueError(f"{path}: unknown key(s) {bad} in '{section}' (valid: {sorted(fields)})")
-        for k in ("groups", "modalities"):
+        for k in ("groups", "modalities", "systems"):
             if k in conf:
                 conf[k] = tuple(conf[k])
         out.append(cls(**conf))
@@ -143,4 +144,7 @@ def run_importance(
         atomic_write_text(output_dir / "table1.md", render_table1(table, deactivation.fraction, deactivation.scope))
         summary["table1"] = payload
         logger.info("Table 1:\n%s", render_table1(table, deactivation.fraction, deactivation.scope))
+    else:  # a Table 1 of an earlier run would no longer match this report
+        for stale in ("table1.json", "table1.md"):
+            (output_dir / stale).unlink(missing_ok=True)
     return summary

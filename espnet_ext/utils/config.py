@@ -48,8 +48,14 @@ def merge_configs(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, A
 def compose_train_config(
     preset: str | Path, train_config: Optional[str | Path], out: str | Path,
     pretrained_dir: Optional[str | Path] = None, exp_dir: Optional[str | Path] = None,
+    recipe_preset: Optional[str | Path] = None,
 ) -> Dict[str, Any]:
     """Merge ``preset`` and ``train_config`` into ``out`` after validating every key.
+
+    ``recipe_preset`` (``conf/preset/<name>.yaml``) contributes its ``train:`` section,
+    merged over every training config (the preset's step budget); with the
+    ``warmupcosinelr`` scheduler, ``scheduler_conf.total_steps`` must then equal
+    ``max_epoch × num_iters_per_epoch``.
 
     Without ``train_config`` the output describes the pretrained base model alone
     (``exp/pretrained/model.yaml``: the No-FT system and the stage-3 importance model).
@@ -63,11 +69,24 @@ def compose_train_config(
     valid = set(SpeechLLMTask.default_args())
     p = load_yaml(preset)
     t = load_yaml(train_config) if train_config is not None else {}
-    for path, conf, extra in ((preset, p, PRESET_ONLY_KEYS), (train_config, t, ())):
+    overlay: Dict[str, Any] = {}
+    if recipe_preset is not None and train_config is not None:
+        overlay = load_yaml(recipe_preset).get("train") or {}
+        if not isinstance(overlay, dict):
+            raise ValueError(f"{recipe_preset}: 'train' must be a mapping of training options")
+    overlay_name = f"{recipe_preset} (train:)"
+    for path, conf, extra in ((preset, p, PRESET_ONLY_KEYS), (train_config, t, ()), (overlay_name, overlay, ())):
         unknown = sorted(set(conf) - valid - set(extra))
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {unknown}")
-    merged = merge_configs({k: v for k, v in p.items() if k not in PRESET_ONLY_KEYS}, t)
+    merged = merge_configs(merge_configs({k: v for k, v in p.items() if k not in PRESET_ONLY_KEYS}, t), overlay)
+    if merged.get("scheduler") == "warmupcosinelr":
+        total = (merged.get("scheduler_conf") or {}).get("total_steps")
+        steps = merged.get("max_epoch", 0) * (merged.get("num_iters_per_epoch") or 0)
+        if total != steps:
+            src = f"{train_config}" + (f" + {overlay_name}" if overlay else "")
+            raise ValueError(f"{src}: scheduler_conf.total_steps is {total} but max_epoch × "
+                             f"num_iters_per_epoch is {steps}; make them equal")
     if pretrained_dir is not None:
         for key, sub in (("llm_conf", "llm"), ("encoder_conf", "whisper")):
             if isinstance(merged.get(key), dict) and "model_name_or_path" in merged[key]:
@@ -78,6 +97,8 @@ def compose_train_config(
             if isinstance(conf, dict) and "importance_report" in conf:
                 merged[key] = {**conf, "importance_report": rebase_exp_path(conf["importance_report"], exp_dir)}
     sources = f"{preset} + {train_config}" if train_config is not None else str(preset)
+    if overlay:
+        sources += f" + {overlay_name}"
     header = f"# composed from {sources} by espnet_ext.bin.compose_config\n"
     atomic_write_text(out, header + yaml.safe_dump(merged, sort_keys=False))
     return merged
