@@ -15,7 +15,8 @@
 #
 # Choosing the backend (environment variables, read when this file is sourced):
 #   cmd_backend=local   (default) run on this machine; jobs run in parallel, at most
-#                       local_max_jobs_run (default: nproc) at a time.
+#                       local_max_jobs_run (default: nproc) at a time, each with
+#                       local_num_threads (default: nproc) OpenMP/MKL threads.
 #   cmd_backend=slurm   submit with `sbatch --wait` (one job array per call); logs and
 #                       the recipe directory must be on a shared file system.
 #     slurm_partition, slurm_gpu_partition, slurm_account, slurm_qos   optional; empty = cluster default
@@ -31,11 +32,13 @@ cmd_backend=${cmd_backend:-local}
 case ${cmd_backend} in
   local)
     local_max_jobs_run=${local_max_jobs_run:-$(nproc 2>/dev/null || echo 1)}
-    # CPU jobs share the machine: bounded by local_max_jobs_run.
-    train_cmd="utils/run_local.sh --max_jobs_run ${local_max_jobs_run}"
-    decode_cmd="utils/run_local.sh --max_jobs_run ${local_max_jobs_run}"
+    # run.sh starts one job at a time, so each job gets every core (local_num_threads);
+    # a JOB=1:N array of CPU jobs should pass --num_threads 1 (N jobs share the cores).
+    local_num_threads=${local_num_threads:-$(nproc 2>/dev/null || echo 1)}
+    train_cmd="utils/run_local.sh --max_jobs_run ${local_max_jobs_run} --num_threads ${local_num_threads}"
+    decode_cmd="utils/run_local.sh --max_jobs_run ${local_max_jobs_run} --num_threads ${local_num_threads}"
     # One GPU job at a time (a single local accelerator, or CPU fallback).
-    cuda_cmd="utils/run_local.sh --max_jobs_run 1 --gpu 1"
+    cuda_cmd="utils/run_local.sh --max_jobs_run 1 --gpu 1 --num_threads ${local_num_threads}"
     ;;
   slurm)
     slurm_time=${slurm_time:-24:00:00}
