@@ -397,3 +397,23 @@ def test_train_lora_config_keeps_base_weights_and_exports(recipe_exp, tiny_dumps
         torch.testing.assert_close(adapted.eval()(input_ids=ids).logits, ref, rtol=0, atol=1e-5)
         torch.testing.assert_close(merged.eval()(input_ids=ids).logits, ref, rtol=0, atol=1e-5)
     assert json.loads((out / "export/adapter/adapter_config.json").read_text())["r"] == 8
+
+
+def test_merge_lora_for_inference_keeps_the_function(make_speech_llm):
+    """Decoding folds LoRA into the base weights: same logits, no LoRA layer left live."""
+    from espnet_ext.importance.params import lora_layers
+    from espnet_ext.models.lora import merge_lora_for_inference
+
+    model = make_speech_llm("--lora_conf", "{r: 4, dropout: 0.1}", encoder=False).eval()
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    with torch.no_grad():
+        ref = model.llm.model(input_ids=ids).logits
+        n_live = len(lora_layers(model))
+        assert n_live > 0 and merge_lora_for_inference(model) == n_live
+        torch.testing.assert_close(model.llm.model(input_ids=ids).logits, ref, rtol=1e-5, atol=1e-5)
+    assert lora_layers(model) == {} and merge_lora_for_inference(model) == 0

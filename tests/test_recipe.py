@@ -96,7 +96,7 @@ def test_rerun_is_idempotent(recipe_run):
     before = stamps()
     _run(tmp, "--stage", "1", "--stop_stage", "6")
     assert stamps() == before
-    assert "already" in (tmp / "exp/log/dump_train.log").read_text()
+    assert "already" in (tmp / "exp/log/dump_features.log").read_text()
     assert "already decoded" in (tmp / "exp/full/decode.log").read_text()
 
 

@@ -110,7 +110,7 @@ def test_collect_summary_and_table2(tmp_path):
     con = lines.index("### `contain`")
     assert lines[con + 4 : con + 6] == ["| No-FT | 60.0 | - |", "| Full-FT | 80.0 | 60.0 |"]
     assert "| Full-FT | decode_test_speech | 5 | 0.500 | 40 | 4 | 64 |" in lines
-    assert "| total | 12.5 |" in lines
+    assert "| total | 12.5 (0.2 min) |" in lines
     assert md.endswith("\n") and not md.endswith("\n\n")
 
 
@@ -129,7 +129,8 @@ def test_render_results_md_is_deterministic(tmp_path):
 
 def test_rank_ablation_table_only_with_rank_systems(tmp_path):
     summary = collect_summary(_fake_exp(tmp_path), ["noft", "full"])
-    assert "rank ablation" not in render_results_md(summary)
+    md = render_results_md(summary)  # no rank systems: the section gives the command instead
+    assert "| Rank |" not in md and "conf/train_lora_r16.yaml conf/train_lora_r24.yaml" in md
     full = summary["systems"]["full"]
     summary["systems"] |= {"lora_r16": full, "lora_r8": {"test": {"text": full["test"]["text"]}},
                            "impanchor": full}
@@ -139,3 +140,19 @@ def test_rank_ablation_table_only_with_rank_systems(tmp_path):
     has = lines.index("### `has_answer`", start)
     assert lines[has + 2 : has + 6] == [  # sorted by rank, not by tag
         "| Rank | test T2T | test S2T |", "|---:|---:|---:|", "| 8 | 40.0 | - |", "| 16 | 40.0 | 20.0 |"]
+
+
+def test_committed_results_md_is_generated_from_committed_summary(tmp_path):
+    """egs2/speechimp/RESULTS.md is exactly what make_results renders from RESULTS.json
+    (both written by run.sh stage 6): the committed tables were not edited by hand."""
+    from espnet_ext.bin import make_results
+
+    recipe = Path(__file__).resolve().parents[1] / "egs2" / "speechimp"
+    committed = (recipe / "RESULTS.md").read_text(encoding="utf-8")
+    out = tmp_path / "RESULTS.md"
+    make_results.main(["--from_summary", str(recipe / "RESULTS.json"), "--out_md", str(out)])
+    assert out.read_text(encoding="utf-8") == committed
+    summary = json.loads((recipe / "RESULTS.json").read_text())
+    # the demo's figures exist next to it, as the summary links them
+    for rel in summary.get("analysis", {}).get("figures", {}).values():
+        assert (recipe / rel).is_file(), rel

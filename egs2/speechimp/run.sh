@@ -100,12 +100,11 @@ stage2() {
     --pretrained_dir "$expdir/pretrained"
   local k
   k=$(python -m espnet_ext.bin.compose_config --preset "$model_preset" --get adaptor_conf.downsample_rate)
-  for s in $(all_sets); do
-    ${train_cmd} "$expdir/log/dump_$s.log" python -m espnet_ext.bin.dump_features \
-      --whisper "$expdir/pretrained/whisper" --llm "$expdir/pretrained/llm" \
-      --data_dir "$datadir/$s" --out_dir "$dumpdir/$s" --downsample_rate "$k" \
-      --long_audio "$long_audio" --skip_bad_utts "$skip_bad_utts"
-  done
+  local io=() s
+  for s in $(all_sets); do io+=(--data_dir "$datadir/$s" --out_dir "$dumpdir/$s"); done
+  ${train_cmd} "$expdir/log/dump_features.log" python -m espnet_ext.bin.dump_features \
+    --whisper "$expdir/pretrained/whisper" --llm "$expdir/pretrained/llm" "${io[@]}" \
+    --downsample_rate "$k" --long_audio "$long_audio" --skip_bad_utts "$skip_bad_utts"
   if [ "$adaptor_warmup" = true ]; then
     log "adaptor warm-up (addition to the paper's recipe): $dumpdir/$train_set -> $expdir/warmup"
     ${train_cmd} "$expdir/log/adaptor_warmup.log" python -m espnet_ext.bin.adaptor_warmup \
@@ -125,13 +124,18 @@ stage3() {
 
 # ---- stage 4: stage-1 training, one run per training config --------------------------------
 stage4() {
+  # every system's config first (one validation pass: fails before any training starts)
+  local pairs=() conf
+  for conf in $train_configs; do
+    mkdir -p "$expdir/$(tag_of "$conf")"
+    pairs+=(--train_config "$conf" --out "$expdir/$(tag_of "$conf")/train.yaml")
+  done
+  python -m espnet_ext.bin.compose_config --preset "$model_preset" --recipe_preset "$preset_file" \
+    --pretrained_dir "$expdir/pretrained" --expdir "$expdir" "${pairs[@]}"
   for conf in $train_configs; do
     local tag; tag=$(tag_of "$conf")
     local dir=$expdir/$tag
     stage_header 4 "$conf + $model_preset -> $dir"
-    mkdir -p "$dir"
-    python -m espnet_ext.bin.compose_config --preset "$model_preset" --train_config "$conf" \
-      --recipe_preset "$preset_file" --out "$dir/train.yaml" --pretrained_dir "$expdir/pretrained" --expdir "$expdir"
     local data=()
     for part in "enc_feats.scp,enc_feats,kaldi_ark" "text,text,text" "answer,answer,text"; do
       data+=(--train_data_path_and_name_and_type "$dumpdir/$train_set/$part"
@@ -187,7 +191,7 @@ stage5() {
 
 # ---- stage 6: scoring and RESULTS.md --------------------------------------------------------
 stage6() {
-  local systems="noft" conf
+  local t0=$SECONDS systems="noft" conf
   for conf in $train_configs; do systems+=" $(tag_of "$conf")"; done
   stage_header 6 "$expdir/{$(echo "$systems" | tr ' ' ,)}/decode_* -> $results_md"
   local args=()
@@ -209,7 +213,7 @@ stage6() {
     --base_model_config "$expdir/pretrained/model.yaml" --data_dir "$dumpdir/$train_set" \
     --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt"
   python -m espnet_ext.bin.make_results --exp_dir "$expdir" --systems "$systems" \
-    --stage_times "$stage_times" --out_md "$results_md" \
+    --stage_times "$stage_times" --running_stage "6=$((SECONDS - t0))" --out_md "$results_md" \
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --meta "command=./run.sh $run_args" \

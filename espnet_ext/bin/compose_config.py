@@ -9,9 +9,10 @@ Usage:
         --out /data/exp/layerlr/train.yaml --pretrained_dir /data/exp/pretrained --expdir /data/exp
     # the pretrained base model alone (No-FT, stage-3 importance)
     python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --out exp/pretrained/model.yaml
-    # the recipe preset's step budget over a training config
+    # the recipe preset's step budget over training configs (several in one call)
     python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --train_config conf/train_full.yaml \
-        --recipe_preset conf/preset/quick.yaml --out exp/full/train.yaml
+        --recipe_preset conf/preset/quick.yaml --out exp/full/train.yaml \
+        --train_config conf/train_lora.yaml --out exp/lora/train.yaml
     # print one value of a YAML file (used by run.sh for the stage-2 sources and presets)
     python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --get pretrained.llm
 """
@@ -25,8 +26,9 @@ from typing import Optional, Sequence
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", required=True, help="conf/model/*.yaml")
-    p.add_argument("--train_config", default=None, help="conf/train_*.yaml")
-    p.add_argument("--out", default=None, help="composed config to write")
+    p.add_argument("--train_config", action="append", default=None,
+                   help="conf/train_*.yaml (repeatable: one --out each; ESPnet is imported once)")
+    p.add_argument("--out", action="append", default=None, help="composed config to write")
     p.add_argument("--pretrained_dir", default=None,
                    help="stage-2 output dir replacing exp/pretrained in model paths")
     p.add_argument("--expdir", default=None,
@@ -52,11 +54,16 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         return
     if not args.out:
         raise SystemExit("--out is required unless --get is given")
-    try:
-        compose_train_config(args.preset, args.train_config, args.out, args.pretrained_dir, args.expdir,
-                             args.recipe_preset)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"compose_config: {e}") from e
+    train_configs = args.train_config or [None]
+    if len(train_configs) != len(args.out):
+        raise SystemExit(f"give one --out per --train_config ({len(args.out)} --out, "
+                         f"{len(args.train_config or [])} --train_config)")
+    for train_config, out in zip(train_configs, args.out):
+        try:
+            compose_train_config(args.preset, train_config, out, args.pretrained_dir, args.expdir,
+                                 args.recipe_preset)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"compose_config: {e}") from e
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ Usage:
     python -m espnet_ext.bin.dump_features --whisper exp/pretrained/whisper \\
         --llm exp/pretrained/llm --data_dir data/train --out_dir dump/train \\
         [--long_audio truncate|reject] [--skip_bad_utts true] [--pad_to_30s false]
+    # several sets in one job (the encoder is loaded once)
+    python -m espnet_ext.bin.dump_features ... --data_dir data/train --out_dir dump/train \
+        --data_dir data/dev --out_dir dump/dev
 
 Writes ``enc_feats.{ark,scp}``, ESPnet shape files and copies of the Kaldi files (see
 ``espnet_ext.data.dump``).  A finished dump is not redone unless ``--overwrite true``.
@@ -24,8 +27,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--whisper", required=True, help="HF Whisper folder (exp/pretrained/whisper)")
     p.add_argument("--llm", required=True, help="HF causal-LM folder (for tokenizer and prompt)")
-    p.add_argument("--data_dir", required=True, help="Kaldi-style input dir (data/<set>)")
-    p.add_argument("--out_dir", required=True, help="output dump dir (dump/<set>)")
+    p.add_argument("--data_dir", action="append", required=True,
+                   help="Kaldi-style input dir (data/<set>; repeatable)")
+    p.add_argument("--out_dir", action="append", required=True, help="output dump dir per --data_dir")
     p.add_argument("--downsample_rate", type=int, default=5, help="adaptor k (LLaMA-Omni: 5)")
     p.add_argument("--pad_to_30s", type=str2bool, default=False, help="faithful LLaMA-Omni 30 s padding")
     p.add_argument("--long_audio", choices=["truncate", "reject"], default="truncate",
@@ -46,22 +50,30 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     from espnet_ext.models.encoder import WhisperSpeechEncoder
     from espnet_ext.models.llm import ChatPrompt
 
-    if load_report(args.out_dir) is not None and not args.overwrite:
-        logging.info("%s already dumped; skipping (--overwrite true to redo)", args.out_dir)
+    if len(args.data_dir) != len(args.out_dir):
+        raise SystemExit("give one --out_dir per --data_dir")
+    todo = []
+    for data_dir, out_dir in zip(args.data_dir, args.out_dir):
+        if load_report(out_dir) is not None and not args.overwrite:
+            logging.info("%s already dumped; skipping (--overwrite true to redo)", out_dir)
+        else:
+            todo.append((data_dir, out_dir))
+    if not todo:
         return
     tokenizer = AutoTokenizer.from_pretrained(args.llm)
     prompt = ChatPrompt.from_tokenizer(tokenizer)
     encoder = WhisperSpeechEncoder(args.whisper, pad_to_30s=args.pad_to_30s)
-    try:
-        dump_encoder_features(
-            args.data_dir, args.out_dir, encoder, tokenizer,
-            prompt_overhead=len(prompt.prefix) + len(prompt.suffix),
-            downsample_rate=args.downsample_rate, long_audio=args.long_audio,
-            skip_bad_utts=args.skip_bad_utts, batch_size=args.batch_size,
-        )
-    except DataError as e:
-        logging.error("%s (use --skip_bad_utts true to skip such utterances)", e)
-        sys.exit(1)
+    for data_dir, out_dir in todo:
+        try:
+            dump_encoder_features(
+                data_dir, out_dir, encoder, tokenizer,
+                prompt_overhead=len(prompt.prefix) + len(prompt.suffix),
+                downsample_rate=args.downsample_rate, long_audio=args.long_audio,
+                skip_bad_utts=args.skip_bad_utts, batch_size=args.batch_size,
+            )
+        except DataError as e:
+            logging.error("%s (use --skip_bad_utts true to skip such utterances)", e)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

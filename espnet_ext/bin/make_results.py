@@ -5,9 +5,10 @@ Usage:
     python -m espnet_ext.bin.make_results --exp_dir exp --systems "noft full layerlr lora" \\
         --stage_times exp/stage_times.tsv --out_md RESULTS.md [--meta key=value ...]
     # regenerate RESULTS.md from a committed summary (no exp/ needed)
-    python -m espnet_ext.bin.make_results --from_summary exp/results/summary.json --out_md RESULTS.md
+    python -m espnet_ext.bin.make_results --from_summary RESULTS.json --out_md RESULTS.md
 
-RESULTS.md is a pure function of summary.json, so the committed pair can be checked.  The
+RESULTS.md is a pure function of summary.json, which is also written next to it as
+``RESULTS.json``: the committed pair is checked by tests/test_results.py.  The
 importance-analysis figures (exp/results/figures/) are copied to ``figures/`` next to
 RESULTS.md, which links them relatively.
 """
@@ -26,6 +27,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exp_dir", default="exp", help="experiment root")
     p.add_argument("--systems", default="", help="space-separated system tags in table order")
     p.add_argument("--stage_times", default=None, help="TSV of <stage>\\t<seconds> (run.sh writes it)")
+    p.add_argument("--running_stage", default=None,
+                   help="STAGE=SECONDS: the stage writing this file and its time so far (run.sh: 6)")
     p.add_argument("--summary", default=None, help="where to write summary.json (default exp_dir/results)")
     p.add_argument("--from_summary", default=None, help="render from this summary.json only")
     p.add_argument("--out_md", required=True, help="RESULTS.md to write")
@@ -47,11 +50,18 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         summary["meta"] = dict(kv.split("=", 1) for kv in args.meta)
         if args.stage_times and Path(args.stage_times).exists():
             rows = [ln.split("\t") for ln in Path(args.stage_times).read_text().splitlines() if ln.strip()]
-            # stage 6 is running now (it writes this file): a recorded time would be stale
-            summary["stage_times"] = {f"stage {s}": float(t) for s, t in rows if s != "6"}
-        out = Path(args.summary or Path(args.exp_dir) / "results" / "summary.json")
-        atomic_write_text(out, json.dumps(summary, indent=2, sort_keys=False) + "\n")
-        logging.info("wrote %s", out)
+            running = args.running_stage.split("=", 1) if args.running_stage else None
+            # the running stage's recorded time (if any) is from an earlier run: stale
+            times = {f"stage {s}": float(t) for s, t in rows if not running or s != running[0]}
+            if running:
+                times[f"stage {running[0]}"] = float(running[1])
+                summary["running_stage"] = f"stage {running[0]}"
+            summary["stage_times"] = times
+        text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
+        for out in (Path(args.summary or Path(args.exp_dir) / "results" / "summary.json"),
+                    Path(args.out_md).with_suffix(".json")):  # committed beside RESULTS.md
+            atomic_write_text(out, text)
+            logging.info("wrote %s", out)
     atomic_write_text(args.out_md, render_results_md(summary))
     logging.info("wrote %s", args.out_md)
 

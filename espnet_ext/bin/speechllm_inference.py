@@ -54,6 +54,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     import torch
 
+    from espnet_ext.models.lora import merge_lora_for_inference
     from espnet_ext.tasks.inference import decode_dump_dir, is_decoded, load_model, model_stamp
 
     jobs = [(d, o, m, model_stamp(args.config, args.model_file, m, args.max_new_tokens))
@@ -67,6 +68,9 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.distributed.init_process_group(backend=args.dist_backend)
     model = load_model(args.config, args.model_file, args.device)
+    n_merged = merge_lora_for_inference(model)
+    if n_merged:
+        logging.info("merged %d LoRA layers into their base weights for decoding", n_merged)
     for data_dir, out_dir, modality, stamp in todo:
         r = decode_dump_dir(model, data_dir, out_dir, modality, args.batch_size,
                             args.max_new_tokens, stamp=stamp)

@@ -88,6 +88,25 @@ def apply_lora(llm: torch.nn.Module, options: LoraOptions) -> None:
                 trainable, total, 100.0 * trainable / total)
 
 
+def merge_lora_for_inference(model: torch.nn.Module) -> int:
+    """Fold every LoRA update into its base weight in place (``W + scaling · B A``).
+
+    Decoding then runs plain Linear layers: the same function (LoRA dropout is off in
+    eval mode) without the two extra low-rank products per projection (the demo's LoRA
+    system decoded at 0.12-0.19 s/question unmerged, like Full-FT's 0.08-0.13 merged).
+    Returns the number of merged layers.  Not for training or importance scoring, which
+    need the factors.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            module.merge()
+            n += 1
+    return n
+
+
 def export_lora(model: torch.nn.Module, out_dir: str | Path, adaptor_conf: Optional[dict] = None) -> Dict[str, Path]:
     """Write the adapter (peft format), the adaptor and the merged HF model (module docstring).
 

@@ -1,0 +1,177 @@
+"""The paper's qualitative claims, checked against one run's numbers (RESULTS.md).
+
+Each claim is a rule over ``summary.json`` (Table 1, Table 2, the importance analysis):
+it reports the numbers it looked at and a verdict, ``holds``, ``partly`` (e.g. on one of
+the two test sets) or ``does not hold``; claims whose numbers were not produced are left
+out.  The rules are deliberately simple and stated in each row, so a reader can disagree
+with the threshold but not with the arithmetic.
+
+Claims (paper section):
+1. §2.2 / Table 1: removing the top-3 % important weights explodes perplexity
+   (≥ 10× the base), the bottom 3 % barely matters (≤ 1.1×), random 3 % lies between.
+2. §2.3.1 / Fig. 1: important weights cluster in rows and columns (concentration ratio of
+   the base importance > 1, i.e. above a random set of the same size).
+3. §2.3.2 / Fig. 2: full fine-tuning shifts the layer-wise textual importance, and the
+   relative importance of the later layers (second half) decreases.
+4. Table 2: full speech fine-tuning lowers T2T accuracy below No-FT.
+5. Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT.
+6. Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT.
+7. §3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T of the two.
+8. §3.3.1 / Fig. 3: Layer-LR and LoRA shift the importance distribution less than Full-FT
+   (lower JS divergence against the base).
+9. §3.3.2 / Fig. 4: LoRA's parameter changes are more row/column-clustered than Full-FT's
+   (higher concentration ratio of the top |Δθ|).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+Verdict = str
+Claim = Tuple[str, str, Verdict]  # (claim, what this run shows, verdict)
+
+HOLDS, PARTLY, FAILS = "holds", "partly", "does not hold"
+
+
+def _verdict(checks: Sequence[bool]) -> Verdict:
+    if all(checks):
+        return HOLDS
+    return PARTLY if any(checks) else FAILS
+
+
+def _acc(summary: dict, tag: str, test_set: str, modality: str, matcher: str) -> Optional[float]:
+    score = summary.get("systems", {}).get(tag, {}).get(test_set, {}).get(modality)
+    return None if score is None else float(score[matcher]["accuracy"])
+
+
+def _test_sets(summary: dict) -> List[str]:
+    return sorted({s for per in summary.get("systems", {}).values() for s in per})
+
+
+def _compare(summary: dict, matcher: str, modality: str, lhs: str, rhs: str,
+             better: Callable[[float, float], bool], base_modality: Optional[str] = None
+             ) -> Optional[Tuple[List[str], List[bool]]]:
+    """Per test set: ``better(acc(lhs), acc(rhs))``; ``None`` if a number is missing."""
+    shown, checks = [], []
+    for s in _test_sets(summary):
+        a = _acc(summary, lhs, s, modality, matcher)
+        b = _acc(summary, rhs, s, base_modality or modality, matcher)
+        if a is None or b is None:
+            return None
+        shown.append(f"{s}: {a:.1f} vs {b:.1f}")
+        checks.append(better(a, b))
+    return (shown, checks) if checks else None
+
+
+def table1_claim(summary: dict) -> Optional[Claim]:
+    rows = []
+    checks = []
+    for name, t in (summary.get("table1") or {}).items():
+        for modality, r in t["table"].items():
+            top, bottom, rand = r["top"] / r["base"], r["bottom"] / r["base"], r["random"] / r["base"]
+            rows.append(f"{name} {modality}: top ×{top:.3g}, bottom ×{bottom:.3g}, random ×{rand:.3g}")
+            checks.append(top >= 10 and bottom <= 1.1 and bottom <= rand <= top)
+    if not rows:
+        return None
+    return ("§2.2, Table 1: removing the top-3 % weights explodes PPL (≥ 10× base), the bottom 3 % "
+            "barely matters (≤ 1.1×), random 3 % lies between", "; ".join(rows), _verdict(checks))
+
+
+def clustering_claim(summary: dict) -> Optional[Claim]:
+    base = (summary.get("analysis") or {}).get("rank_clustering", {}).get("base", {}).get("all")
+    if not base:
+        return None
+    return ("§2.3.1, Fig. 1: important weights cluster along rows and columns (concentration ratio > 1)",
+            f"base: ratio {base['ratio']:.2f} over {base['n_matrices']} matrices", _verdict([base["ratio"] > 1]))
+
+
+def _late_share(curve: Sequence[float]) -> float:
+    """Share of the layer-wise importance in the second half of the layers."""
+    total = sum(curve)
+    return sum(curve[len(curve) // 2:]) / total if total else 0.0
+
+
+def shift_claim(summary: dict, tag: str = "full") -> Optional[Claim]:
+    a = summary.get("analysis") or {}
+    m, curves = a.get("shift", {}).get(tag), a.get("curves", {})
+    if m is None or "base" not in curves or tag not in curves:
+        return None
+    before, after = _late_share(curves["base"]), _late_share(curves[tag])
+    shown = (f"JS {m['js']:.4f}, Pearson {m['pearson']:.3f}, peak {m['peak_move']:+d} layers, mass ×"
+             f"{m['mass_ratio']:.2f}; later-half share {100 * before:.1f} % → {100 * after:.1f} %")
+    return ("§2.3.2, Fig. 2: Full-FT shifts the layer-wise textual importance; the later layers lose "
+            "relative importance", shown, _verdict([m["js"] > 0 and m["pearson"] < 0.99, after < before]))
+
+
+def accuracy_claims(summary: dict, matcher: str) -> List[Claim]:
+    out: List[Claim] = []
+    c = _compare(summary, matcher, "text", "full", "noft", lambda a, b: a < b)
+    if c:
+        out.append(("Table 2: full speech fine-tuning lowers T2T accuracy below No-FT (Full-FT vs No-FT)",
+                    "; ".join(c[0]), _verdict(c[1])))
+    for modality, claim in (("text", "Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT"),
+                            ("speech", "Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT")):
+        shown, checks = [], []
+        for tag, name in (("layerlr", "Layer-LR"), ("lora", "LoRA")):
+            c = _compare(summary, matcher, modality, tag, "full", lambda a, b: a >= b)
+            if c:
+                shown.append(f"{name} vs Full-FT: " + ", ".join(c[0]))
+                checks += c[1]
+        if checks:
+            out.append((claim, "; ".join(shown), _verdict(checks)))
+    t = _compare(summary, matcher, "text", "layerlr", "lora", lambda a, b: a >= b)
+    s = _compare(summary, matcher, "speech", "lora", "layerlr", lambda a, b: a >= b)
+    if t and s:
+        out.append(("§3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T",
+                    "T2T Layer-LR vs LoRA: " + ", ".join(t[0]) + "; S2T LoRA vs Layer-LR: " + ", ".join(s[0]),
+                    _verdict(t[1] + s[1])))
+    return out
+
+
+def mitigation_shift_claim(summary: dict) -> Optional[Claim]:
+    shift = (summary.get("analysis") or {}).get("shift", {})
+    if "full" not in shift or not any(t in shift for t in ("layerlr", "lora")):
+        return None
+    shown = [f"Full-FT {shift['full']['js']:.4f}"]
+    checks = []
+    for tag, name in (("layerlr", "Layer-LR"), ("lora", "LoRA")):
+        if tag in shift:
+            shown.append(f"{name} {shift[tag]['js']:.4f}")
+            checks.append(shift[tag]["js"] < shift["full"]["js"])
+    return ("§3.3.1, Fig. 3: Layer-LR and LoRA shift the importance distribution less than Full-FT (JS)",
+            "JS: " + ", ".join(shown), _verdict(checks))
+
+
+def change_claim(summary: dict) -> Optional[Claim]:
+    change = (summary.get("analysis") or {}).get("change", {})
+    ratio = {t: c["concentration"]["all"]["ratio"] for t, c in change.items()
+             if c.get("concentration", {}).get("all")}
+    if "full" not in ratio or "lora" not in ratio:
+        return None
+    shown = ", ".join(f"{t} {r:.2f}" for t, r in ratio.items())
+    return ("§3.3.2, Fig. 4: LoRA's updates are more row/column-clustered than Full-FT's",
+            f"Δθ concentration ratio: {shown}", _verdict([ratio["lora"] > ratio["full"]]))
+
+
+def paper_claims(summary: dict, matcher: str = "has_answer") -> List[Claim]:
+    """Every claim that this summary has the numbers for, in the paper's order."""
+    claims: List[Optional[Claim]] = [table1_claim(summary), clustering_claim(summary), shift_claim(summary)]
+    claims += accuracy_claims(summary, matcher)
+    claims += [mitigation_shift_claim(summary), change_claim(summary)]
+    return [c for c in claims if c is not None]
+
+
+def render_claims(summary: dict, matcher: str = "has_answer") -> List[str]:
+    """Markdown lines of the claims table (empty when nothing can be checked)."""
+    claims = paper_claims(summary, matcher)
+    if not claims:
+        return []
+    counts: Dict[str, int] = {}
+    for _, _, v in claims:
+        counts[v] = counts.get(v, 0) + 1
+    lines = ["## The paper's claims in this miniature", "",
+             "| Claim (paper) | This run | Verdict |", "|---|---|---|"]
+    lines += [f"| {c} | {shown} | **{v}** |" for c, shown, v in claims]
+    lines += ["", f"Accuracies with `{matcher}`. " + ", ".join(f"{n} {v}" for v, n in counts.items())
+              + ". The rules are in `espnet_ext/eval/claims.py`.", ""]
+    return lines
