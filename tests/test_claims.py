@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from espnet_ext.eval.claims import FAILS, HOLDS, PARTLY, paper_claims, render_claims
+from espnet_ext.eval.claims import FAILS, HOLDS, PARTLY, paper_claims, peak_layers, render_claims
 
 
 def _score(acc: float) -> dict:
@@ -45,9 +45,9 @@ def test_every_claim_verdict_by_hand():
     shown, verdict = claims["§2.2, Table 1"]
     assert verdict == PARTLY and "base text: top ×1e+08, bottom ×1.03, random ×5" in shown
     assert claims["§2.3.1, Fig. 1"][1] == HOLDS
-    # later-half share 4/6 = 66.7 % -> 2/6 = 33.3 %, JS > 0, Pearson -1 -> holds
+    # base top quarter = layer 2 (first of the tied maxima): 2/6 = 33.3 % -> 1/6 = 16.7 %
     shown, verdict = claims["§2.3.2, Fig. 2"]
-    assert verdict == HOLDS and "66.7 % → 33.3 %" in shown
+    assert verdict == HOLDS and "(2) 33.3 % → 16.7 %" in shown
     table2 = [c for c in paper_claims(_summary()) if c[0].startswith("Table 2")]
     # Full-FT < No-FT T2T on llamaq (45 < 50) but not webq (41 > 40) -> partly
     assert table2[0][2] == PARTLY and "llamaq: 45.0 vs 50.0" in table2[0][1]
@@ -75,3 +75,11 @@ def test_missing_numbers_leave_claims_out():
     assert render_claims({"systems": {}}) == []
     lines = render_claims(s)
     assert lines[0] == "## The paper's claims in this miniature" and "**does not hold**" in lines[4]
+
+
+def test_peak_layers():
+    assert peak_layers([0.1, 0.5, 0.2, 0.9, 0.3, 0.0, 0.0, 0.4]) == [1, 3]  # top 2 of 8
+    assert peak_layers([1.0, 1.0, 1.0]) == [0]
+    from espnet_ext.eval.claims import _ranges
+
+    assert _ranges([0, 10, 11, 12, 29]) == "0, 10–12, 29" and _ranges([3]) == "3"

@@ -106,7 +106,8 @@ def test_collect_summary_and_table2(tmp_path):
         "| No-FT | 20.0 | - |",
         "| Full-FT | 40.0 | 20.0 |",
     ]
-    assert lines[has + 7] == "Matcher: `has_answer` (test: 5 questions)."
+    assert lines[has + 7] == ("Matcher: `has_answer` (test: 5 questions).  95 % binomial confidence "
+                              "half-width of one accuracy, in points: test ±43.8 at 50 %, ±31.3 at 15 %.")
     con = lines.index("### `contain`")
     assert lines[con + 4 : con + 6] == ["| No-FT | 60.0 | - |", "| Full-FT | 80.0 | 60.0 |"]
     assert "| Full-FT | decode_test_speech | 5 | 0.500 | 40 | 4 | 64 |" in lines

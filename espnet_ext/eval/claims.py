@@ -12,7 +12,9 @@ Claims (paper section):
 2. §2.3.1 / Fig. 1: important weights cluster in rows and columns (concentration ratio of
    the base importance > 1, i.e. above a random set of the same size).
 3. §2.3.2 / Fig. 2: full fine-tuning shifts the layer-wise textual importance, and the
-   relative importance of the later layers (second half) decreases.
+   layers the base relies on most (its top quarter by importance; the paper: "the
+   relative importance of middle and last few layers is significantly diminished") lose
+   relative importance.
 4. Table 2: full speech fine-tuning lowers T2T accuracy below No-FT.
 5. Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT.
 6. Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT.
@@ -85,10 +87,27 @@ def clustering_claim(summary: dict) -> Optional[Claim]:
             f"base: ratio {base['ratio']:.2f} over {base['n_matrices']} matrices", _verdict([base["ratio"] > 1]))
 
 
-def _late_share(curve: Sequence[float]) -> float:
-    """Share of the layer-wise importance in the second half of the layers."""
+def peak_layers(curve: Sequence[float], fraction: float = 0.25) -> List[int]:
+    """The base's most important layers: the top ``fraction`` of layers by importance."""
+    k = max(1, round(fraction * len(curve)))
+    return sorted(sorted(range(len(curve)), key=lambda i: -curve[i])[:k])
+
+
+def _ranges(idx: Sequence[int]) -> str:
+    """[0, 10, 11, 12, 29] → "0, 10–12, 29"."""
+    out, start = [], None
+    for j, i in enumerate(idx):
+        if start is None:
+            start = i
+        if j + 1 == len(idx) or idx[j + 1] != i + 1:
+            out.append(f"{start}" if start == i else f"{start}–{i}")
+            start = None
+    return ", ".join(out)
+
+
+def _share(curve: Sequence[float], layers: Sequence[int]) -> float:
     total = sum(curve)
-    return sum(curve[len(curve) // 2:]) / total if total else 0.0
+    return sum(curve[i] for i in layers) / total if total else 0.0
 
 
 def shift_claim(summary: dict, tag: str = "full") -> Optional[Claim]:
@@ -96,11 +115,14 @@ def shift_claim(summary: dict, tag: str = "full") -> Optional[Claim]:
     m, curves = a.get("shift", {}).get(tag), a.get("curves", {})
     if m is None or "base" not in curves or tag not in curves:
         return None
-    before, after = _late_share(curves["base"]), _late_share(curves[tag])
+    peak = peak_layers(curves["base"])
+    before, after = _share(curves["base"], peak), _share(curves[tag], peak)
     shown = (f"JS {m['js']:.4f}, Pearson {m['pearson']:.3f}, peak {m['peak_move']:+d} layers, mass ×"
-             f"{m['mass_ratio']:.2f}; later-half share {100 * before:.1f} % → {100 * after:.1f} %")
-    return ("§2.3.2, Fig. 2: Full-FT shifts the layer-wise textual importance; the later layers lose "
-            "relative importance", shown, _verdict([m["js"] > 0 and m["pearson"] < 0.99, after < before]))
+             f"{m['mass_ratio']:.2f}; share of the base's top-quarter layers ({_ranges(peak)}) "
+             f"{100 * before:.1f} % → {100 * after:.1f} %")
+    return ("§2.3.2, Fig. 2: Full-FT shifts the layer-wise textual importance; the layers the base relies "
+            "on most lose relative importance", shown,
+            _verdict([m["js"] > 0 and m["pearson"] < 0.99, after < before]))
 
 
 def accuracy_claims(summary: dict, matcher: str) -> List[Claim]:

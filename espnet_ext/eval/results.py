@@ -125,7 +125,17 @@ def render_table2(summary: dict, matcher: str) -> str:
         rows.append(f"| {SYSTEM_NAMES.get(tag, tag)} | " + " | ".join(cells) + " |")
     n = {s: next(iter(per[s].values()))["n"] for per in systems.values() for s in per}
     note = ", ".join(f"{s}: {n[s]} questions" for s in sets)
-    return "\n".join(rows) + f"\n\nMatcher: `{matcher}` ({note}).\n"
+    # binomial 95 % half-width at 50 % (its maximum) and at 15 %: how far apart two
+    # systems must be before a difference means anything
+    ci = ", ".join(f"{s} ±{_half_width(0.5, n[s]):.1f} at 50 %, ±{_half_width(0.15, n[s]):.1f} at 15 %"
+                   for s in sets)
+    return "\n".join(rows) + (f"\n\nMatcher: `{matcher}` ({note}).  95 % binomial confidence half-width of "
+                               f"one accuracy, in points: {ci}.\n")
+
+
+def _half_width(p: float, n: int) -> float:
+    """Normal-approximation 95 % half-width of an accuracy ``p`` on ``n`` questions, in points."""
+    return 100 * 1.96 * (p * (1 - p) / max(n, 1)) ** 0.5
 
 
 def render_rank_ablation(summary: dict, matcher: str) -> str:
