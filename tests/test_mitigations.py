@@ -5,6 +5,7 @@ training run per new ``conf/train_*.yaml``, and the LoRA export."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Sequence
 
@@ -325,6 +326,45 @@ def test_compose_rebases_importance_reports_onto_expdir(tmp_path):
                                       tmp_path / f"{name}.yaml", tmp_path / "e/pretrained", tmp_path / "e")
         assert merged[key]["importance_report"] == str(tmp_path / "e/importance/base")
         assert yaml.safe_load((tmp_path / f"{name}.yaml").read_text())[key] == merged[key]
+
+
+def test_recipe_presets_set_the_step_budget(tmp_path):
+    """conf/preset/<name>.yaml: its train: section is merged over every training config."""
+    from espnet_ext.bin import compose_config
+
+    quick = load_yaml(CONF / "preset/quick.yaml")
+    assert quick["recipe"]["adaptor_warmup"] is True
+    assert load_yaml(CONF / "preset/full.yaml")["recipe"]["adaptor_warmup"] is False
+    outs = [tmp_path / "full.yaml", tmp_path / "lora.yaml"]
+    compose_config.main(["--preset", str(CONF / "model/tiny_random.yaml"), "--recipe_preset",
+                         str(CONF / "preset/quick.yaml"), "--train_config", str(CONF / "train_full.yaml"),
+                         "--out", str(outs[0]), "--train_config", str(CONF / "train_lora.yaml"),
+                         "--out", str(outs[1])])
+    for out, src in zip(outs, ("train_full", "train_lora")):
+        conf = yaml.safe_load(out.read_text())
+        assert (conf["max_epoch"], conf["num_iters_per_epoch"], conf["scheduler_conf"]["total_steps"]) == (2, 20, 40)
+        assert conf["scheduler_conf"]["warmup_ratio"] == 0.03  # merged one level deep, not replaced
+        assert conf["optim_conf"] == load_yaml(CONF / f"{src}.yaml")["optim_conf"]
+    # the full preset leaves the configs' own budget
+    merged = compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml", tmp_path / "f.yaml",
+                                  recipe_preset=CONF / "preset/full.yaml")
+    assert (merged["max_epoch"], merged["scheduler_conf"]["total_steps"]) == (3, 120)
+
+
+def test_recipe_preset_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_epoch: 5\n")
+    with pytest.raises(ValueError, match=r"scheduler_conf.total_steps is 120 but max_epoch × num_iters_per_epoch is 200"):
+        compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml", tmp_path / "o.yaml",
+                             recipe_preset=bad)
+    bad.write_text("train:\n  max_epochs: 5\n")
+    with pytest.raises(ValueError, match=r"bad.yaml \(train:\): unknown config key\(s\) \['max_epochs'\]"):
+        compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml", tmp_path / "o.yaml",
+                             recipe_preset=bad)
+    assert not (tmp_path / "o.yaml").exists()
+    p = subprocess.run(["./run.sh", "--preset", "nope", "--stage", "1", "--stop_stage", "1"],
+                       cwd=REPO / "egs2/speechimp", capture_output=True, text=True)
+    assert p.returncode != 0 and "conf/preset/nope.yaml" in p.stderr and "quick" in p.stderr
 
 
 @pytest.fixture(scope="module")

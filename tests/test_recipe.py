@@ -49,6 +49,12 @@ def test_all_stages_produce_their_outputs(recipe_run):
     assert (tmp / "exp/pretrained/llm/config.json").is_file()
     assert (tmp / "exp/importance/base/scores.safetensors").is_file()
     assert (tmp / "exp/importance/base/table1.md").is_file()
+    # Table 1: the base (random adaptor) gets text rows only; Full-FT (deactivation.systems)
+    # gets text and speech in stage 6; the other systems no check
+    assert list(json.loads((tmp / "exp/importance/base/table1.json").read_text())["table"]) == ["text"]
+    assert list(json.loads((tmp / "exp/importance/full/table1.json").read_text())["table"]) == ["text", "speech"]
+    assert (tmp / "exp/importance/lora/summary.json").is_file()
+    assert not (tmp / "exp/importance/lora/table1.json").exists()
     assert (tmp / "exp/full/valid.loss.best.pth").is_file()
     assert (tmp / "exp/full/train.sh.cmd").is_file() and (tmp / "exp/run.sh.cmd").is_file()
     for sys_, mods in (("noft", ["text"]), ("full", ["text", "speech"])):
