@@ -158,3 +158,28 @@ def test_adaptor_warmup_feeds_stage4(recipe_run, tmp_path):
     assert (exp / "warmup" / "adaptor.pth").is_file()
     log = (exp / "full" / "train.log").read_text()
     assert f"Loading pretrained params from {exp}/warmup/adaptor.pth::adaptor" in log
+
+
+def test_transcription_mix_feeds_stage4(recipe_run, tmp_path):
+    """--transcription_mix N: stage 2 builds N synthetic utterances and the mixed dump,
+    stage 4 trains on it with the task column."""
+    tmp, _ = recipe_run
+    conf = yaml.safe_load((RECIPE / "conf" / "warmup.yaml").read_text())
+    conf["alignment_conf"].update(num_valid=1, num_words=50, batch_size=4)
+    (tmp_path / "warmup.yaml").write_text(yaml.safe_dump(conf))
+    exp = tmp_path / "exp"
+    cmd = ["./run.sh", "--stage", "2", "--stop_stage", "4", "--preset", "full",
+           "--model_preset", "conf/model/tiny_random.yaml",
+           "--datadir", str(tmp / "data"), "--dumpdir", str(tmp_path / "dump"), "--expdir", str(exp),
+           "--train_configs", "conf/train_full.yaml", "--transcription_mix", "5",
+           "--warmup_config", str(tmp_path / "warmup.yaml"),
+           "--train_args", "--max_epoch 1 --num_iters_per_epoch 2 --batch_size 4 --scheduler_conf total_steps=2"]
+    p = subprocess.run(cmd, cwd=RECIPE, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    mix = tmp_path / "dump" / "train_mix"
+    tasks = (mix / "task").read_text().split()
+    assert tasks.count("transcribe") == 4 and tasks.count("qa") == 6  # 5 synthesised, 1 held out
+    train_cmd = (exp / "full" / "train.sh.cmd").read_text().replace("\\,", ",")  # printf %q
+    assert f"{mix}/task,task,text" in train_cmd and f"{mix}/llm_len.speech" in train_cmd
+    assert (exp / "full" / "valid.loss.best.pth").is_file()

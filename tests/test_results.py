@@ -143,17 +143,30 @@ def test_rank_ablation_table_only_with_rank_systems(tmp_path):
         "| Rank | test T2T | test S2T |", "|---:|---:|---:|", "| 8 | 40.0 | - |", "| 16 | 40.0 | 20.0 |"]
 
 
-def test_committed_results_md_is_generated_from_committed_summary(tmp_path):
-    """egs2/speechimp/RESULTS.md is exactly what make_results renders from RESULTS.json
-    (both written by run.sh stage 6): the committed tables were not edited by hand."""
+COMMITTED_RESULTS = sorted(
+    p for p in (Path(__file__).resolve().parents[1] / "egs2" / "speechimp").glob("**/RESULTS.md")
+    if "exp" not in p.relative_to(Path(__file__).resolve().parents[1] / "egs2" / "speechimp").parts
+)
+
+
+def test_every_committed_results_md_has_its_summary():
+    assert COMMITTED_RESULTS, "egs2/speechimp/RESULTS.md is missing"
+    for md in COMMITTED_RESULTS:
+        assert md.with_suffix(".json").is_file(), f"{md} has no RESULTS.json beside it"
+
+
+@pytest.mark.parametrize("md", COMMITTED_RESULTS, ids=lambda p: str(p.parent.name))
+def test_committed_results_md_is_generated_from_committed_summary(md, tmp_path):
+    """Each committed RESULTS.md (the quick preset's, results_full/'s) is exactly what
+    make_results renders from the RESULTS.json beside it (both written by run.sh stage 6):
+    the committed tables were not edited by hand."""
     from espnet_ext.bin import make_results
 
-    recipe = Path(__file__).resolve().parents[1] / "egs2" / "speechimp"
-    committed = (recipe / "RESULTS.md").read_text(encoding="utf-8")
     out = tmp_path / "RESULTS.md"
-    make_results.main(["--from_summary", str(recipe / "RESULTS.json"), "--out_md", str(out)])
-    assert out.read_text(encoding="utf-8") == committed
-    summary = json.loads((recipe / "RESULTS.json").read_text())
-    # the demo's figures exist next to it, as the summary links them
+    make_results.main(["--from_summary", str(md.with_suffix(".json")), "--out_md", str(out)])
+    assert out.read_text(encoding="utf-8") == md.read_text(encoding="utf-8")
+    summary = json.loads(md.with_suffix(".json").read_text())
+    assert summary["meta"]["commit"] and summary["meta"]["date"] and summary["stage_times"]
+    # the figures the summary links exist next to it
     for rel in summary.get("analysis", {}).get("figures", {}).values():
-        assert (recipe / rel).is_file(), rel
+        assert (md.parent / rel).is_file(), rel

@@ -39,7 +39,8 @@ train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml
 decode_config=conf/decode.yaml        # batch size, max_new_tokens, model checkpoint to use
 importance_config=conf/importance.yaml # importance scoring (stage 3) and analysis (stage 6) options
 adaptor_warmup=          # ADDITION to the paper: CTC warm-up of the adaptor in stage 2, used as init_param in stage 4 (true|false; empty = the preset's)
-warmup_config=conf/warmup.yaml        # adaptor warm-up options (with --adaptor_warmup true)
+warmup_config=conf/warmup.yaml        # adaptor warm-up options (with --adaptor_warmup true); its alignment_conf shapes --transcription_mix
+transcription_mix=0      # ADDITION to the paper: N synthetic broad-vocabulary utterances, answered with their transcript ("Please repeat what the user said."), mixed into stage-1 training (0 = off)
 train_set=train          # training data dir under data/
 valid_set=dev            # validation data dir under data/
 test_sets="test_llamaq test_webq"     # decoded and scored sets
@@ -105,6 +106,12 @@ stage2() {
   ${train_cmd} "$expdir/log/dump_features.log" python -m espnet_ext.bin.dump_features \
     --whisper "$expdir/pretrained/whisper" --llm "$expdir/pretrained/llm" "${io[@]}" \
     --downsample_rate "$k" --long_audio "$long_audio" --skip_bad_utts "$skip_bad_utts"
+  if [ "$transcription_mix" -gt 0 ]; then
+    log "transcription mix (addition to the paper's recipe): $transcription_mix utterances -> $dumpdir/${train_set}_mix"
+    ${train_cmd} "$expdir/log/mix_transcription.log" python -m espnet_ext.bin.mix_transcription \
+      --config "$warmup_config" --model_config "$expdir/pretrained/model.yaml" --num_utts "$transcription_mix" \
+      --train_dump "$dumpdir/$train_set" --align_dump "$dumpdir/align_mix" --out_dir "$dumpdir/${train_set}_mix"
+  fi
   if [ "$adaptor_warmup" = true ]; then
     log "adaptor warm-up (addition to the paper's recipe): $dumpdir/$train_set -> $expdir/warmup"
     ${train_cmd} "$expdir/log/adaptor_warmup.log" python -m espnet_ext.bin.adaptor_warmup \
@@ -136,11 +143,13 @@ stage4() {
     local tag; tag=$(tag_of "$conf")
     local dir=$expdir/$tag
     stage_header 4 "$conf + $model_preset -> $dir"
-    local data=()
+    local data=() train_dump=$dumpdir/$train_set
+    [ "$transcription_mix" -gt 0 ] && train_dump=$dumpdir/${train_set}_mix
     for part in "enc_feats.scp,enc_feats,kaldi_ark" "text,text,text" "answer,answer,text"; do
-      data+=(--train_data_path_and_name_and_type "$dumpdir/$train_set/$part"
+      data+=(--train_data_path_and_name_and_type "$train_dump/$part"
              --valid_data_path_and_name_and_type "$dumpdir/$valid_set/$part")
     done
+    [ "$transcription_mix" -gt 0 ] && data+=(--train_data_path_and_name_and_type "$train_dump/task,task,text")
     local launcher=(python -m espnet_ext.bin.speechllm_train)
     if [ "$nproc" -gt 1 ]; then
       launcher=(torchrun --standalone --nproc_per_node "$nproc" -m espnet_ext.bin.speechllm_train
@@ -148,7 +157,7 @@ stage4() {
     fi
     local cmd=("${launcher[@]}" --config "$dir/train.yaml" --output_dir "$dir" --ngpu "$ngpu"
                --resume true "${data[@]}"
-               --train_shape_file "$dumpdir/$train_set/llm_len.speech"
+               --train_shape_file "$train_dump/llm_len.speech"
                --valid_shape_file "$dumpdir/$valid_set/llm_len.speech")
     [ "$adaptor_warmup" = true ] && cmd+=(--init_param "$expdir/warmup/adaptor.pth::adaptor")
     # shellcheck disable=SC2206
@@ -218,7 +227,7 @@ stage6() {
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --meta "command=./run.sh $run_args" \
     --meta "all commands of this exp dir=$(sed 's/^cd [^&]*&& //' "$expdir/run.sh.cmd" | paste -sd ';' -)" --meta "model_preset=$model_preset" \
-    --meta "preset=$preset (adaptor_warmup=$adaptor_warmup)"
+    --meta "preset=$preset (adaptor_warmup=$adaptor_warmup, transcription_mix=$transcription_mix)"
   log "wrote $results_md"
 }
 

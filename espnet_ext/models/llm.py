@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -28,6 +28,10 @@ LLAMA_OMNI_SYSTEM_PROMPT = (
     "language."
 )
 LLAMA_OMNI_USER_PROMPT = "<speech>\nPlease directly answer the questions in the user's speech."
+#: extra user prompts by task name (task 0 is "qa", the LLaMA-Omni prompt above); used only
+#: by data with a ``task`` column (the transcription mix, an addition to the paper)
+DEFAULT_TASK_PROMPTS = {"transcribe": "<speech>\nPlease repeat what the user said."}
+QA_TASK = "qa"
 _SENTINEL = "\u2063SPEECHIMP_ANSWER\u2063"
 
 
@@ -78,6 +82,28 @@ class ChatPrompt:
                    stop_token_ids=sorted(stop_ids))
 
 
+def task_prompt_list(
+    tokenizer, system_prompt: Optional[str], user_prompt: str, placeholder: str,
+    task_prompts: Optional[Dict[str, str]] = None,
+) -> Dict[str, ChatPrompt]:
+    """``{"qa": <the user prompt>, **task_prompts}`` as chat prompts, in task-index order.
+
+    Raises ``ValueError`` (naming ``llm_conf.task_prompts``) when a task's prompt does not
+    share the QA prompt's prefix and closing (one shared prefix cache serves every task).
+    """
+    tasks = dict(DEFAULT_TASK_PROMPTS if task_prompts is None else task_prompts)
+    if QA_TASK in tasks:
+        raise ValueError(f"llm_conf.task_prompts: {QA_TASK!r} is the user_prompt itself; use another name")
+    out = {QA_TASK: ChatPrompt.from_tokenizer(tokenizer, system_prompt, user_prompt, placeholder)}
+    for name, text in tasks.items():
+        prompt = ChatPrompt.from_tokenizer(tokenizer, system_prompt, text, placeholder)
+        if prompt.prefix != out[QA_TASK].prefix or prompt.closing != out[QA_TASK].closing:
+            raise ValueError(f"llm_conf.task_prompts.{name}: must start with the placeholder "
+                             f"{placeholder!r} like user_prompt (the prompt prefix is shared)")
+        out[name] = prompt
+    return out
+
+
 class HFCausalLM(torch.nn.Module):
     """Any ``AutoModelForCausalLM`` with its tokenizer and the LLaMA-Omni prompt.
 
@@ -88,6 +114,8 @@ class HFCausalLM(torch.nn.Module):
         user_prompt: user turn containing the placeholder.
         placeholder: the string replaced by speech embeddings or the transcript.
         attn_implementation: transformers attention backend ("sdpa", "eager").
+        task_prompts: further user prompts by task name; task 0 is ``qa`` (``user_prompt``).
+            They must share the prompt prefix (the placeholder leads every user prompt).
     """
 
     def __init__(
@@ -98,6 +126,7 @@ class HFCausalLM(torch.nn.Module):
         user_prompt: str = LLAMA_OMNI_USER_PROMPT,
         placeholder: str = "<speech>",
         attn_implementation: str = "sdpa",
+        task_prompts: Optional[Dict[str, str]] = None,
     ) -> None:
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,6 +141,8 @@ class HFCausalLM(torch.nn.Module):
         self.prompt = ChatPrompt.from_tokenizer(
             self.tokenizer, system_prompt or None, user_prompt, placeholder
         )
+        self.task_prompts = task_prompt_list(self.tokenizer, system_prompt or None, user_prompt,
+                                             placeholder, task_prompts)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.prompt.stop_token_ids[0]
 

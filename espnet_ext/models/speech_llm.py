@@ -75,6 +75,10 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         prompt = llm.prompt
         self.register_buffer("prefix_ids", torch.tensor(prompt.prefix), persistent=False)
         self.register_buffer("suffix_ids", torch.tensor(prompt.suffix), persistent=False)
+        # one suffix per task (task 0 = QA = suffix_ids); the prefix is shared by all
+        self.tasks = list(llm.task_prompts)
+        for i, p in enumerate(llm.task_prompts.values()):
+            self.register_buffer(f"task_suffix_ids_{i}", torch.tensor(p.suffix), persistent=False)
 
     # ---- building the input sequence -------------------------------------------------
     def placeholder_embeddings(
@@ -112,19 +116,22 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         answers: Optional[List[torch.Tensor]] = None,
         left_pad: bool = False,
         include_prefix: bool = True,
+        tasks: Optional[List[int]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
         """Assemble ``[prefix][middle][suffix][answer]`` per sample and pad.
 
         Returns ``inputs_embeds (Batch, Length, Hidden)``, ``attention_mask`` and the
         prompt length of each sample (where its answer starts, before padding).  With
         ``include_prefix=False`` the prefix is left out (it comes from a shared cache).
+        ``tasks`` (task index per sample, default all 0 = QA) selects each sample's suffix.
         """
         embed = self.llm.embed
         head = [embed(self.prefix_ids)] if include_prefix else []
-        suffix = embed(self.suffix_ids)
+        tasks = tasks if tasks is not None else [0] * len(middles)
+        suffixes = {t: embed(getattr(self, f"task_suffix_ids_{t}")) for t in set(tasks)}
         seqs, prompt_lens = [], []
         for i, mid in enumerate(middles):
-            parts = head + [mid, suffix]
+            parts = head + [mid, suffixes[tasks[i]]]
             prompt_lens.append(sum(p.shape[0] for p in parts))
             if answers is not None:
                 parts.append(embed(answers[i]))
@@ -138,6 +145,16 @@ class ESPnetSpeechLLM(AbsESPnetModel):
             x[i, sl] = s
             mask[i, sl] = 1
         return x, mask, prompt_lens
+
+    def task_indices(self, task: Optional[torch.Tensor], batch_size: int) -> List[int]:
+        """Per-sample task index from the collated ``task`` column (``(Batch, 1)``), or QA."""
+        if task is None:
+            return [0] * batch_size
+        tasks = task[:, 0].tolist()
+        bad = [t for t in tasks if not 0 <= t < len(self.tasks)]
+        if bad:
+            raise ValueError(f"task index {bad[0]} outside the model's tasks {self.tasks}")
+        return tasks
 
     def autocast(self):
         """The mixed-precision context of this model's device (a no-op for ``none``)."""
@@ -167,6 +184,8 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         enc_feats: Optional[torch.Tensor] = None,
         enc_feats_lengths: Optional[torch.Tensor] = None,
         modality: Optional[Modality] = None,
+        task: Optional[torch.Tensor] = None,
+        task_lengths: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
         """Mean cross-entropy on response + closing tokens; ``(loss, stats, weight)``.
@@ -180,16 +199,17 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         """
         modality = modality or self.modality
         answers = [answer[i, : answer_lengths[i]] for i in range(len(answer))]
+        tasks = self.task_indices(task, len(answers))
         with self.autocast():
             middles = self.placeholder_embeddings(
                 modality, text, text_lengths, speech, speech_lengths, enc_feats, enc_feats_lengths
             )
             if self.share_prompt_prefix:
-                x, mask, prompt_lens = self.build_inputs(middles, answers, include_prefix=False)
+                x, mask, prompt_lens = self.build_inputs(middles, answers, include_prefix=False, tasks=tasks)
                 cache = self.prefix_cache(len(answers))
                 hidden = self.llm.hidden_states(x, mask, cache=cache)
             else:
-                x, mask, prompt_lens = self.build_inputs(middles, answers)
+                x, mask, prompt_lens = self.build_inputs(middles, answers, tasks=tasks)
                 hidden = self.llm.hidden_states(x, mask)  # (Batch, Length, Hidden)
             # hidden state at position t predicts token t + 1: select positions that predict
             # each answer token, then run the LM head on those rows only.
@@ -224,24 +244,27 @@ class ESPnetSpeechLLM(AbsESPnetModel):
     ) -> List[List[int]]:
         """Batched greedy decoding with a KV cache; returns new token ids per sample.
 
-        Generation stops at the end-of-turn token (LLaMA-Omni decodes greedily).
+        Generation stops at the end-of-turn token (LLaMA-Omni decodes greedily).  An
+        optional ``task`` column selects each sample's instruction (default: QA).
         """
         with self.autocast():
             return self._generate(modality, max_new_tokens, **inputs)
 
     def _generate(self, modality: Modality, max_new_tokens: int, **inputs: torch.Tensor) -> List[List[int]]:
+        task, _ = inputs.pop("task", None), inputs.pop("task_lengths", None)
         middles = self.placeholder_embeddings(modality, **inputs)
+        tasks = self.task_indices(task, len(middles))
         extra = {}
         if self.share_prompt_prefix:
             # [prefix][pad][middle][suffix]: the prefix comes from the shared cache, the
             # padding sits after it (masked), positions follow the attention mask
-            x, mask, _ = self.build_inputs(middles, left_pad=True, include_prefix=False)
+            x, mask, _ = self.build_inputs(middles, left_pad=True, include_prefix=False, tasks=tasks)
             extra["cache"] = self.prefix_cache(len(middles))
             prefix = self.llm.embed(self.prefix_ids)[None].expand(len(middles), -1, -1)
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
             mask = torch.cat([mask.new_ones(len(middles), prefix.shape[1]), mask], dim=1)
         else:
-            x, mask, _ = self.build_inputs(middles, left_pad=True)
+            x, mask, _ = self.build_inputs(middles, left_pad=True, tasks=tasks)
         out = self.llm.model.generate(
             inputs_embeds=x,
             attention_mask=mask,

@@ -72,4 +72,4 @@ def dump_batches(
 
 def preprocessor_for(model) -> SpeechLLMPreprocessor:
     """The training-time preprocessor of an :class:`ESPnetSpeechLLM`."""
-    return SpeechLLMPreprocessor(model.llm.tokenizer, model.llm.prompt.closing)
+    return SpeechLLMPreprocessor(model.llm.tokenizer, model.llm.prompt.closing, list(model.llm.task_prompts))

@@ -8,7 +8,7 @@ followed by the chat template's closing end-of-turn token(s).
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -16,16 +16,19 @@ from espnet_ext.data.kaldi_dir import DataError, parse_answers
 
 
 class SpeechLLMPreprocessor:
-    """Tokenise ``text`` and ``answer``; pass audio/features through unchanged.
+    """Tokenise ``text`` and ``answer``, map ``task`` names to indices; pass audio/features
+    through unchanged.
 
     Args:
         tokenizer: the LLM's Hugging Face tokenizer.
         closing: token ids appended after each response (end of turn).
+        tasks: task names in index order (``HFCausalLM.task_prompts``; 0 = ``qa``).
     """
 
-    def __init__(self, tokenizer, closing: List[int]) -> None:
+    def __init__(self, tokenizer, closing: List[int], tasks: Sequence[str] = ("qa",)) -> None:
         self.tokenizer = tokenizer
         self.closing = list(closing)
+        self.tasks = list(tasks)
 
     def encode(self, s: str) -> np.ndarray:
         return np.asarray(self.tokenizer(s, add_special_tokens=False)["input_ids"], dtype=np.int64)
@@ -37,6 +40,11 @@ class SpeechLLMPreprocessor:
             if not question:
                 raise DataError(f"utterance {uid}: empty question text")
             out["text"] = self.encode(question)
+        if "task" in data:  # the instruction of a mixed training set (task name -> index)
+            name = str(data["task"]).strip()
+            if name not in self.tasks:
+                raise DataError(f"utterance {uid}: unknown task {name!r} (the model's tasks: {self.tasks})")
+            out["task"] = np.asarray([self.tasks.index(name)], dtype=np.int64)
         if "answer" in data:
             answers = parse_answers(str(data["answer"]), f"utterance {uid}")
             out["answer"] = np.concatenate(

@@ -132,13 +132,16 @@ class SpeechLLMTask(AbsTask):
             return None
         from transformers import AutoTokenizer
 
-        from espnet_ext.models.llm import ChatPrompt
+        from espnet_ext.models.llm import LLAMA_OMNI_SYSTEM_PROMPT, LLAMA_OMNI_USER_PROMPT, task_prompt_list
 
         conf = dict(args.llm_conf)
         tokenizer = AutoTokenizer.from_pretrained(conf["model_name_or_path"])
-        prompt_keys = ("system_prompt", "user_prompt", "placeholder")
-        prompt = ChatPrompt.from_tokenizer(tokenizer, **{k: conf[k] for k in prompt_keys if k in conf})
-        return SpeechLLMPreprocessor(tokenizer, prompt.closing)
+        prompts = task_prompt_list(
+            tokenizer, conf.get("system_prompt", LLAMA_OMNI_SYSTEM_PROMPT) or None,
+            conf.get("user_prompt", LLAMA_OMNI_USER_PROMPT), conf.get("placeholder", "<speech>"),
+            conf.get("task_prompts"),
+        )
+        return SpeechLLMPreprocessor(tokenizer, prompts["qa"].closing, list(prompts))
 
     @classmethod
     def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
@@ -146,7 +149,7 @@ class SpeechLLMTask(AbsTask):
 
     @classmethod
     def optional_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
-        return ("text", "enc_feats", "speech")
+        return ("text", "enc_feats", "speech", "task")
 
     @classmethod
     @typechecked
