@@ -494,8 +494,10 @@ def test_analysis_job_figures_numbers_and_results_md(tiny_dumps, tiny_llm_dir, t
 
     a = run_analysis(exp, ["full", "lora"], imp_yaml, model_yaml, dump / "train", dump / "dev")
     for tag in ("full", "lora"):
-        assert (exp / "importance" / tag / "table1.json").is_file()
         assert set(a["shift"][tag]) == {"js", "pearson", "peak_move", "mass_ratio"}
+    # Table 1 only for deactivation.systems (default: full), with text and speech rows
+    assert list(json.loads((exp / "importance/full/table1.json").read_text())["table"]) == ["text", "speech"]
+    assert not (exp / "importance/lora/table1.json").exists()
     assert set(a["rank_clustering"]) == {"base", "full", "lora"}
     assert a["rank_clustering_layers"] == [0, 3] and a["change_layer"] == 1
     # the rank-4 merged update clusters in rows/columns, the dense one does not
