@@ -43,7 +43,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     from espnet_ext.data.alignment import AlignmentSetConfig, build_alignment_dump
     from espnet_ext.data.mix import write_transcription_mix
     from espnet_ext.models.encoder import WhisperSpeechEncoder
-    from espnet_ext.models.llm import LLAMA_OMNI_SYSTEM_PROMPT, LLAMA_OMNI_USER_PROMPT, task_prompt_list
+    from espnet_ext.models.llm import task_prompts_from_conf
     from espnet_ext.utils.conf import build_from_conf
 
     with open(args.config, encoding="utf-8") as f:
@@ -55,11 +55,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         model = yaml.safe_load(f) or {}
     llm_conf, enc_conf = model["llm_conf"], dict(model.get("encoder_conf") or {})
     tokenizer = AutoTokenizer.from_pretrained(llm_conf["model_name_or_path"])
-    prompts = task_prompt_list(
-        tokenizer, llm_conf.get("system_prompt", LLAMA_OMNI_SYSTEM_PROMPT) or None,
-        llm_conf.get("user_prompt", LLAMA_OMNI_USER_PROMPT), llm_conf.get("placeholder", "<speech>"),
-        llm_conf.get("task_prompts"),
-    )
+    prompts = task_prompts_from_conf(tokenizer, llm_conf)
     if "transcribe" not in prompts:
         raise SystemExit(f"{args.model_config}: llm_conf.task_prompts has no 'transcribe' prompt")
     encoder = WhisperSpeechEncoder(enc_conf["model_name_or_path"], pad_to_30s=enc_conf.get("pad_to_30s", False))

@@ -104,6 +104,16 @@ def task_prompt_list(
     return out
 
 
+def task_prompts_from_conf(tokenizer, llm_conf: Dict) -> Dict[str, ChatPrompt]:
+    """:func:`task_prompt_list` for an ``llm_conf`` mapping, with :class:`HFCausalLM`'s
+    defaults (for jobs that need the prompts without loading the model)."""
+    return task_prompt_list(
+        tokenizer, llm_conf.get("system_prompt", LLAMA_OMNI_SYSTEM_PROMPT) or None,
+        llm_conf.get("user_prompt", LLAMA_OMNI_USER_PROMPT), llm_conf.get("placeholder", "<speech>"),
+        llm_conf.get("task_prompts"),
+    )
+
+
 class HFCausalLM(torch.nn.Module):
     """Any ``AutoModelForCausalLM`` with its tokenizer and the LLaMA-Omni prompt.
 
@@ -138,11 +148,9 @@ class HFCausalLM(torch.nn.Module):
             dtype=getattr(torch, torch_dtype),
             attn_implementation=attn_implementation,
         )
-        self.prompt = ChatPrompt.from_tokenizer(
-            self.tokenizer, system_prompt or None, user_prompt, placeholder
-        )
         self.task_prompts = task_prompt_list(self.tokenizer, system_prompt or None, user_prompt,
                                              placeholder, task_prompts)
+        self.prompt = self.task_prompts[QA_TASK]
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.prompt.stop_token_ids[0]
 

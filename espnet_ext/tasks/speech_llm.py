@@ -132,15 +132,11 @@ class SpeechLLMTask(AbsTask):
             return None
         from transformers import AutoTokenizer
 
-        from espnet_ext.models.llm import LLAMA_OMNI_SYSTEM_PROMPT, LLAMA_OMNI_USER_PROMPT, task_prompt_list
+        from espnet_ext.models.llm import task_prompts_from_conf
 
         conf = dict(args.llm_conf)
         tokenizer = AutoTokenizer.from_pretrained(conf["model_name_or_path"])
-        prompts = task_prompt_list(
-            tokenizer, conf.get("system_prompt", LLAMA_OMNI_SYSTEM_PROMPT) or None,
-            conf.get("user_prompt", LLAMA_OMNI_USER_PROMPT), conf.get("placeholder", "<speech>"),
-            conf.get("task_prompts"),
-        )
+        prompts = task_prompts_from_conf(tokenizer, conf)
         return SpeechLLMPreprocessor(tokenizer, prompts["qa"].closing, list(prompts))
 
     @classmethod
