@@ -99,8 +99,8 @@ def _build(llm_dir: Path, dtype: str):
 
 
 def _batches(model, n: int, bs: int):
-    from espnet_ext.tasks.batches import preprocessor_for
-    from espnet_ext.tasks.collate import PadCollate
+    from espnet_ext.train.batches import preprocessor_for
+    from espnet_ext.train.collate import PadCollate
 
     pre = preprocessor_for(model)
     qa = [("What is the capital of France? Please answer in one sentence.", "The capital of France is Paris."),
@@ -143,7 +143,7 @@ def bench_scoring(args) -> None:
     import multiprocessing as mp
 
     from espnet_ext.importance.params import select_parameters
-    from espnet_ext.models.tiny import build_tiny_llm
+    from espnet_ext.convert.tiny import build_tiny_llm
 
     llm_dir = Path(tempfile.mkdtemp(prefix="bench_llm_")) / "llm"
     build_tiny_llm(llm_dir, hidden_size=args.hidden, num_layers=args.layers)

@@ -39,8 +39,8 @@ import time
 
 import torch
 
-from espnet_ext.tasks.batches import dump_batches, preprocessor_for
-from espnet_ext.tasks.inference import load_model
+from espnet_ext.train.batches import dump_batches, preprocessor_for
+from espnet_ext.inference.decode import load_model
 
 
 def _timed(fn):

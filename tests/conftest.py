@@ -17,7 +17,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 4-layer Llama (hidden 64) + ChatML tokenizer saved with ``save_pretrained``."""
-    from espnet_ext.models.tiny import build_tiny_llm
+    from espnet_ext.convert.tiny import build_tiny_llm
 
     return build_tiny_llm(tmp_path_factory.mktemp("tiny_llm") / "llm")
 
@@ -25,7 +25,7 @@ def tiny_llm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random Whisper (d_model 32, 80 mel bins, 2 encoder layers) + feature extractor."""
-    from espnet_ext.models.tiny import build_tiny_whisper
+    from espnet_ext.convert.tiny import build_tiny_whisper
 
     return build_tiny_whisper(tmp_path_factory.mktemp("tiny_whisper") / "whisper")
 

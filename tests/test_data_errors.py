@@ -18,7 +18,7 @@ import yaml
 from espnet_ext.data.audio import fit_to_window, load_audio, write_wav
 from espnet_ext.data.kaldi_dir import DataError, read_kaldi_dir, read_table
 from espnet_ext.utils.atomic import atomic_dir, atomic_open, atomic_write_text
-from espnet_ext.utils.config import compose_train_config
+from espnet_ext.tasks.compose import compose_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,8 +174,8 @@ def test_dump_writes_features_and_shape_files(tmp_path, tiny_kaldi_dir, dump_par
     import kaldiio
 
     from espnet_ext.data.dump import dump_encoder_features, load_report
-    from espnet_ext.tasks.collate import PadCollate
-    from espnet_ext.tasks.preprocess import SpeechLLMPreprocessor
+    from espnet_ext.train.collate import PadCollate
+    from espnet_ext.train.preprocess import SpeechLLMPreprocessor
 
     out = tmp_path / "dump" / "test"
     report = dump_encoder_features(tiny_kaldi_dir, out, batch_size=2, **dump_parts)

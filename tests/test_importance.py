@@ -23,8 +23,8 @@ from espnet_ext.importance.report import load_report, write_report
 from espnet_ext.importance.scoring import ImportanceConfig, score_importance
 from espnet_ext.importance.shift import js_divergence, pearson, render_shift_table, shift_metrics
 from espnet_ext.importance.structure import concentration, line_share, random_mask_like, vicinity_map
-from espnet_ext.tasks.batches import preprocessor_for
-from espnet_ext.tasks.collate import PadCollate
+from espnet_ext.train.batches import preprocessor_for
+from espnet_ext.train.collate import PadCollate
 from test_training import _config, _run_train, _train_cmd, tiny_dumps  # noqa: F401  (fixture reused)
 
 QA = [("What is the capital of France?", "The capital of France is Paris."),
@@ -182,7 +182,7 @@ def test_lora_scores_are_those_of_the_merged_weights(text_model):
         torch.testing.assert_close(eff[n], p.detach(), rtol=1e-5, atol=1e-7)
     plain = score_importance(text_model, batches, ImportanceConfig()).scores
     assert any(not torch.allclose(plain[n], want[n], rtol=1e-3) for n in want)
-    # Table 1 on a LoRA model (importance.job): adapters merged, then zeroing hits the effective weight
+    # Table 1 on a LoRA model (analysis.score): adapters merged, then zeroing hits the effective weight
     for layer in lora_layers(lora).values():
         layer.merge()
     assert not lora_layers(lora)
@@ -418,8 +418,8 @@ def test_change_analysis_scores_low_rank_updates_as_clustered():
 # the training-time probe and the stage-6 analysis job
 # --------------------------------------------------------------------------------------
 def _base_report(root: Path, conf: Path, out: Path) -> Path:
-    from espnet_ext.importance.job import run_importance
-    from espnet_ext.tasks.inference import load_model
+    from espnet_ext.analysis.score import run_importance
+    from espnet_ext.inference.decode import load_model
 
     run_importance(load_model(conf), root / "dump" / "train", out, ImportanceConfig(num_utts=4, batch_size=2))
     return out
@@ -464,7 +464,7 @@ def test_analysis_job_figures_numbers_and_results_md(tiny_dumps, tiny_llm_dir, t
     import yaml
 
     from espnet_ext.eval.results import collect_summary, publish_figures, render_results_md
-    from espnet_ext.importance.analyze import run_analysis
+    from espnet_ext.analysis.analyze import run_analysis
     from espnet_ext.tasks.speech_llm import SpeechLLMTask
 
     parts = {"encoder": "whisper", "encoder_conf": {"model_name_or_path": str(tiny_whisper_dir)},

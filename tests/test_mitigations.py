@@ -19,9 +19,9 @@ from espnet_ext.importance.params import canonical_name, select_parameters
 from espnet_ext.importance.report import write_report
 from espnet_ext.optim.anchor import AnchorConfig, ImportanceAnchor, _WeightedSquaredDistance
 from espnet_ext.optim.layer_lr import LayerLRConfig, layer_lr_groups, layer_lr_scales
-from espnet_ext.tasks.inference import load_model
+from espnet_ext.inference.decode import load_model
 from espnet_ext.tasks.speech_llm import SpeechLLMTask
-from espnet_ext.utils.config import compose_train_config, load_yaml, rebase_exp_path
+from espnet_ext.tasks.compose import compose_train_config, load_yaml, rebase_exp_path
 from espnet_ext.utils.espnet_compat import abs_task_module
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from test_model import _text_batch
 from espnet_ext.data.kaldi_dir import DataError, read_table
 from espnet_ext.data.mix import write_transcription_mix
 from espnet_ext.models.llm import LLAMA_OMNI_SYSTEM_PROMPT, LLAMA_OMNI_USER_PROMPT, task_prompt_list
-from espnet_ext.tasks.collate import PadCollate
-from espnet_ext.tasks.preprocess import SpeechLLMPreprocessor
+from espnet_ext.train.collate import PadCollate
+from espnet_ext.train.preprocess import SpeechLLMPreprocessor
 
 
 def test_task_prompts_share_the_prefix(tiny_llm_dir):

@@ -19,8 +19,8 @@ from espnet_ext.models.adaptor import FrameConcatAdaptor
 from espnet_ext.models.llm import LLAMA_OMNI_SYSTEM_PROMPT, LLAMA_OMNI_USER_PROMPT, ChatPrompt
 from espnet_ext.optim.groups import adaptor_llm_groups
 from espnet_ext.optim.schedulers import WarmupCosineLR
-from espnet_ext.tasks.collate import PadCollate
-from espnet_ext.tasks.preprocess import SpeechLLMPreprocessor
+from espnet_ext.train.collate import PadCollate
+from espnet_ext.train.preprocess import SpeechLLMPreprocessor
 
 QUESTIONS = ["What is two plus three?", "How many days are in a week? Tell me."]
 ANSWERS = ['["Two plus three is 5.", "5"]', '["seven"]']

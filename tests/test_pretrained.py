@@ -1,4 +1,4 @@
-"""Tests of espnet_ext.models.pretrained and the stage-2 entry point.
+"""Tests of espnet_ext.convert.pretrained and the stage-2 entry point.
 
 The CTranslate2 parser and the Whisper mapping are tested on small hand-made
 ``model.bin`` files; the real-weight tests (SmolLM2 GGUF, Whisper tiny.en CT2) use the
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from espnet_ext.models.pretrained import (
+from espnet_ext.convert.pretrained import (
     MARKER_NAME,
     convert_ct2_whisper_to_hf,
     detect_source_kind,

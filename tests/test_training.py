@@ -18,7 +18,7 @@ from espnet_ext.data.dump import dump_encoder_features
 from espnet_ext.data.kaldi_dir import Utterance, write_kaldi_dir
 from espnet_ext.models.encoder import WhisperSpeechEncoder
 from espnet_ext.models.llm import ChatPrompt
-from espnet_ext.tasks.inference import decode_dump_dir, load_model
+from espnet_ext.inference.decode import decode_dump_dir, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 QA = [("What is the capital of France?", "The capital of France is Paris."),

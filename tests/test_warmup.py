@@ -1,4 +1,4 @@
-"""Tests of the adaptor CTC warm-up (espnet_ext.models.warmup) and its alignment set
+"""Tests of the adaptor CTC warm-up (espnet_ext.warmup.ctc) and its alignment set
 (espnet_ext.data.alignment), on tiny models: shapes, blank handling, training, resume,
 and that ``adaptor.pth`` loads into the ESPnet model through ``init_param``."""
 
@@ -12,7 +12,7 @@ import yaml
 
 from espnet_ext.data.alignment import AlignmentSetConfig, make_sentences, tokenizer_words, word_coverage
 from espnet_ext.models.adaptor import FrameConcatAdaptor
-from espnet_ext.models.warmup import (
+from espnet_ext.warmup.ctc import (
     AdaptorWarmup,
     CTCEmbeddingHead,
     WarmupConfig,
@@ -168,7 +168,7 @@ def test_word_list_and_sentences_are_deterministic(tiny_llm_dir: Path) -> None:
 def test_warmup_job_end_to_end(tmp_path: Path, tiny_llm_dir: Path, tiny_whisper_dir: Path) -> None:
     """Alignment set (espeak + tiny Whisper) → warm-up job → adaptor.pth, and a rerun skips."""
     pytest.importorskip("espeakng_loader")
-    from espnet_ext.models.warmup import run_warmup_job
+    from espnet_ext.warmup.ctc import run_warmup_job
 
     model_yaml = tmp_path / "model.yaml"
     model_yaml.write_text(yaml.safe_dump({

@@ -9,7 +9,7 @@ Usage (from egs2/speechimp, after stage 2):
 Writes ``exp/warmup/adaptor.pth`` (the adaptor's state dict), ``checkpoint.pth`` (resume
 is automatic), ``history.tsv`` and ``warmup_summary.json``.  Stage-1 training then starts
 from it with ``init_param: [exp/warmup/adaptor.pth::adaptor]``; leave that out to run the
-paper's recipe unchanged.  See ``espnet_ext.models.warmup``.
+paper's recipe unchanged.  See ``espnet_ext.warmup.ctc``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     import yaml
 
     from espnet_ext.data.alignment import AlignmentSetConfig
-    from espnet_ext.models.warmup import WarmupConfig, run_warmup_job
+    from espnet_ext.warmup.ctc import WarmupConfig, run_warmup_job
     from espnet_ext.utils.conf import build_from_conf
 
     with open(args.config, encoding="utf-8") as f:

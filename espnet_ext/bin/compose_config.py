@@ -42,7 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    from espnet_ext.utils.config import compose_train_config, load_yaml
+    from espnet_ext.tasks.compose import compose_train_config, load_yaml
 
     if args.get:
         value = load_yaml(args.preset)

@@ -37,7 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    from espnet_ext.importance.analyze import run_analysis
+    from espnet_ext.analysis.analyze import run_analysis
 
     run_analysis(args.exp_dir, args.systems.split(), args.config, args.base_model_config, args.data_dir,
                  args.eval_dir, args.checkpoint, args.out_dir, args.device, args.overwrite == "true")

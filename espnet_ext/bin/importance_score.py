@@ -43,8 +43,8 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     import torch
 
-    from espnet_ext.importance.job import is_scored, load_importance_config, report_stamp, run_importance
-    from espnet_ext.tasks.inference import load_model
+    from espnet_ext.analysis.score import is_scored, load_importance_config, report_stamp, run_importance
+    from espnet_ext.inference.decode import load_model
 
     scoring, deactivation = load_importance_config(args.config)
     if args.model_file is None and "speech" in deactivation.modalities:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from espnet_ext.models.pretrained import materialize_pretrained
+from espnet_ext.convert.pretrained import materialize_pretrained
 from espnet_ext.utils.atomic import atomic_write_text
 
 

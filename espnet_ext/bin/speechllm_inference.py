@@ -55,7 +55,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     import torch
 
     from espnet_ext.models.lora import merge_lora_for_inference
-    from espnet_ext.tasks.inference import decode_dump_dir, is_decoded, load_model, model_stamp
+    from espnet_ext.inference.decode import decode_dump_dir, is_decoded, load_model, model_stamp
 
     jobs = [(d, o, m, model_stamp(args.config, args.model_file, m, args.max_new_tokens))
             for d, o, m in zip(args.data_dir, args.output_dir, args.modality)]

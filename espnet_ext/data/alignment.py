@@ -1,4 +1,4 @@
-"""A broad-vocabulary alignment set for the adaptor warm-up (``espnet_ext.models.warmup``).
+"""A broad-vocabulary alignment set for the adaptor warm-up (``espnet_ext.warmup.ctc``).
 
 **An addition to the paper's recipe.**  The task's own transcripts name only the
 entities of ``train``; for a zero-shot speech path the adaptor must also map words it

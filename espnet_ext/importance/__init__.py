@@ -12,6 +12,8 @@
                    concentration ratio against a random set of equal size;
 * ``shift``      — Fig. 2–3: normalised layer curves, JS divergence / Pearson / peak move / mass ratio;
 * ``change``     — Fig. 4: |θ_ft − θ_base| maps (LoRA merged) and their concentration;
-* ``probe``      — the same measurements during training (``--importance_probe_conf``);
-* ``job``, ``analyze`` — the stage-3 and stage-6 jobs behind ``espnet_ext.bin.importance_*``.
+
+This package is the maths alone: it imports no task, model-loading or batching code.
+The jobs that load models and data sit above it (:mod:`espnet_ext.analysis`), and so
+does the training-time probe (:mod:`espnet_ext.train.probe`).
 """

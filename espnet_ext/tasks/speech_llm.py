@@ -38,9 +38,9 @@ from espnet_ext.models.encoder import AbsSpeechEncoder, WhisperSpeechEncoder
 from espnet_ext.models.llm import HFCausalLM
 from espnet_ext.models.speech_llm import ESPnetSpeechLLM
 from espnet_ext.optim.schedulers import WarmupCosineLR
-from espnet_ext.tasks.collate import PadCollate
-from espnet_ext.tasks.preprocess import SpeechLLMPreprocessor
-from espnet_ext.tasks.trainer import SpeechLLMTrainer
+from espnet_ext.train.collate import PadCollate
+from espnet_ext.train.preprocess import SpeechLLMPreprocessor
+from espnet_ext.train.trainer import SpeechLLMTrainer
 from espnet_ext.utils.conf import build_from_conf, check_conf_keys
 
 logger = logging.getLogger(__name__)

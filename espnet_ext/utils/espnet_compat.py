@@ -4,7 +4,7 @@
 ``espnet2.enh.layers.beamformer_th`` and its module-level ``import torchaudio``.
 (``espnet2.train.collate_fn`` is avoided altogether: it imports ESPnet's text
 preprocessors, whose g2p dependency tries to download NLTK data at import time; see
-``espnet_ext.tasks.collate``.)
+``espnet_ext.train.collate``.)
 torchaudio has no build for the CPU torch 2.13 wheel this project pins, and nothing in
 speechimp uses the beamformer.  While that one import chain runs we expose a stand-in
 ``torchaudio`` module that raises a clear ``ImportError`` on any attribute access, then

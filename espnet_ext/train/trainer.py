@@ -1,7 +1,7 @@
 """ESPnet ``Trainer`` with the optional importance probe (``--importance_probe_conf``).
 
 With the option unset (null, the default) this is ESPnet's ``Trainer`` unchanged.  With
-it set, :class:`espnet_ext.importance.probe.ImportanceProbe` scores textual importance on
+it set, :class:`espnet_ext.train.probe.ImportanceProbe` scores textual importance on
 a small fixed probe set:
 
 * after every N-th epoch, at the end of validation: the scalars (``imp_js``,
@@ -18,7 +18,7 @@ a small fixed probe set:
 
 Every probe also writes ``<output_dir>/importance_probe/{epoch<N>,step<N>}.json`` with the
 per-layer distribution.  It leaves the training trajectory bit-identical (see
-:mod:`espnet_ext.importance.probe`).  ESPnet's DeepSpeed path refuses any trainer class
+:mod:`espnet_ext.train.probe`).  ESPnet's DeepSpeed path refuses any trainer class
 but its own (``--use_deepspeed true`` with this task raises "only default trainer is
 compatible with deepspeed"); train without DeepSpeed to use this task.
 """
@@ -69,7 +69,7 @@ class SpeechLLMTrainer(Trainer):
             return None
         key = (repr(conf), str(options.output_dir))
         if cls._probe is None or cls._probe[0] != key:
-            from espnet_ext.importance.probe import ImportanceProbe, ProbeConfig
+            from espnet_ext.train.probe import ImportanceProbe, ProbeConfig
 
             cls._probe = (key, ImportanceProbe(ProbeConfig.from_dict(dict(conf)), options.output_dir))
         return cls._probe[1]

@@ -24,9 +24,9 @@ from espnet_ext.importance.deactivate import deactivation_table, render_table1
 from espnet_ext.importance.params import lora_layers, select_parameters
 from espnet_ext.importance.report import write_report
 from espnet_ext.importance.scoring import ImportanceConfig, score_importance
-from espnet_ext.tasks.batches import dump_batches, preprocessor_for, subset_ids
+from espnet_ext.train.batches import dump_batches, preprocessor_for, subset_ids
 from espnet_ext.utils.atomic import atomic_write_text
-from espnet_ext.utils.config import load_yaml
+from espnet_ext.tasks.compose import load_yaml
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from espnet_ext.importance.change import analyze_change
-from espnet_ext.importance.job import is_scored, load_importance_config, report_stamp, run_importance
+from espnet_ext.analysis.score import is_scored, load_importance_config, report_stamp, run_importance
 from espnet_ext.importance.params import MODULE_TYPES, effective_weights, num_layers
 from espnet_ext.importance.report import load_scores
 from espnet_ext.importance.shift import layer_curves, plot_layer_shift, shift_table
@@ -41,7 +41,7 @@ from espnet_ext.importance.structure import (
     matrix_concentration, plot_grid, rank_clustering_maps, summarize_concentration,
 )
 from espnet_ext.utils.atomic import atomic_write_text
-from espnet_ext.utils.config import load_yaml
+from espnet_ext.tasks.compose import load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def run_analysis(
 ) -> dict:
     """Score every system, then write figures and ``analysis.json`` (see module docstring)."""
     from espnet_ext.eval.results import SYSTEM_NAMES
-    from espnet_ext.tasks.inference import load_model
+    from espnet_ext.inference.decode import load_model
 
     exp_dir = Path(exp_dir)
     out_dir = Path(out_dir) if out_dir is not None else exp_dir / "results"

