@@ -1,6 +1,6 @@
 # speechimp: the two commands of the README, plus helpers.
 #   make demo   # install (once) + the whole recipe on the built-in offline demo
-#   make test   # install (once) + the test suite
+#   make test   # install (once) + the linter + the test suite
 .PHONY: install demo test clean-demo
 
 VENV ?= tools/venv
@@ -13,6 +13,7 @@ demo: install
 	cd egs2/speechimp && ./run.sh
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 clean-demo:

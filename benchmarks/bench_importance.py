@@ -142,8 +142,8 @@ def _memory_child(llm_dir: str, dtype: str, which: str, n: int, bs: int, threads
 def bench_scoring(args) -> None:
     import multiprocessing as mp
 
-    from espnet_ext.importance.params import select_parameters
     from espnet_ext.convert.tiny import build_tiny_llm
+    from espnet_ext.importance.params import select_parameters
 
     llm_dir = Path(tempfile.mkdtemp(prefix="bench_llm_")) / "llm"
     build_tiny_llm(llm_dir, hidden_size=args.hidden, num_layers=args.layers)
@@ -154,8 +154,8 @@ def bench_scoring(args) -> None:
         _score(model, batches)  # warm-up
         t_plain = t_score = float("inf")
         for _ in range(args.repeats):  # interleaved: background load hits both alike
-            t_plain = min(t_plain, _best(lambda: _plain(model, batches), 1))
-            t_score = min(t_score, _best(lambda: _score(model, batches), 1))
+            t_plain = min(t_plain, _best(lambda m=model, b=batches: _plain(m, b), 1))
+            t_score = min(t_score, _best(lambda m=model, b=batches: _score(m, b), 1))
         scored = select_parameters(model)
         n_scored = sum(p.numel() for p in scored.values())
         n_model = sum(p.numel() for p in model.parameters())
@@ -167,7 +167,8 @@ def bench_scoring(args) -> None:
         inc = {}
         for which in ("plain", "score"):
             q = ctx.Queue()
-            p = ctx.Process(target=_memory_child, args=(str(llm_dir), dtype, which, args.batches, args.batch_size, args.threads, q))
+            p = ctx.Process(target=_memory_child,
+                            args=(str(llm_dir), dtype, which, args.batches, args.batch_size, args.threads, q))
             p.start()
             inc[which] = q.get()
             p.join()

@@ -28,8 +28,7 @@ no other load, defaults above):
                                    (S2T here: the untrained adaptor, so its tokens are noise)
 
 Sharing is exact (identical hypotheses, gradients within 5e-6 relative); bf16 changes
-greedy hypotheses as any precision change does.  Measured numbers are quoted in egs2/speechimp/RESULTS.md's
-notes and the closing note of issue 5.
+greedy hypotheses as any precision change does.  Measured numbers are quoted in the README.
 """
 
 from __future__ import annotations
@@ -39,8 +38,8 @@ import time
 
 import torch
 
-from espnet_ext.train.batches import dump_batches, preprocessor_for
 from espnet_ext.inference.decode import load_model
+from espnet_ext.train.batches import dump_batches, preprocessor_for
 
 
 def _timed(fn):
@@ -116,7 +115,7 @@ def main() -> None:
             if n >= args.n_decode:
                 break
 
-        def decode():
+        def decode(chosen=chosen, modality=modality):
             return [h for t in chosen for h in model.generate(modality, max_new_tokens=args.max_new_tokens, **t)]
 
         times, outs = _run_settings(model, decode, args.repeats)

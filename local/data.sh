@@ -12,6 +12,7 @@ set -euo pipefail
 . ./db.sh
 . utils/log.sh
 
+# ==== Options ====
 data_source=demo        # demo | real
 datadir=data            # output root
 max_utts_per_set=       # demo: cap per set (smoke tests); empty = all
@@ -20,7 +21,7 @@ train_max_utts=         # real: seeded subset per training corpus; empty = all
 n_dev=500               # real: utterances held out of train for dev
 skip_bad_utts=false     # real: skip (and count) broken rows instead of failing
 seed=0                  # subset / split seed
-help_message="Usage: $0 [--data_source demo|real] [--max_utts_per_set N] [--train_max_utts N]"
+help_message="$(. utils/help.sh && script_header "$0" && echo && options_help "$0")"
 . utils/parse_options.sh
 
 case "$data_source" in

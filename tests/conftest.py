@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random pretrained folders, a model builder and tiny data dirs.
+"""Shared fixtures: tiny random pretrained folders, a model builder, tiny data dirs and
+stage-2 dumps.  Plain helper functions are in ``helpers.py``.
 
 Everything here is built locally in seconds (nothing is downloaded): the tiny LLM and
 Whisper folders go through the same ``from_pretrained`` code as the real presets.
@@ -6,12 +7,19 @@ Whisper folders go through the same ``from_pretrained`` code as the real presets
 
 from __future__ import annotations
 
+import sys
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import pytest
+
+# test modules import ``helpers`` by name, whatever pytest's import mode
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import build_tiny_dumps, speech_llm_argv, write_noise_kaldi_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +48,7 @@ def speech_llm_args(tiny_llm_dir: Path, tiny_whisper_dir: Path) -> Callable[...,
     from espnet_ext.tasks.speech_llm import SpeechLLMTask
 
     def make(*extra: str, encoder: bool = True):
-        argv = [
-            "--llm_conf", f"model_name_or_path={tiny_llm_dir}",
-            "--adaptor_conf", "hidden_size=32",
-        ]
-        if encoder:
-            argv += ["--encoder_conf", f"model_name_or_path={tiny_whisper_dir}"]
-        else:
-            argv += ["--encoder", "none", "--adaptor_conf", "input_size=32"]
+        argv = speech_llm_argv(tiny_llm_dir, tiny_whisper_dir if encoder else None)
         return SpeechLLMTask.get_parser().parse_args(argv + list(extra))
 
     return make
@@ -79,26 +80,10 @@ def make_tiny_kaldi_dir(tmp_path: Path) -> Callable[..., Path]:
     ``wavs`` may map an utt id to a ready-made waveform (``np.ndarray``) or to the path
     of an existing file (e.g. a corrupt one) that ``wav.scp`` should point at.
     """
-    from espnet_ext.data.audio import write_wav
-    from espnet_ext.data.kaldi_dir import Utterance, write_kaldi_dir
-
     def make(name: str = "data", utts: Sequence[tuple] = TINY_QA,
              wavs: Optional[Dict[str, object]] = None) -> Path:
-        wavs = dict(wavs or {})
         rng = np.random.default_rng(zlib.crc32(name.encode()))
-        out: List[Utterance] = []
-        for uid, spk, seconds, question, answers in utts:
-            given = wavs.get(uid)
-            if isinstance(given, (str, Path)):
-                path = Path(given)
-            else:
-                audio = given if given is not None else 0.1 * rng.standard_normal(int(seconds * 16000))
-                path = tmp_path / f"{name}_wav" / f"{uid}.wav"
-                write_wav(path, np.asarray(audio, dtype=np.float32))
-            out.append(Utterance(uid, spk, str(path), question, list(answers)))
-        d = tmp_path / name
-        write_kaldi_dir(d, out)
-        return d
+        return write_noise_kaldi_dir(tmp_path / name, tmp_path / f"{name}_wav", utts, rng, 0.1, wavs)
 
     return make
 
@@ -107,3 +92,22 @@ def make_tiny_kaldi_dir(tmp_path: Path) -> Callable[..., Path]:
 def tiny_kaldi_dir(make_tiny_kaldi_dir) -> Path:
     """Three utterances (two speakers) of 0.7-1.3 s random noise with questions/answers."""
     return make_tiny_kaldi_dir()
+
+
+@pytest.fixture(scope="module")
+def tiny_dumps(tmp_path_factory: pytest.TempPathFactory, tiny_llm_dir: Path, tiny_whisper_dir: Path) -> Path:
+    """``dump/{train,dev}`` (12 + 4 utterances) built with the real stage-2 code from noise
+    audio (``helpers.build_tiny_dumps``); the root also holds ``data/`` and ``wav/``."""
+    return build_tiny_dumps(tmp_path_factory.mktemp("train"), tiny_llm_dir, tiny_whisper_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-model tests: a fixed reduction order, and no
+    OpenMP spin-waits on a shared 2-core machine (use with ``pytest.mark.usefixtures``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -24,6 +24,9 @@ def _summary() -> dict:
             systems[tag]["webq"]["speech"] = _score(ws)
     return {
         "systems": systems,
+        "system_info": {"noft": {"name": "No-FT", "role": "base"}, "full": {"name": "Full-FT", "role": "full_ft"},
+                        "layerlr": {"name": "Layer-LR", "role": "layer_lr"},
+                        "lora": {"name": "LoRA", "role": "lora", "lora_rank": 8}},
         "table1": {"base": {"table": {"text": {"base": 3.0, "top": 3e8, "bottom": 3.1, "random": 15.0}}},
                    "full": {"table": {"text": {"base": 1.5, "top": 1.0, "bottom": 1.5, "random": 7.0}}}},
         "analysis": {

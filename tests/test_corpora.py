@@ -2,117 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from helpers import audio_bytes, hf_audio, llama_rows, make_alpaca, make_va, tone, write_parquet
 
 from espnet_ext.bin.prepare_corpus import main as prepare_main
 from espnet_ext.data.corpora import convert_corpus, find_shards, has_history, strip_markers
 from espnet_ext.data.kaldi_dir import DataError, read_kaldi_dir
-
-AUDIO_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
-
-def tone(sr: int, seconds: float = 0.25, freq: float = 440.0, noise: bool = False) -> np.ndarray:
-    """A short sine (or seeded noise) signal at ``sr``."""
-    n = int(round(sr * seconds))
-    if noise:
-        return (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
-    return (0.3 * np.sin(2 * np.pi * freq * np.arange(n) / sr)).astype(np.float32)
-
-
-def audio_bytes(sr: int, seconds: float = 0.25, fmt: str = "WAV", **kw: Any) -> bytes:
-    """Encoded audio file bytes (WAV or FLAC)."""
-    buf = io.BytesIO()
-    sf.write(buf, tone(sr, seconds, **kw), sr, format=fmt)
-    return buf.getvalue()
-
-
-def hf_audio(data: Optional[bytes], path: Optional[str] = None) -> Dict[str, Any]:
-    """An HF ``Audio`` cell as stored in parquet/Arrow."""
-    return {"bytes": data, "path": path}
-
-
-def write_parquet(
-    path: Path, columns: Dict[str, list], audio_col: str, row_group_size: int = 2
-) -> None:
-    """Write a parquet shard whose ``audio_col`` is the HF ``{bytes, path}`` struct."""
-    fields = []
-    for name, values in columns.items():
-        if name == audio_col:
-            fields.append(pa.field(name, AUDIO_STRUCT))
-        elif values and isinstance(values[0], list):
-            fields.append(pa.field(name, pa.list_(pa.string())))
-        else:
-            fields.append(pa.field(name, pa.string()))
-    table = pa.table(columns, schema=pa.schema(fields))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, row_group_size=row_group_size)
-
-
-def llama_rows(n: int = 3, sr: int = 16000) -> Dict[str, list]:
-    """``fixie-ai/llama-questions`` columns with ``n`` good rows."""
-    return {
-        "question": [f"Question number {i}?" for i in range(n)],
-        "answer": [f"Answer {i}" for i in range(n)],
-        "audio": [hf_audio(audio_bytes(sr, freq=300 + 50 * i)) for i in range(n)],
-    }
-
-
-def make_va(root: Path) -> Path:
-    """VoiceAssistant-400K: two parquet shards at 24 kHz with multi-turn rows."""
-    rows = [
-        ("identity", "0", "0", "What is your name?", "I am a helpful assistant."),
-        ("ultrachat", "1", "0", "<USER>: How tall is Mount Everest?", "<ASSISTANT>: About 8849 m."),
-        ("ultrachat", "1", "1",
-         "<USER>: How tall is Mount Everest?\n<ASSISTANT>: About 8849 m.\n<USER>: And K2?",
-         "About 8611 m."),
-        ("ultrachat", "2", "1", "Name a primary colour.", "Red."),  # later turn, no markers
-        ("ultrachat", "2", "0", "Tell me a fun fact.", "Octopuses have three hearts."),
-        ("ultrachat", "3", "0", "What is two plus two?", "Four."),
-    ]
-    cols: Dict[str, list] = {k: [] for k in
-                             ("split_name", "index", "round", "question", "answer", "answer_snac",
-                              "question_audio")}
-    for i, (sn, ix, rd, q, a) in enumerate(rows):
-        for k, v in zip(("split_name", "index", "round", "question", "answer"), (sn, ix, rd, q, a)):
-            cols[k].append(v)
-        cols["answer_snac"].append("# 1 2 3 #")
-        cols["question_audio"].append(hf_audio(audio_bytes(24000, 0.3, freq=200 + 40 * i)))
-    for shard, sl in enumerate((slice(0, 3), slice(3, 6))):
-        write_parquet(root / "data" / f"train-0000{shard}-of-00002.parquet",
-                      {k: v[sl] for k, v in cols.items()}, "question_audio")
-    return root
-
-
-def make_alpaca(root: Path, as_dict: bool = False) -> Path:
-    """spoken-alpaca-gpt4: ``save_to_disk`` Arrow shards with ``Audio`` columns at 22.05 kHz."""
-    from datasets import Audio, Dataset, DatasetDict
-
-    data = {
-        "instruction": ["Give three tips for staying healthy.", "Translate to French.",
-                        "Name a colour."],
-        "input": ["", "Good morning", ""],
-        "output": ["Eat well, sleep, exercise.", "Bonjour", "Blue"],
-        "speech_input": ["Give three tips for staying healthy.", "", "Name a colour."],
-        "input_audio": [hf_audio(audio_bytes(22050, 0.3, noise=(i == 2))) for i in range(3)],
-        "output_audio": [hf_audio(audio_bytes(22050, 0.1)) for _ in range(3)],
-    }
-    # Audio.encode_example needs torchcodec; casting the raw struct does not
-    ds = Dataset.from_dict(data).cast_column("input_audio", Audio()).cast_column(
-        "output_audio", Audio())
-    if as_dict:
-        DatasetDict({"train": ds}).save_to_disk(str(root))
-    else:
-        ds.save_to_disk(str(root), num_shards=2)
-    return root
 
 
 def kaldi(out: Path) -> Dict[str, Any]:

@@ -17,8 +17,8 @@ import yaml
 
 from espnet_ext.data.audio import fit_to_window, load_audio, write_wav
 from espnet_ext.data.kaldi_dir import DataError, read_kaldi_dir, read_table
-from espnet_ext.utils.atomic import atomic_dir, atomic_open, atomic_write_text
 from espnet_ext.tasks.compose import compose_train_config
+from espnet_ext.utils.atomic import atomic_dir, atomic_open, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _rewrite_line(path: Path, uid: str, new_line: str | None) -> None:
     """Replace (or drop, with ``None``) the line of ``uid`` in a Kaldi table."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    out = [(new_line if l.split(" ", 1)[0] == uid else l) for l in lines]
-    path.write_text("".join(l + "\n" for l in out if l is not None), encoding="utf-8")
+    out = [(new_line if line.split(" ", 1)[0] == uid else line) for line in lines]
+    path.write_text("".join(line + "\n" for line in out if line is not None), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------
@@ -89,6 +89,34 @@ def test_read_table_duplicate_id(tmp_path):
     (tmp_path / "text").write_text("a x\nb y\na z\n")
     with pytest.raises(DataError, match=r"text:3: duplicate id a"):
         read_table(tmp_path / "text")
+
+
+# --------------------------------------------------------------------------------------
+# bundled data files
+# --------------------------------------------------------------------------------------
+def test_bundled_yaml_keeps_every_value_a_string():
+    from espnet_ext.data.bundled import load_yaml_resource
+
+    doc = load_yaml_resource("demo_world", "everyday.yaml")
+    opposites = {r.text("word"): r.texts("answers") for r in doc.records("opposites")}
+    assert opposites["yes"] == ("no",) and opposites["true"] == ("false",)
+    assert doc.records("units")[0].integer("count") == 7
+
+
+def test_bundled_record_errors_name_file_and_key():
+    from espnet_ext.data.bundled import Record, load_yaml_resource
+
+    legs = load_yaml_resource("demo_world", "science.yaml").records("legs")[0]
+    with pytest.raises(DataError, match=r"demo_world/science\.yaml\.legs\[0\]: missing key 'answers'"):
+        legs.texts("answers")
+    with pytest.raises(DataError, match=r"x\.yaml\.count: expected a whole number, got 'eight'"):
+        Record({"count": "eight"}, "x.yaml").integer("count")
+    with pytest.raises(DataError, match=r"x\.yaml\.answers: expected a list of strings"):
+        Record({"answers": "Paris"}, "x.yaml").texts("answers")
+    with pytest.raises(DataError, match=r"x\.yaml\.pairs: expected true or false, got 'yes'"):
+        Record({"pairs": "yes"}, "x.yaml").flag("pairs")
+    with pytest.raises(DataError, match="nowhere.yaml: cannot read the bundled data file"):
+        load_yaml_resource("demo_world", "nowhere.yaml")
 
 
 # --------------------------------------------------------------------------------------
@@ -173,14 +201,14 @@ def _ids_of(path: Path):
 def test_dump_writes_features_and_shape_files(tmp_path, tiny_kaldi_dir, dump_parts, make_speech_llm):
     import kaldiio
 
-    from espnet_ext.data.dump import dump_encoder_features, load_report
+    from espnet_ext.data.dump import dump_encoder_features, read_dump_report
     from espnet_ext.train.collate import PadCollate
     from espnet_ext.train.preprocess import SpeechLLMPreprocessor
 
     out = tmp_path / "dump" / "test"
     report = dump_encoder_features(tiny_kaldi_dir, out, batch_size=2, **dump_parts)
     assert (report.n_input, report.n_written, report.n_truncated, report.skipped) == (3, 3, 0, {})
-    assert load_report(out)["n_written"] == 3
+    assert read_dump_report(out)["n_written"] == 3
     ids = ["spkA-q001", "spkA-q002", "spkB-q003"]
     for name in ("wav.scp", "text", "answer", "utt2spk", "enc_feats.scp", "llm_len.speech", "llm_len.text"):
         assert _ids_of(out / name) == ids, name
@@ -287,6 +315,7 @@ TRAIN = {
     "optim": "adamw",
     "optim_conf": {"lr": 2.0e-5},
     "batch_size": 8,
+    "system": {"name": "Full-FT", "role": "full_ft"},
 }
 
 
@@ -307,8 +336,9 @@ def test_compose_train_config_merges(tmp_path):
     assert merged["batch_size"] == 8 and merged["optim"] == "adamw"
     text = out.read_text()
     assert text.startswith("# composed from") and str(preset) in text.splitlines()[0]
-    assert yaml.safe_load(text) == merged
-    assert [p.name for p in out.parent.iterdir()] == ["train.yaml"]
+    assert yaml.safe_load(text) == merged and "system" not in merged  # not an ESPnet option
+    # the composed config and the system record, and no temporary file left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == ["system.json", "train.yaml"]
 
 
 def test_compose_train_config_repo_files(tmp_path):

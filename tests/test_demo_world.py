@@ -19,12 +19,11 @@ from espnet_ext.data.demo_world import (
     QAItem,
     all_facts,
     build_world,
-    demo_items,
     entity_key,
     kaldi_answers,
-    number_to_words,
     plan_split,
 )
+from espnet_ext.data.numbers import number_to_words
 from espnet_ext.eval.qa_match import contain, has_answer, words_to_digits
 
 World = Dict[str, List[QAItem]]
@@ -94,9 +93,6 @@ def test_world_is_deterministic_and_seeded(world: World) -> None:
     other = build_world(seed=1)
     assert other != world
     assert sum(map(len, other.values())) > 0
-    assert [i.qid for i in demo_items("dev")] == [i.qid for i in world["dev"]]
-    with pytest.raises(ValueError, match="unknown demo split"):
-        demo_items("test")
 
 
 # ------------------------------------------------------------------ item content
@@ -135,6 +131,18 @@ def test_train_varies_phrasings(world: World) -> None:
         phrasings[_base_qid(item.qid)].add(item.question)
     assert all(len(p) >= 2 for p in phrasings.values())
     assert sum(map(len, phrasings.values())) == len(world["train"])
+
+
+def test_every_domain_comes_from_its_data_file() -> None:
+    facts = all_facts()
+    assert [f.domain for f in facts] == sorted((f.domain for f in facts), key=DOMAINS.index)
+    capitals = {f.entity: f for f in facts if f.template == "capital"}
+    assert capitals["United States"].answers == ("Washington, D.C.", "Washington", "DC")
+    assert capitals["France"].response == "The capital of France is Paris."
+    legs = {f.entity: f.answers for f in facts if f.template == "legs"}
+    assert legs["spider"] == ("8", "eight")
+    assert {f.entity for f in facts if f.template == "add"} >= {"1 + 1", "3 + 4", "9 + 9"}
+    assert "4 + 3" not in {f.entity for f in facts if f.template == "add"}
 
 
 def test_number_to_words_round_trips_through_the_matcher() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import build_speech_llm, load_state, qa_batches, run_train, train_cmd, train_config
 
 from espnet_ext.importance import threshold as thr
 from espnet_ext.importance.change import analyze_change
@@ -23,37 +24,12 @@ from espnet_ext.importance.report import load_report, write_report
 from espnet_ext.importance.scoring import ImportanceConfig, score_importance
 from espnet_ext.importance.shift import js_divergence, pearson, render_shift_table, shift_metrics
 from espnet_ext.importance.structure import concentration, line_share, random_mask_like, vicinity_map
-from espnet_ext.train.batches import preprocessor_for
-from espnet_ext.train.collate import PadCollate
-from test_training import _config, _run_train, _train_cmd, tiny_dumps  # noqa: F401  (fixture reused)
+from espnet_ext.tasks.systems import SystemInfo, write_system
 
-QA = [("What is the capital of France?", "The capital of France is Paris."),
-      ("How many days are in a week?", "There are seven days in a week."),
-      ("What is two plus three?", "Two plus three is 5."),
-      ("Which planet is red?", "Mars is the red planet.")]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _batches(model, n: int, bs: int = 2, offset: int = 0):
-    """``n`` text batches of ``bs`` QA pairs, preprocessed and collated like the pipeline."""
-    pre = preprocessor_for(model)
-    out = []
-    for b in range(n):
-        samples = []
-        for i in range(bs):
-            q, a = QA[(offset + b * bs + i) % len(QA)]
-            samples.append((f"u{b}_{i}", pre(f"u{b}_{i}", {"text": q, "answer": json.dumps([a])})))
-        out.append(PadCollate(0.0, -1)(samples)[1])
-    return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waits on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +70,7 @@ def test_taylor_scores_rank_correlate_with_exact_removal_loss(text_model):
     from scipy.stats import spearmanr
 
     model = copy.deepcopy(text_model).double()
-    batches = _batches(model, 1, bs=2)
+    batches = qa_batches(model, 1, bs=2)
     scores = score_importance(model, batches, ImportanceConfig()).scores
     params = select_parameters(model)
     names = list(params)
@@ -129,7 +105,7 @@ def test_taylor_scores_rank_correlate_with_exact_removal_loss(text_model):
 
 
 def test_accumulation_over_batches_equals_gradient_of_summed_loss(text_model):
-    batches = _batches(text_model, 3, bs=2)
+    batches = qa_batches(text_model, 3, bs=2)
     res = score_importance(text_model, batches, ImportanceConfig())
     per_batch = score_importance(text_model, batches, ImportanceConfig(accumulate="abs_per_batch"))
     params = select_parameters(text_model)
@@ -156,7 +132,7 @@ def test_scoring_leaves_grads_flags_and_modes_untouched(text_model):
     frozen = select_parameters(model)["llm.model.model.layers.1.mlp.up_proj.weight"]
     frozen.requires_grad_(False)
     modes = {n: m.training for n, m in model.named_modules()}
-    score_importance(model, _batches(model, 2), ImportanceConfig())
+    score_importance(model, qa_batches(model, 2), ImportanceConfig())
     assert not frozen.requires_grad
     frozen.requires_grad_(True)
     for n, p in model.named_parameters():
@@ -168,7 +144,7 @@ def test_scoring_leaves_grads_flags_and_modes_untouched(text_model):
 
 def test_lora_scores_are_those_of_the_merged_weights(text_model):
     lora = _lora(text_model)
-    batches = _batches(text_model, 2)
+    batches = qa_batches(text_model, 2)
     got = score_importance(lora, batches, ImportanceConfig()).scores
     merged = copy.deepcopy(lora)
     merged.llm.model = merged.llm.model.merge_and_unload()
@@ -195,7 +171,7 @@ def test_lora_scores_are_those_of_the_merged_weights(text_model):
 
 def test_bf16_model_accumulates_in_fp32(text_model):
     model = copy.deepcopy(text_model).to(torch.bfloat16)
-    batches = _batches(model, 3)
+    batches = qa_batches(model, 3)
     scores = score_importance(model, batches, ImportanceConfig()).scores
     params = select_parameters(model)
     names = list(params)
@@ -212,15 +188,10 @@ def test_bf16_model_accumulates_in_fp32(text_model):
 def _dist_worker(rank: int, world: int, llm_dir: str, init_file: str, out: str) -> None:
     import torch.distributed as dist
 
-    from espnet_ext.tasks.speech_llm import SpeechLLMTask
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    args = SpeechLLMTask.get_parser().parse_args(
-        ["--llm_conf", f"model_name_or_path={llm_dir}", "--adaptor_conf", "hidden_size=32",
-         "--encoder", "none", "--adaptor_conf", "input_size=32"])
-    model = SpeechLLMTask.build_model(args).eval()
-    batches = _batches(model, 5)[rank::world]  # 5 batches: ranks get 3 and 2
+    model = build_speech_llm(llm_dir)
+    batches = qa_batches(model, 5)[rank::world]  # 5 batches: ranks get 3 and 2
     for accumulate in ("signed_sum", "abs_per_batch"):
         res = score_importance(model, batches, ImportanceConfig(accumulate=accumulate))
         if rank == 0:
@@ -234,7 +205,7 @@ def test_distributed_scores_equal_single_process(text_model, tiny_llm_dir, tmp_p
 
     mp.spawn(_dist_worker, args=(2, str(tiny_llm_dir), str(tmp_path / "pg"), str(tmp_path / "rank0")),
              nprocs=2, join=True)
-    batches = _batches(text_model, 5)
+    batches = qa_batches(text_model, 5)
     for accumulate in ("signed_sum", "abs_per_batch"):
         single = score_importance(text_model, batches, ImportanceConfig(accumulate=accumulate))
         dist = torch.load(tmp_path / f"rank0.{accumulate}")
@@ -247,7 +218,7 @@ def test_distributed_scores_equal_single_process(text_model, tiny_llm_dir, tmp_p
 # reports
 # --------------------------------------------------------------------------------------
 def test_report_roundtrip_and_mismatch_error(text_model, tmp_path, monkeypatch):
-    scores = score_importance(text_model, _batches(text_model, 1), ImportanceConfig()).scores
+    scores = score_importance(text_model, qa_batches(text_model, 1), ImportanceConfig()).scores
     summary = write_report(tmp_path / "rep", scores, {"note": "x"})
     assert len(summary["layer_sums"]) == 4
     assert sum(summary["layer_sums"]) == pytest.approx(summary["total"], rel=1e-9)
@@ -279,7 +250,7 @@ def test_report_roundtrip_and_mismatch_error(text_model, tmp_path, monkeypatch):
 @pytest.mark.parametrize("scope", ["global", "per_matrix"])
 def test_deactivation_restores_every_weight_bitwise(text_model, which, scope):
     model = copy.deepcopy(text_model)
-    scores = score_importance(model, _batches(model, 1), ImportanceConfig()).scores
+    scores = score_importance(model, qa_batches(model, 1), ImportanceConfig()).scores
     params = select_parameters(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     masks = deactivation_masks(scores, 0.03, which, scope)
@@ -292,7 +263,7 @@ def test_deactivation_restores_every_weight_bitwise(text_model, which, scope):
 
 
 def test_per_matrix_scope_takes_the_fraction_of_each_matrix(text_model):
-    scores = score_importance(text_model, _batches(text_model, 1), ImportanceConfig()).scores
+    scores = score_importance(text_model, qa_batches(text_model, 1), ImportanceConfig()).scores
     for which in ("top", "bottom"):
         per = deactivation_masks(scores, 0.05, which, "per_matrix")
         glob = deactivation_masks(scores, 0.05, which, "global")
@@ -428,15 +399,15 @@ def _base_report(root: Path, conf: Path, out: Path) -> Path:
 def test_probe_leaves_training_bit_identical(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path):
     # accum_grad 2 + a probe after every iteration: half the probes run while gradients are
     # pending, so a probe that disturbed .grad would change the weights
-    conf = _config(tmp_path, tiny_llm_dir, tiny_whisper_dir, accum_grad=2)
+    conf = train_config(tmp_path, tiny_llm_dir, tiny_whisper_dir, accum_grad=2)
     base = _base_report(tiny_dumps, conf, tmp_path / "base")
     probe = {"data_dir": str(tiny_dumps / "dump" / "dev"), "num_utts": 3, "batch_size": 2,
              "every_n_epochs": 1, "every_n_steps": 1, "base_report": str(base)}
-    conf_probe = _config(tmp_path, tiny_llm_dir, tiny_whisper_dir, accum_grad=2, importance_probe_conf=probe)
+    conf_probe = train_config(tmp_path, tiny_llm_dir, tiny_whisper_dir, accum_grad=2, importance_probe_conf=probe)
     plain, probed = tmp_path / "plain", tmp_path / "probed"
-    _run_train(_train_cmd(tiny_dumps, conf, plain))
-    p = _run_train(_train_cmd(tiny_dumps, conf_probe, probed))
-    a, b = (torch.load(d / "2epoch.pth", map_location="cpu", weights_only=False) for d in (plain, probed))
+    run_train(train_cmd(tiny_dumps, conf, plain))
+    p = run_train(train_cmd(tiny_dumps, conf_probe, probed))
+    a, b = (load_state(d / "2epoch.pth") for d in (plain, probed))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
     out = probed / "importance_probe"
@@ -458,13 +429,15 @@ def _system(exp: Path, tag: str, model_conf: dict, state: dict) -> None:
     args = {**SpeechLLMTask.default_args(), **model_conf}
     (exp / tag / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(args, default=str))))
     torch.save(state, exp / tag / "valid.loss.best.pth")
+    lora = "lora_conf" in model_conf  # what stage 4's composer records
+    write_system(exp / tag, SystemInfo("LoRA" if lora else "Full-FT", "lora" if lora else "full_ft"))
 
 
 def test_analysis_job_figures_numbers_and_results_md(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path):
     import yaml
 
-    from espnet_ext.eval.results import collect_summary, publish_figures, render_results_md
     from espnet_ext.analysis.analyze import run_analysis
+    from espnet_ext.eval.results import collect_summary, publish_figures, render_results_md
     from espnet_ext.tasks.speech_llm import SpeechLLMTask
 
     parts = {"encoder": "whisper", "encoder_conf": {"model_name_or_path": str(tiny_whisper_dir)},
@@ -495,18 +468,20 @@ def test_analysis_job_figures_numbers_and_results_md(tiny_dumps, tiny_llm_dir, t
     a = run_analysis(exp, ["full", "lora"], imp_yaml, model_yaml, dump / "train", dump / "dev")
     for tag in ("full", "lora"):
         assert set(a["shift"][tag]) == {"js", "pearson", "peak_move", "mass_ratio"}
-    # Table 1 only for deactivation.systems (default: full), with text and speech rows
+    # Table 1 only for systems of deactivation.roles (default: full_ft), with text and speech rows
     assert list(json.loads((exp / "importance/full/table1.json").read_text())["table"]) == ["text", "speech"]
     assert not (exp / "importance/lora/table1.json").exists()
     assert set(a["rank_clustering"]) == {"base", "full", "lora"}
     assert a["rank_clustering_layers"] == [0, 3] and a["change_layer"] == 1
     # the rank-4 merged update clusters in rows/columns, the dense one does not
-    assert a["change"]["lora"]["concentration"]["all"]["ratio"] > 1.5 * a["change"]["full"]["concentration"]["all"]["ratio"]
+    ratio = {t: a["change"][t]["concentration"]["all"]["ratio"] for t in ("full", "lora")}
+    assert ratio["lora"] > 1.5 * ratio["full"]
     figs = exp / "results" / "figures"
     for f in ("fig1_rank_clustering.png", "fig2_layer_shift_text.png", "fig4_param_change.png"):
         assert (figs / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # up to date: nothing is redone
-    stamps = [p.stat().st_mtime_ns for p in (exp / "results" / "analysis.json", exp / "importance/lora/scores.safetensors")]
+    outputs = (exp / "results" / "analysis.json", exp / "importance/lora/scores.safetensors")
+    stamps = [p.stat().st_mtime_ns for p in outputs]
     run_analysis(exp, ["full", "lora"], imp_yaml, model_yaml, dump / "train", dump / "dev")
     assert stamps == [p.stat().st_mtime_ns for p in (exp / "results" / "analysis.json",
                                                      exp / "importance/lora/scores.safetensors")]

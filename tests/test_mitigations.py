@@ -12,19 +12,18 @@ from typing import Sequence
 import pytest
 import torch
 import yaml
-from test_model import _text_batch
-from test_training import _run_train, _train_cmd, tiny_dumps  # noqa: F401  (fixture reused)
+from helpers import REPO, build_speech_llm, load_state, run_train, text_batch, train_cmd
 
 from espnet_ext.importance.params import canonical_name, select_parameters
 from espnet_ext.importance.report import write_report
+from espnet_ext.inference.decode import load_model
 from espnet_ext.optim.anchor import AnchorConfig, ImportanceAnchor, _WeightedSquaredDistance
 from espnet_ext.optim.layer_lr import LayerLRConfig, layer_lr_groups, layer_lr_scales
-from espnet_ext.inference.decode import load_model
+from espnet_ext.tasks.compose import compose_train_config, load_train_config, load_yaml, rebase_exp_path
 from espnet_ext.tasks.speech_llm import SpeechLLMTask
-from espnet_ext.tasks.compose import compose_train_config, load_yaml, rebase_exp_path
+from espnet_ext.tasks.systems import SystemInfo, read_system
 from espnet_ext.utils.espnet_compat import abs_task_module
 
-REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 STRATEGY_KEYS = {"layerlr": {"layer_lr_conf"}, "impanchor": {"anchor_conf"}, "lora": {"lora_conf", "optim_conf"}}
 SHORT_RUN = ["--max_epoch", "1", "--num_iters_per_epoch", "2", "--batch_size", "4",
@@ -37,7 +36,7 @@ def _report(model: torch.nn.Module, out: Path, layer_sums: Sequence[float], seed
     g = torch.Generator().manual_seed(seed)
     raw = {n: torch.rand(p.shape, generator=g) + 0.1 for n, p in params.items()}
     per_layer = {}
-    for n, s in raw.items():
+    for n in raw:
         per_layer.setdefault(int(n.split("layers.")[1].split(".")[0]), []).append(n)
     scores = {}
     for i, names in per_layer.items():
@@ -88,7 +87,7 @@ def test_one_sgd_step_moves_each_layer_by_its_ratio(make_speech_llm, speech_llm_
     args = speech_llm_args("--optim", "sgd", "--optim_conf", "{lr: 0.1, momentum: 0.0}",
                            "--layer_lr_conf", f"{{importance_report: {rep}}}", encoder=False)
     (opt,) = SpeechLLMTask.build_optimizers(args, model)
-    _, batch = _text_batch(model)
+    _, batch = text_batch(model)
     model.train()
     loss, _, _ = model(**batch, modality="text")
     loss.backward()
@@ -179,7 +178,7 @@ def test_lora_freezes_base_keeps_adaptor_and_matches_plain_model_at_init(make_sp
     assert model.llm.model.peft_config["default"].lora_alpha == 8  # alpha = 2r by default
     # B = 0 at init: the LoRA model computes exactly what the plain model does
     model.adaptor.load_state_dict(plain.adaptor.state_dict())
-    _, batch = _text_batch(model)
+    _, batch = text_batch(model)
     with torch.no_grad():
         torch.testing.assert_close(plain(**batch, modality="text")[0], model(**batch, modality="text")[0])
     assert model.generate("text", max_new_tokens=3, text=batch["text"], text_lengths=batch["text_lengths"]) == \
@@ -260,7 +259,7 @@ def test_anchor_on_the_speech_llm(make_speech_llm, speech_llm_args, tmp_path):
     model = make_speech_llm("--anchor_conf", f"{{importance_report: {rep}, mu: 3.0}}", encoder=False)
     assert len(model.anchor.names) == len(select_parameters(model, ("layers",)))
     assert not any("anchor" in k for k in model.state_dict())  # nothing extra in checkpoints
-    _, batch = _text_batch(model)
+    _, batch = text_batch(model)
     model.train()
     loss0, stats0, _ = model(**batch, modality="text")
     assert float(stats0["anchor"]) == 0.0
@@ -295,26 +294,55 @@ def test_anchor_on_the_speech_llm(make_speech_llm, speech_llm_args, tmp_path):
 # --------------------------------------------------------------------------------------
 # configs and recipe glue
 # --------------------------------------------------------------------------------------
-def test_train_configs_equal_train_full_but_for_their_strategy():
-    full = load_yaml(CONF / "train_full.yaml")
-    configs = sorted(CONF.glob("train_*.yaml"))
-    assert {p.stem for p in configs} >= {"train_full", "train_layerlr", "train_lora", "train_impanchor",
-                                         "train_lora_r8", "train_lora_r16", "train_lora_r24"}
+def test_train_configs_share_one_base_and_hold_only_their_strategy():
+    """Every conf/train_<strategy>.yaml extends conf/train_base.yaml and holds only its own keys."""
+    base = load_yaml(CONF / "train_base.yaml")
+    configs = sorted(p for p in CONF.glob("train_*.yaml") if p.stem != "train_base")
+    assert {p.stem for p in configs} == {"train_full", "train_layerlr", "train_lora", "train_impanchor",
+                                         "train_lora_r16", "train_lora_r24"}
+    roles = {}
     for path in configs:
-        conf = load_yaml(path)
+        own = load_yaml(path)
+        assert own.get("base") in ("train_base.yaml", "train_lora.yaml"), path.name
         kind = next((k for k in STRATEGY_KEYS if path.stem.startswith(f"train_{k}")), None)
-        allowed = STRATEGY_KEYS.get(kind, set())
-        for key in set(full) | set(conf):
+        allowed = STRATEGY_KEYS.get(kind, set()) | {"base", "system"}
+        assert set(own) <= allowed, (path.name, sorted(set(own) - allowed))
+        conf = load_train_config(path)
+        roles[path.stem] = conf["system"]["role"]
+        for key in set(base) | set(conf):
             if key not in allowed:
-                assert conf.get(key) == full.get(key), (path.name, key)
+                assert conf.get(key) == base.get(key), (path.name, key)
         if kind == "lora":
             assert {k: v for k, v in conf["optim_conf"].items() if k != "lr"} == \
-                {k: v for k, v in full["optim_conf"].items() if k != "lr"}
+                {k: v for k, v in base["optim_conf"].items() if k != "lr"}
             assert conf["lora_conf"]["alpha"] == 2 * conf["lora_conf"]["r"]  # alpha = 2r (paper)
             rank = 8 if path.stem == "train_lora" else int(path.stem.split("_r")[-1])  # paper 1B: r = 8
             assert conf["lora_conf"]["r"] == rank, path.name
         lines = path.read_text().splitlines()
         assert lines[0].startswith("# ") and lines[1].lstrip("# ").startswith("./run.sh"), path.name
+    assert roles == {"train_full": "full_ft", "train_layerlr": "layer_lr", "train_lora": "lora",
+                     "train_impanchor": "anchor", "train_lora_r16": "lora", "train_lora_r24": "lora"}
+
+
+def test_train_config_base_chain_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nsystem: {name: A, role: full_ft}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match="'base' chain loops"):
+        load_train_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("max_epochz: 3\n")
+    with pytest.raises(ValueError, match=r"b.yaml: unknown config key\(s\) \['max_epochz'\]"):
+        compose_train_config(CONF / "model/tiny_random.yaml", tmp_path / "a.yaml", tmp_path / "o.yaml")
+    (tmp_path / "b.yaml").write_text(f"base: {CONF / 'train_base.yaml'}\n")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ValueError, match="a.yaml: no 'system' section"):
+        compose_train_config(CONF / "model/tiny_random.yaml", tmp_path / "a.yaml", tmp_path / "o.yaml")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nsystem: {name: A, role: fine}\n")
+    with pytest.raises(ValueError, match="a.yaml: system: system.role must be one of"):
+        compose_train_config(CONF / "model/tiny_random.yaml", tmp_path / "a.yaml", tmp_path / "o.yaml")
+    assert not (tmp_path / "o.yaml").exists()
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nsystem: {name: Mine, role: full_ft}\n")
+    compose_train_config(CONF / "model/tiny_random.yaml", tmp_path / "a.yaml", tmp_path / "x" / "train.yaml")
+    assert read_system(tmp_path, "x") == SystemInfo("Mine", "full_ft")
 
 
 def test_compose_rebases_importance_reports_onto_expdir(tmp_path):
@@ -344,7 +372,7 @@ def test_recipe_presets_set_the_step_budget(tmp_path):
         conf = yaml.safe_load(out.read_text())
         assert (conf["max_epoch"], conf["num_iters_per_epoch"], conf["scheduler_conf"]["total_steps"]) == (2, 20, 40)
         assert conf["scheduler_conf"]["warmup_ratio"] == 0.03  # merged one level deep, not replaced
-        assert conf["optim_conf"] == load_yaml(CONF / f"{src}.yaml")["optim_conf"]
+        assert conf["optim_conf"] == load_train_config(CONF / f"{src}.yaml")["optim_conf"]
     # the full preset leaves the configs' own budget
     merged = compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml", tmp_path / "f.yaml",
                                   recipe_preset=CONF / "preset/full.yaml")
@@ -354,7 +382,8 @@ def test_recipe_presets_set_the_step_budget(tmp_path):
 def test_recipe_preset_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  max_epoch: 5\n")
-    with pytest.raises(ValueError, match=r"scheduler_conf.total_steps is 120 but max_epoch × num_iters_per_epoch is 200"):
+    with pytest.raises(ValueError,
+                       match=r"scheduler_conf.total_steps is 120 but max_epoch × num_iters_per_epoch is 200"):
         compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml", tmp_path / "o.yaml",
                              recipe_preset=bad)
     bad.write_text("train:\n  max_epochs: 5\n")
@@ -368,29 +397,26 @@ def test_recipe_preset_errors_name_the_key(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def recipe_exp(tmp_path_factory, tiny_llm_dir, tiny_whisper_dir, tiny_dumps):  # noqa: F811
+def recipe_exp(tmp_path_factory, tiny_llm_dir, tiny_whisper_dir, tiny_dumps):
     """exp/{pretrained,importance/base} as stages 2-3 leave them, for the real train configs."""
     exp = tmp_path_factory.mktemp("mitig") / "exp"
     (exp / "pretrained").mkdir(parents=True)
     (exp / "pretrained/llm").symlink_to(tiny_llm_dir)
     (exp / "pretrained/whisper").symlink_to(tiny_whisper_dir)
-    args = SpeechLLMTask.get_parser().parse_args(
-        ["--llm_conf", f"model_name_or_path={tiny_llm_dir}", "--encoder", "none",
-         "--adaptor_conf", "{input_size: 32, hidden_size: 32}"])
-    _report(SpeechLLMTask.build_model(args), exp / "importance/base", [2.0, 6.0, 4.0, 10.0])
+    _report(build_speech_llm(tiny_llm_dir), exp / "importance/base", [2.0, 6.0, 4.0, 10.0])
     return exp
 
 
-def _train_real_config(recipe_exp, tiny_dumps, name):  # noqa: F811
+def _train_real_config(recipe_exp, tiny_dumps, name):
     out = recipe_exp / name.removeprefix("train_")
     conf = compose_train_config(CONF / "model/tiny_random.yaml", CONF / f"{name}.yaml", out / "train.yaml",
                                 recipe_exp / "pretrained", recipe_exp)
-    p = _run_train(_train_cmd(tiny_dumps, out / "train.yaml", out, *SHORT_RUN))
+    p = run_train(train_cmd(tiny_dumps, out / "train.yaml", out, *SHORT_RUN))
     assert (out / "valid.loss.best.pth").is_file()
     return out, conf, p
 
 
-def test_train_layerlr_config(recipe_exp, tiny_dumps):  # noqa: F811
+def test_train_layerlr_config(recipe_exp, tiny_dumps):
     out, conf, p = _train_real_config(recipe_exp, tiny_dumps, "train_layerlr")
     assert "optim0_lr5   llm.layers.3" in p.stderr  # the group behind the reporter key is logged
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -399,21 +425,21 @@ def test_train_layerlr_config(recipe_exp, tiny_dumps):  # noqa: F811
     load_model(out / "config.yaml", out / "valid.loss.best.pth")
 
 
-def test_train_impanchor_config(recipe_exp, tiny_dumps):  # noqa: F811
+def test_train_impanchor_config(recipe_exp, tiny_dumps):
     out, conf, p = _train_real_config(recipe_exp, tiny_dumps, "train_impanchor")
     assert "importance anchor: mu=1" in p.stderr and "anchor=" in p.stderr  # a train stat
     model = load_model(out / "config.yaml", out / "valid.loss.best.pth")  # strict, no anchor needed
     assert model.anchor is None
 
 
-def test_train_lora_config_keeps_base_weights_and_exports(recipe_exp, tiny_dumps, tiny_llm_dir):  # noqa: F811
+def test_train_lora_config_keeps_base_weights_and_exports(recipe_exp, tiny_dumps, tiny_llm_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from espnet_ext.bin.export_lora import main as export_main
 
     out, conf, _ = _train_real_config(recipe_exp, tiny_dumps, "train_lora")
-    state = torch.load(out / "valid.loss.best.pth", map_location="cpu", weights_only=False)
+    state = load_state(out / "valid.loss.best.pth")
     base = AutoModelForCausalLM.from_pretrained(tiny_llm_dir).state_dict()
     llm_keys = [k for k in state if k.startswith("llm.") and "lora_" not in k]
     assert len(llm_keys) == len(base)
@@ -421,7 +447,7 @@ def test_train_lora_config_keeps_base_weights_and_exports(recipe_exp, tiny_dumps
         assert torch.equal(state[k], base[canonical_name(k).removeprefix("llm.model.")]), k
     lora_b = [k for k in state if "lora_B" in k]
     assert lora_b and any(state[k].abs().max() > 0 for k in lora_b)  # the update trained
-    optim = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=False)["optimizers"][0]
+    optim = load_state(out / "checkpoint.pth")["optimizers"][0]
     adaptor = optim["param_groups"][0]
     assert adaptor["name"] == "adaptor" and len(adaptor["params"]) == 4  # the adaptor trains fully
     assert all(optim["state"][i]["exp_avg"].abs().max() > 0 for i in adaptor["params"])

@@ -9,7 +9,7 @@ import kaldiio
 import numpy as np
 import pytest
 import torch
-from test_model import _text_batch
+from helpers import text_batch, tokenizer
 
 from espnet_ext.data.kaldi_dir import DataError, read_table
 from espnet_ext.data.mix import write_transcription_mix
@@ -19,9 +19,7 @@ from espnet_ext.train.preprocess import SpeechLLMPreprocessor
 
 
 def test_task_prompts_share_the_prefix(tiny_llm_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_llm_dir)
+    tok = tokenizer(tiny_llm_dir)
     prompts = task_prompt_list(tok, LLAMA_OMNI_SYSTEM_PROMPT, LLAMA_OMNI_USER_PROMPT, "<speech>")
     assert list(prompts) == ["qa", "transcribe"]
     assert prompts["qa"].prefix == prompts["transcribe"].prefix
@@ -39,7 +37,7 @@ def test_task_column_selects_the_suffix(make_speech_llm):
     model = make_speech_llm(encoder=False)
     model.share_prompt_prefix = False
     pre = SpeechLLMPreprocessor(model.llm.tokenizer, model.llm.prompt.closing, model.tasks)
-    samples, batch = _text_batch(model)
+    samples, batch = text_batch(model)
     with pytest.raises(DataError, match="utterance u1: unknown task 'translate'"):
         pre("u1", {"text": "hi", "answer": '["a"]', "task": "translate"})
     tasked = [(u, {**s, **pre(u, {"task": t})}) for (u, s), t in zip(samples, ["transcribe", "qa"])]
@@ -82,9 +80,7 @@ def _write_dump(d, feats, texts, answers=None):
 
 
 def test_write_transcription_mix(tmp_path, tiny_llm_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_llm_dir)
+    tok = tokenizer(tiny_llm_dir)
     rng = np.random.default_rng(0)
     _write_dump(tmp_path / "train", {"q1": rng.random((20, 4), dtype=np.float32)}, {"q1": "What is two plus two?"},
                 {"q1": ["four", "4"]})

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import QUESTIONS, text_batch, tokenizer
 
 from espnet_ext.data.kaldi_dir import DataError
 from espnet_ext.models.adaptor import FrameConcatAdaptor
@@ -22,26 +23,9 @@ from espnet_ext.optim.schedulers import WarmupCosineLR
 from espnet_ext.train.collate import PadCollate
 from espnet_ext.train.preprocess import SpeechLLMPreprocessor
 
-QUESTIONS = ["What is two plus three?", "How many days are in a week? Tell me."]
-ANSWERS = ['["Two plus three is 5.", "5"]', '["seven"]']
-
-
-def _tokenizer(path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
-
 
 def _ids(tok, s):
     return tok(s, add_special_tokens=False)["input_ids"]
-
-
-def _text_batch(model, questions=QUESTIONS, answers=ANSWERS):
-    """Preprocess + collate like the ESPnet data pipeline (``-1`` padded token ids)."""
-    pre = SpeechLLMPreprocessor(model.llm.tokenizer, model.llm.prompt.closing)
-    samples = [(f"u{i}", pre(f"u{i}", {"text": q, "answer": a}))
-               for i, (q, a) in enumerate(zip(questions, answers))]
-    return samples, PadCollate(0.0, -1)(samples)[1]
 
 
 # --------------------------------------------------------------------------------------
@@ -98,7 +82,7 @@ def test_encoder_batch_equals_alone_and_lengths(tiny_whisper_dir):
 # ChatPrompt
 # --------------------------------------------------------------------------------------
 def test_chat_prompt_pieces_reproduce_the_template(tiny_llm_dir):
-    tok = _tokenizer(tiny_llm_dir)
+    tok = tokenizer(tiny_llm_dir)
     prompt = ChatPrompt.from_tokenizer(tok)
     q, a = "What is two plus three?", "Two plus three is 5."
     messages = [{"role": "system", "content": LLAMA_OMNI_SYSTEM_PROMPT},
@@ -146,7 +130,7 @@ def _manual_loss(model, middles, answers):
 @pytest.mark.parametrize("modality", ["text", "speech"])
 def test_loss_is_cross_entropy_on_answer_tokens_only(make_speech_llm, modality):
     model = make_speech_llm(encoder=False)
-    samples, batch = _text_batch(model)
+    samples, batch = text_batch(model)
     answers = [torch.from_numpy(s["answer"]) for _, s in samples]
     closing = model.llm.prompt.closing
     assert all(a[-len(closing):].tolist() == closing for a in answers)
@@ -184,7 +168,7 @@ def test_text_and_speech_share_one_path(make_speech_llm):
     """T2T: the LLM input is exactly embed(prefix + question + suffix + answer)."""
     model = make_speech_llm(encoder=False)
     model.share_prompt_prefix = False  # the whole sequence in one tensor
-    samples, batch = _text_batch(model)
+    samples, batch = text_batch(model)
     seen = {}
     real_hidden_states = model.llm.hidden_states
 
@@ -215,7 +199,7 @@ def test_shared_prompt_prefix_is_exact(make_speech_llm):
     same gradients (every parameter, the prefix's own path included)."""
     model = make_speech_llm(encoder=False).train()
     assert model.share_prompt_prefix
-    _, batch = _text_batch(model)
+    _, batch = text_batch(model)
     params = [p for p in model.llm.parameters() if p.requires_grad]  # T2T: the adaptor is unused
     out = {}
     for share in (False, True):
@@ -244,7 +228,7 @@ def test_mixed_precision_modes(make_speech_llm):
         make_speech_llm("--model_conf", "mixed_precision=fp8")
     # bf16 autocast: fp32 master weights, fp32 loss close to the fp32 computation
     model = make_speech_llm("--model_conf", "mixed_precision=bf16", encoder=False)
-    _, batch = _text_batch(model)
+    _, batch = text_batch(model)
     with torch.no_grad():
         bf16_loss = model(**batch, modality="text")[0]
         model.mixed_precision = "none"
@@ -349,7 +333,7 @@ def test_pad_collate():
 
 
 def test_preprocessor(tiny_llm_dir):
-    tok = _tokenizer(tiny_llm_dir)
+    tok = tokenizer(tiny_llm_dir)
     closing = ChatPrompt.from_tokenizer(tok).closing
     pre = SpeechLLMPreprocessor(tok, closing)
     feats = np.zeros((3, 2), np.float32)

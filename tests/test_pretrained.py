@@ -3,8 +3,8 @@
 The CTranslate2 parser and the Whisper mapping are tested on small hand-made
 ``model.bin`` files; the real-weight tests (SmolLM2 GGUF, Whisper tiny.en CT2) use the
 bundles unpacked by ``tools/fetch_weights.sh`` and convert them once into
-``tools/weights/hf-cache/`` (reused across runs; they are skipped when the bundles are
-absent).
+``tools/weights/hf-cache/`` (reused across runs).  They fail, naming the missing file,
+when the bundles are absent: ``tools/install.sh`` always fetches them.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import re
 import struct
-import time
 from pathlib import Path
 from typing import Dict, Mapping, Tuple, Union
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
 from espnet_ext.convert.pretrained import (
     MARKER_NAME,
@@ -28,7 +28,6 @@ from espnet_ext.convert.pretrained import (
     resolve_pretrained,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "tools" / "weights"
 GGUF = WEIGHTS / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 CT2_WHISPER = WEIGHTS / "whisper-tiny.en-ct2"

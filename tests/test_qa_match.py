@@ -119,6 +119,17 @@ def test_words_to_digits(text: str, expected: str) -> None:
     assert words_to_digits(text) == expected
 
 
+def test_number_words_come_from_the_shared_vocabulary() -> None:
+    from espnet_ext.data import numbers
+
+    for value, word in enumerate(numbers.ONES):
+        assert words_to_digits(word) == str(value)
+    for k, word in enumerate(numbers.TENS, 2):
+        assert words_to_digits(word) == str(10 * k)
+    assert words_to_digits(f"two {numbers.HUNDRED}") == "200"
+    assert words_to_digits(f"two {numbers.THOUSAND}") == "2000"
+
+
 # ------------------------------------------------------------------ contain
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -111,9 +112,44 @@ def test_unknown_option_is_rejected(tmp_path):
     assert p.returncode != 0 and "no_such_option" in p.stderr
 
 
+OPTIONS = {"stage", "stop_stage", "preset", "datadir", "dumpdir", "expdir", "results_md", "data_source",
+           "demo_max_utts", "local_data_opts", "train_set", "valid_set", "test_sets", "skip_bad_utts",
+           "long_audio", "model_preset", "importance_config", "train_configs", "ngpu", "nproc", "train_args",
+           "decode_config", "decode_args", "adaptor_warmup", "warmup_config", "transcription_mix"}
+
+
+def test_help_lists_every_option_with_its_default_under_its_heading():
+    text = (RECIPE / "run.sh").read_text()
+    assert max(len(line) for line in text.splitlines()) <= 110
+    block = text.split("\n# ==== Options", 1)[1].split("\nhelp_message=", 1)[0]
+    lines = block.splitlines()
+    opts = {}
+    for i, line in enumerate(lines):
+        m = re.match(r'([a-z_]+)=("[^"]*"|\S*)(.*)$', line)
+        if m:
+            opts[m[1]] = m[2]
+            # a meaning: a comment on the line or on the next one
+            assert "#" in m[3] or re.match(r"\s+#", lines[i + 1]), line
+    assert set(opts) >= OPTIONS
+    p = subprocess.run(["./run.sh", "--help"], cwd=RECIPE, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.splitlines()
+    assert out[0].startswith("speechimp recipe:") and "Options (default in brackets):" in out
+    headings = ["General:", "Data:", "Model and its parameter importance:", "Training (stage 4):",
+                "Decoding (stage 5):", "Additions to the paper's recipe:"]
+    assert [line for line in out if line in headings] == headings
+    listed = [line.split()[0][2:] for line in out if line.startswith("  --")]
+    assert listed == list(opts)  # every option, once, in the order of run.sh
+    for name, default in opts.items():
+        assert any(line.startswith(f"  --{name} [{default}]") for line in out), name
+    additions = out[out.index("Additions to the paper's recipe:"):]
+    assert any("--adaptor_warmup []" in line for line in additions)
+    assert any("--transcription_mix [0]" in line for line in additions)
+
+
 def test_stage1_real_corpora_from_local_copies(tmp_path):
     """--data_source real: the four corpora (fixtures in their HF schemas) via db.sh paths."""
-    from test_corpora import audio_bytes, hf_audio, llama_rows, make_alpaca, make_va, write_parquet
+    from helpers import audio_bytes, hf_audio, llama_rows, make_alpaca, make_va, write_parquet
 
     va, alpaca = make_va(tmp_path / "va"), make_alpaca(tmp_path / "alpaca")
     llamaq, webq = tmp_path / "llamaq", tmp_path / "webq"

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from espnet_ext.data.kaldi_dir import DataError
 from espnet_ext.eval.results import collect_summary, render_results_md, score_decode_dir
+from espnet_ext.tasks.systems import SystemInfo, write_system
 
 REFS = {
     "u1": ["Paris"],
@@ -81,6 +83,8 @@ def _fake_exp(tmp_path: Path) -> Path:
         "n_utts": 5, "n_new_tokens": 40, "seconds": 2.5, "seconds_per_utt": 0.5,
         "batch_size": 4, "max_new_tokens": 64, "data_dir": "dump/test", "world_size": 1}))
     (exp / "noft" / "decode_junk").mkdir()  # ignored: not decode_<set>_<modality>
+    write_system(exp / "full", SystemInfo("Full-FT", "full_ft"))  # what stage 4's composer writes
+    write_system(exp / "lora", SystemInfo("LoRA", "lora", lora_rank=8))
     return exp
 
 
@@ -135,18 +139,20 @@ def test_rank_ablation_table_only_with_rank_systems(tmp_path):
     full = summary["systems"]["full"]
     summary["systems"] |= {"lora_r16": full, "lora_r8": {"test": {"text": full["test"]["text"]}},
                            "impanchor": full}
+    summary["system_info"] |= {"lora_r16": {"name": "LoRA r=16", "role": "lora", "lora_rank": 16},
+                               "lora_r8": {"name": "LoRA r=8", "role": "lora", "lora_rank": 8},
+                               "impanchor": {"name": "ImpAnchor (ours)", "role": "anchor"}}
     lines = render_results_md(summary).splitlines()
     assert "| ImpAnchor (ours) | 40.0 | 20.0 |" in lines and "| LoRA r=16 | 40.0 | 20.0 |" in lines
     start = lines.index("## LoRA rank ablation (Table 3 analogue)")
     has = lines.index("### `has_answer`", start)
     assert lines[has + 2 : has + 6] == [  # sorted by rank, not by tag
-        "| Rank | test T2T | test S2T |", "|---:|---:|---:|", "| 8 | 40.0 | - |", "| 16 | 40.0 | 20.0 |"]
+        "| Rank | System | test T2T | test S2T |", "|---:|---|---:|---:|", "| 8 | LoRA r=8 | 40.0 | - |",
+        "| 16 | LoRA r=16 | 40.0 | 20.0 |"]
 
 
-COMMITTED_RESULTS = sorted(
-    p for p in (Path(__file__).resolve().parents[1] / "egs2" / "speechimp").glob("**/RESULTS.md")
-    if "exp" not in p.relative_to(Path(__file__).resolve().parents[1] / "egs2" / "speechimp").parts
-)
+RECIPE = REPO / "egs2" / "speechimp"
+COMMITTED_RESULTS = sorted(p for p in RECIPE.glob("**/RESULTS.md") if "exp" not in p.relative_to(RECIPE).parts)
 
 
 def test_every_committed_results_md_has_its_summary():

@@ -1,7 +1,8 @@
 """Tests of the recipe's own shell utilities (egs2/speechimp/utils, cmd.sh, path.sh, db.sh).
 
 Every test drives the scripts through bash in a subprocess; the whole file runs in a few
-seconds and needs neither Slurm nor the Python environment.
+seconds and needs neither Slurm nor the recipe's environment (conf_get runs the Python that
+runs the tests, which has PyYAML).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 import shlex
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,7 +233,7 @@ def test_run_local_quoting_is_preserved(tmp_path):
     p = run([RUN_LOCAL, "q.log", "bash", script, *tricky], cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     text = read_log(tmp_path / "q.log")
-    body = [l for l in text.splitlines() if l.startswith("<")]
+    body = [ln for ln in text.splitlines() if ln.startswith("<")]
     assert body == [f"<{a}>" for a in tricky]
 
 
@@ -312,7 +314,7 @@ def test_run_slurm_same_logs_and_exit_code(tmp_path, fake_sbatch):
     local.mkdir()
     q = run([RUN_LOCAL, "--num_threads", "2", *cmd], cwd=local)
     assert q.returncode == p.returncode
-    strip = lambda t: [l for l in t.splitlines() if not l.startswith("#")]  # noqa: E731
+    strip = lambda t: [ln for ln in t.splitlines() if not ln.startswith("#")]  # noqa: E731
     for i in (1, 2, 3):
         assert strip(read_log(local / f"exp/log/s.{i}.log")) == strip(read_log(work / f"exp/log/s.{i}.log"))
         assert read_log(local / f"exp/log/s.{i}.log").splitlines()[0] == \
@@ -361,7 +363,7 @@ def test_time_stage_tsv(tmp_path):
     """
     p = bash(script)
     assert p.returncode == 0, p.stderr
-    rows = [l.split("\t") for l in tsv.read_text().splitlines()]
+    rows = [ln.split("\t") for ln in tsv.read_text().splitlines()]
     assert [r[0] for r in rows] == ["2", "1", "3"]
     secs = {r[0]: float(r[1]) for r in rows}
     assert all(len(r) == 2 for r in rows)
@@ -393,8 +395,116 @@ def test_record_stage_time_parallel_writers(tmp_path):
     """
     p = bash(script)
     assert p.returncode == 0, p.stderr
-    rows = dict(l.split("\t") for l in tsv.read_text().splitlines())
+    rows = dict(ln.split("\t") for ln in tsv.read_text().splitlines())
     assert rows == {f"s{i}": f"{i}.0" for i in range(1, 13)}
+
+
+def test_run_local_empty_max_jobs_run_means_nproc_and_bad_values_are_named(tmp_path):
+    p = run([RUN_LOCAL, "--max_jobs_run", "", "t.log", "true"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    for launcher in (RUN_LOCAL, RUN_SLURM):
+        for opt, val in (("--num_threads", "0"), ("--gpu", "x"), ("--max_jobs_run", "-1")):
+            p = run([launcher, opt, val, "t.log", "true"], cwd=tmp_path)
+            assert p.returncode == 1 and opt in p.stderr and launcher.name in p.stderr, p.stderr
+
+
+def test_launchers_help_is_their_header_comment():
+    for launcher in (RUN_LOCAL, RUN_SLURM):
+        p = run([launcher, "--help"], cwd=UTILS)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.startswith(f"utils/{launcher.name} — ")
+        assert "--num_threads N" in p.stdout and "set -euo" not in p.stdout and "\n# " not in p.stdout
+
+
+# --------------------------------------------------------------------------------------
+# conf_get.sh
+# --------------------------------------------------------------------------------------
+
+CONF_GET = shlex.quote(str(UTILS / "conf_get.sh"))
+PY_ENV = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def test_conf_get_values(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("a:\n  b: {c: 5}\n  yes_: true\n  no_: false\n  none: null\n"
+                 "lr: 2.0e-04\nname: valid.loss.best.pth\nlist: [1, 2]\n")
+    keys = ["a.b.c", "a.yes_", "a.no_", "a.none", "lr", "name"]
+    script = f". {CONF_GET}\n" + "".join(f'echo "<$(conf_get {shlex.quote(str(f))} {k})>"\n' for k in keys)
+    p = bash(script, env=PY_ENV)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["<5>", "<true>", "<false>", "<>", "<0.0002>", "<valid.loss.best.pth>"]
+    # run directly, too
+    p = run([UTILS / "conf_get.sh", f, "a.b.c"], cwd=tmp_path, env=PY_ENV)
+    assert (p.returncode, p.stdout) == (0, "5\n"), p.stderr
+
+
+def test_conf_get_errors_name_the_file_and_key(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("a:\n  b: 1\nlist: [1, 2]\n")
+    for key, msg in (("a.c", "no key a.c"), ("a.b.c", "no key a.b.c"), ("nope", "no key nope"),
+                     ("a", "a is a mapping, not a single value"), ("list", "list is a list, not a single value")):
+        # under set -e the calling script stops at the failing assignment
+        p = bash(f". {CONF_GET}\nx=$(conf_get {shlex.quote(str(f))} {key})\necho NOT_REACHED", env=PY_ENV)
+        assert p.returncode == 1 and "NOT_REACHED" not in p.stdout, (key, p.stdout)
+        assert p.stderr.strip() == f"conf_get: {f}: {msg}", p.stderr
+    p = bash(f". {CONF_GET}\nconf_get {shlex.quote(str(tmp_path / 'missing.yaml'))} a", env=PY_ENV)
+    assert p.returncode == 1 and "missing.yaml" in p.stderr and "No such file" in p.stderr
+    (tmp_path / "bad.yaml").write_text("a: [1\n")
+    p = bash(f". {CONF_GET}\nconf_get {shlex.quote(str(tmp_path / 'bad.yaml'))} a", env=PY_ENV)
+    assert p.returncode == 1 and "bad.yaml: not valid YAML" in p.stderr
+    p = bash(f". {CONF_GET}\nconf_get only_one_argument", env=PY_ENV)
+    assert p.returncode == 2 and "usage: conf_get FILE KEY" in p.stderr
+
+
+# --------------------------------------------------------------------------------------
+# help.sh
+# --------------------------------------------------------------------------------------
+
+HELP_SCRIPT = """#!/usr/bin/env bash
+# demo.sh: what it does.
+#
+#   ./demo.sh --stage 2
+set -euo pipefail
+not_an_option=1
+# ==== Options ====
+
+# ---- General ------------------------------
+stage=1                  # first stage
+# a remark under the heading
+names="a b"              # several names, which
+                         # the comment goes on about
+a_very_long_option_name=/some/long/default/value  # meaning
+bare=
+                         # meaning on the next line only
+
+# ---- Other ----
+flag=false               # a boolean
+help_message=x
+after=1                  # not listed
+"""
+
+
+def test_script_header_and_options_help(tmp_path):
+    f = tmp_path / "demo.sh"
+    f.write_text(HELP_SCRIPT)
+    p = bash(f". {shlex.quote(str(UTILS / 'help.sh'))}\nscript_header {f}; echo ---; options_help {f}")
+    assert p.returncode == 0, p.stderr
+    col = " " * 30
+    assert p.stdout.splitlines() == [
+        "demo.sh: what it does.", "", "  ./demo.sh --stage 2", "---",
+        "Options (default in brackets):", "",
+        "General:",
+        "  --stage [1]".ljust(30) + "first stage",
+        "  a remark under the heading",
+        '  --names ["a b"]'.ljust(30) + "several names, which",
+        col + "the comment goes on about",
+        "  --a_very_long_option_name [/some/long/default/value]",
+        col + "meaning",
+        "  --bare []".ljust(30) + "meaning on the next line only",
+        "",
+        "Other:",
+        "  --flag [false]".ljust(30) + "a boolean",
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -423,13 +533,15 @@ def test_path_sh_environment(tmp_path):
               'printf "%s=%s\\n" "$v" "${!v}"; done; command -v python')
     p = bash(script, env=env)
     assert p.returncode == 0, p.stderr
-    out = dict(l.split("=", 1) for l in p.stdout.splitlines() if "=" in l)
+    out = dict(ln.split("=", 1) for ln in p.stdout.splitlines() if "=" in ln)
     assert out["VIRTUAL_ENV"] == str(venv)
     assert out["PYTHONPATH"] == f"{ROOT}:/elsewhere"
     assert out["SPEECHIMP_ROOT"] == str(ROOT)
     assert (out["PYTHONUNBUFFERED"], out["HF_HUB_OFFLINE"], out["TRANSFORMERS_OFFLINE"],
             out["HF_DATASETS_OFFLINE"], out["TOKENIZERS_PARALLELISM"]) == ("1", "1", "1", "1", "false")
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    # nproc itself honours OMP_NUM_THREADS (as the tests are run with OMP_NUM_THREADS=1)
+    plain = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, env=plain).stdout.strip()
     assert out["OMP_NUM_THREADS"] == nproc
     assert p.stdout.strip().splitlines()[-1] == str(py)
 

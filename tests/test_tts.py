@@ -10,9 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-pytest.importorskip("espeakng_loader")
-
-from espnet_ext.data.tts import DEMO_VOICES, EspeakTTS, Voice, synthesize_16k  # noqa: E402
+from espnet_ext.data.tts import DEMO_VOICES, EspeakTTS, Voice, synthesize_16k
 
 SENTENCE = "What is the capital of France?"
 

@@ -4,7 +4,7 @@
 #   tools/install.sh            # idempotent; a no-op (< 1 s) when nothing changed
 #   SPEECHIMP_VENV=/path tools/install.sh
 #
-# What it does and why (see design.md, "Installing on Python 3.11"):
+# What it does and why:
 #  1. keeps torch at the local CPU wheel 2.13.0 (tools/constraints.txt), so no
 #     dependency can pull a multi-GB CUDA build;
 #  2. installs espnet 202511's runtime requirements minus its `setuptools<74` pin,

@@ -25,7 +25,7 @@
 # Example:  cmd_backend=slurm slurm_gpu_partition=gpu ./run.sh --stage 4 --stop_stage 4
 #
 # The launchers are addressed relative to the recipe directory, like ESPnet's
-# utils/run.pl, so run.sh must run from egs2/speechimp (it cds there itself).
+# utils/run.pl, so run.sh must be started from egs2/speechimp.
 
 cmd_backend=${cmd_backend:-local}
 

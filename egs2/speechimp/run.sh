@@ -24,52 +24,77 @@
 #                                                      RESULTS.md + figures/ beside it
 set -euo pipefail
 
-# ---- options (every one can be given as --name value) ------------------------------------
-preset=quick             # conf/preset/<name>.yaml: quick (<= 20 min on 2 CPU cores, adds the adaptor warm-up) | full (paper's recipe, no additions)
+# ==== Options: each one is also a command-line option (--name value); --help lists them ====
+
+# ---- General ----------------------------------------------------------------------------------
 stage=1                  # first stage to run
 stop_stage=6             # last stage to run
-data_source=demo         # demo: built-in spoken QA world; real: corpora named in db.sh
-demo_max_utts=           # demo: cap utterances per set (smoke tests); empty = all
-local_data_opts=""       # extra options for local/data.sh (e.g. "--train_max_utts 20000 --n_dev 500")
-model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained models (conf/model/)
-# Full-FT, the paper's two mitigations (eq. 3 layer-wise lr, LoRA) and ours (importance-
-# weighted anchoring); layerlr and impanchor read stage 3's $expdir/importance/base.
-# LoRA rank ablation (Table 3): conf/train_lora_r8.yaml conf/train_lora_r16.yaml conf/train_lora_r24.yaml
-train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml conf/train_impanchor.yaml"  # space-separated; tag = file name minus train_ and .yaml
-decode_config=conf/decode.yaml        # batch size, max_new_tokens, model checkpoint to use
-importance_config=conf/importance.yaml # importance scoring (stage 3) and analysis (stage 6) options
-adaptor_warmup=          # ADDITION to the paper: CTC warm-up of the adaptor in stage 2, used as init_param in stage 4 (true|false; empty = the preset's)
-warmup_config=conf/warmup.yaml        # adaptor warm-up options (with --adaptor_warmup true); its alignment_conf shapes --transcription_mix
-transcription_mix=0      # ADDITION to the paper: N synthetic broad-vocabulary utterances, answered with their transcript ("Please repeat what the user said."), mixed into stage-1 training (0 = off)
-train_set=train          # training data dir under data/
-valid_set=dev            # validation data dir under data/
-test_sets="test_llamaq test_webq"     # decoded and scored sets
-ngpu=0                   # GPUs per training job (0 = CPU)
-nproc=1                  # processes per training job; > 1 runs torchrun (gloo on CPU)
-skip_bad_utts=false      # skip (and count) unreadable/invalid utterances instead of failing
-long_audio=truncate      # audio longer than the encoder window: truncate | reject
-train_args=""            # extra options for espnet_ext.bin.speechllm_train
-decode_args=""           # extra options for espnet_ext.bin.speechllm_inference
+preset=quick             # conf/preset/<name>.yaml: quick (<= 20 min on 2 CPU cores, adds the
+                         # adaptor warm-up) | full (the paper's recipe, no additions)
 datadir=data             # Kaldi-style data dirs
 dumpdir=dump             # cached encoder outputs + shape files
 expdir=exp               # experiments
 results_md=RESULTS.md    # generated results file (stage 6)
 
-help_message="$(sed -n '2,/^set -euo pipefail/{/^#/p}' "$0" | sed 's/^# \{0,1\}//')
+# ---- Data -------------------------------------------------------------------------------------
+data_source=demo         # demo: built-in spoken QA world; real: corpora named in db.sh
+demo_max_utts=           # demo: cap utterances per set (smoke tests); empty = all
+local_data_opts=""       # extra options for local/data.sh
+                         # (e.g. "--train_max_utts 20000 --n_dev 500")
+train_set=train          # training data dir under data/
+valid_set=dev            # validation data dir under data/
+test_sets="test_llamaq test_webq"  # decoded and scored sets
+skip_bad_utts=false      # skip (and count) unreadable/invalid utterances instead of failing
+long_audio=truncate      # audio longer than the encoder window: truncate | reject
 
-Options (default in brackets):
-$(sed -n '/^# ---- options/,/^help_message=/p' "$0" | grep -E '^[a-z_]+=' | grep -v '^help_message=' |
-  sed -E 's/^([a-z_]+)=("[^"]*"|[^ ]*) *# *(.*)$/  --\1 [\2]  \3/')"
+# ---- Model and its parameter importance -------------------------------------------------------
+model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained models (conf/model/)
+importance_config=conf/importance.yaml  # importance scoring (stage 3) and analysis (stage 6) options
+
+# ---- Training (stage 4) -----------------------------------------------------------------------
+train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml conf/train_impanchor.yaml"
+                         # space-separated; tag = file name minus train_ and .yaml. Full-FT, the
+                         # paper's two mitigations (eq. 3 layer-wise lr, LoRA) and ours
+                         # (importance-weighted anchoring); layerlr and impanchor read stage 3's
+                         # $expdir/importance/base. LoRA rank ablation (Table 3): add
+                         # conf/train_lora_r16.yaml conf/train_lora_r24.yaml (train_lora is r 8)
+ngpu=0                   # GPUs per training job (0 = CPU)
+nproc=1                  # processes per training job; > 1 runs torchrun (gloo on CPU)
+train_args=""            # extra options for espnet_ext.bin.speechllm_train
+
+# ---- Decoding (stage 5) -----------------------------------------------------------------------
+decode_config=conf/decode.yaml  # batch size, max_new_tokens, model checkpoint to use
+decode_args=""           # extra options for espnet_ext.bin.speechllm_inference
+
+# ---- Additions to the paper's recipe ----------------------------------------------------------
+# Things the paper does not do: all off with --preset full; --preset quick adds the warm-up.
+adaptor_warmup=          # CTC warm-up of the adaptor in stage 2, used as init_param in stage 4
+                         # (true | false; empty = the preset's: quick true, full false)
+warmup_config=conf/warmup.yaml  # adaptor warm-up options (with --adaptor_warmup true); its
+                                # alignment_conf shapes --transcription_mix
+transcription_mix=0      # N synthetic broad-vocabulary utterances, answered with their transcript
+                         # ("Please repeat what the user said."), mixed into stage-1 training
+                         # (0 = off)
+
+help_message="$(. utils/help.sh && script_header "$0" && echo && options_help "$0")"
 run_args="$*"            # the command line, recorded in RESULTS.md and exp/run.sh.cmd
 . ./path.sh
 . ./cmd.sh
 . utils/log.sh
+. utils/conf_get.sh
 . utils/parse_options.sh
 
 preset_file=conf/preset/$preset.yaml
-[ -f "$preset_file" ] || { echo "run.sh: --preset $preset: no $preset_file (presets: $(ls conf/preset | sed 's/\.yaml$//' | paste -sd ' ' -))" >&2; exit 1; }
-[ -n "$adaptor_warmup" ] || adaptor_warmup=$(python -m espnet_ext.bin.compose_config --preset "$preset_file" --get recipe.adaptor_warmup)
-case $adaptor_warmup in true|false) ;; *) echo "run.sh: --adaptor_warmup must be true or false, got '$adaptor_warmup'" >&2; exit 1;; esac
+if [ ! -f "$preset_file" ]; then
+  echo "run.sh: --preset $preset: no $preset_file" \
+    "(presets: $(ls conf/preset | sed 's/\.yaml$//' | paste -sd ' ' -))" >&2
+  exit 1
+fi
+[ -n "$adaptor_warmup" ] || adaptor_warmup=$(conf_get "$preset_file" recipe.adaptor_warmup)
+case $adaptor_warmup in
+  true|false) ;;
+  *) echo "run.sh: --adaptor_warmup must be true or false, got '$adaptor_warmup'" >&2; exit 1;;
+esac
 
 mkdir -p "$expdir"
 stage_times=$expdir/stage_times.tsv
@@ -92,25 +117,27 @@ stage1() {
 stage2() {
   stage_header 2 "$model_preset -> $expdir/pretrained; $datadir/<set> -> $dumpdir/<set>"
   local llm whisper
-  llm=$(python -m espnet_ext.bin.compose_config --preset "$model_preset" --get pretrained.llm)
-  whisper=$(python -m espnet_ext.bin.compose_config --preset "$model_preset" --get pretrained.whisper)
+  llm=$(conf_get "$model_preset" pretrained.llm)
+  whisper=$(conf_get "$model_preset" pretrained.whisper)
   ${train_cmd} "$expdir/log/prepare_pretrained.log" python -m espnet_ext.bin.prepare_pretrained \
     --llm "$llm" --encoder "$whisper" --out_dir "$expdir/pretrained"
   # the base model (No-FT system, stage-3 importance) as a task config
-  python -m espnet_ext.bin.compose_config --preset "$model_preset" --out "$expdir/pretrained/model.yaml" \
-    --pretrained_dir "$expdir/pretrained"
+  python -m espnet_ext.bin.compose_config --preset "$model_preset" \
+    --out "$expdir/pretrained/model.yaml" --pretrained_dir "$expdir/pretrained"
   local k
-  k=$(python -m espnet_ext.bin.compose_config --preset "$model_preset" --get adaptor_conf.downsample_rate)
+  k=$(conf_get "$model_preset" adaptor_conf.downsample_rate)
   local io=() s
   for s in $(all_sets); do io+=(--data_dir "$datadir/$s" --out_dir "$dumpdir/$s"); done
   ${train_cmd} "$expdir/log/dump_features.log" python -m espnet_ext.bin.dump_features \
     --whisper "$expdir/pretrained/whisper" --llm "$expdir/pretrained/llm" "${io[@]}" \
     --downsample_rate "$k" --long_audio "$long_audio" --skip_bad_utts "$skip_bad_utts"
   if [ "$transcription_mix" -gt 0 ]; then
-    log "transcription mix (addition to the paper's recipe): $transcription_mix utterances -> $dumpdir/${train_set}_mix"
+    log "transcription mix (addition to the paper's recipe):" \
+      "$transcription_mix utterances -> $dumpdir/${train_set}_mix"
     ${train_cmd} "$expdir/log/mix_transcription.log" python -m espnet_ext.bin.mix_transcription \
-      --config "$warmup_config" --model_config "$expdir/pretrained/model.yaml" --num_utts "$transcription_mix" \
-      --train_dump "$dumpdir/$train_set" --align_dump "$dumpdir/align_mix" --out_dir "$dumpdir/${train_set}_mix"
+      --config "$warmup_config" --model_config "$expdir/pretrained/model.yaml" \
+      --num_utts "$transcription_mix" --train_dump "$dumpdir/$train_set" \
+      --align_dump "$dumpdir/align_mix" --out_dir "$dumpdir/${train_set}_mix"
   fi
   if [ "$adaptor_warmup" = true ]; then
     log "adaptor warm-up (addition to the paper's recipe): $dumpdir/$train_set -> $expdir/warmup"
@@ -125,8 +152,9 @@ stage2() {
 stage3() {
   stage_header 3 "$dumpdir/$train_set (text) -> $expdir/importance/base"
   ${train_cmd} "$expdir/importance/base/score.log" python -m espnet_ext.bin.importance_score \
-    --config "$importance_config" --model_config "$expdir/pretrained/model.yaml" --data_dir "$dumpdir/$train_set" \
-    --eval_dir "$dumpdir/$valid_set" --output_dir "$expdir/importance/base"
+    --config "$importance_config" --model_config "$expdir/pretrained/model.yaml" \
+    --data_dir "$dumpdir/$train_set" --eval_dir "$dumpdir/$valid_set" \
+    --output_dir "$expdir/importance/base"
 }
 
 # ---- stage 4: stage-1 training, one run per training config --------------------------------
@@ -149,11 +177,13 @@ stage4() {
       data+=(--train_data_path_and_name_and_type "$train_dump/$part"
              --valid_data_path_and_name_and_type "$dumpdir/$valid_set/$part")
     done
-    [ "$transcription_mix" -gt 0 ] && data+=(--train_data_path_and_name_and_type "$train_dump/task,task,text")
+    [ "$transcription_mix" -gt 0 ] &&
+      data+=(--train_data_path_and_name_and_type "$train_dump/task,task,text")
     local launcher=(python -m espnet_ext.bin.speechllm_train)
     if [ "$nproc" -gt 1 ]; then
+      local backend=gloo; [ "$ngpu" -gt 0 ] && backend=nccl
       launcher=(torchrun --standalone --nproc_per_node "$nproc" -m espnet_ext.bin.speechllm_train
-                --multiprocessing_distributed false --dist_backend "$([ "$ngpu" -gt 0 ] && echo nccl || echo gloo)")
+                --multiprocessing_distributed false --dist_backend "$backend")
     fi
     local cmd=("${launcher[@]}" --config "$dir/train.yaml" --output_dir "$dir" --ngpu "$ngpu"
                --resume true "${data[@]}"
@@ -168,11 +198,10 @@ stage4() {
 }
 
 # ---- stage 5: decoding (No-FT: text only; trained systems: text and speech) -----------------
-decode_system() {  # decode_system TAG MODALITIES CONFIG [MODEL_FILE]: one job, the model loaded once
+# decode_system TAG MODALITIES CONFIG [MODEL_FILE]: one job, the model loaded once; the
+# batch size and max_new_tokens come from $decode_bs and $decode_mnt (set by stage5)
+decode_system() {
   local tag=$1 modalities=$2 config=$3 model_file=${4:-}
-  local bs mnt
-  bs=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get batch_size)
-  mnt=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get max_new_tokens)
   local io=() m s
   for m in $modalities; do
     for s in $test_sets; do
@@ -182,15 +211,17 @@ decode_system() {  # decode_system TAG MODALITIES CONFIG [MODEL_FILE]: one job, 
   local model=(); [ -n "$model_file" ] && model=(--model_file "$model_file")
   # shellcheck disable=SC2086
   ${decode_cmd} "$expdir/$tag/decode.log" python -m espnet_ext.bin.speechllm_inference \
-    --config "$config" "${model[@]}" --batch_size "$bs" --max_new_tokens "$mnt" \
+    --config "$config" "${model[@]}" --batch_size "$decode_bs" --max_new_tokens "$decode_mnt" \
     "${io[@]}" $decode_args
 }
 stage5() {
   stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_text"
+  local decode_bs decode_mnt ckpt
+  decode_bs=$(conf_get "$decode_config" batch_size)
+  decode_mnt=$(conf_get "$decode_config" max_new_tokens)
+  ckpt=$(conf_get "$decode_config" inference_model)
   mkdir -p "$expdir/noft"
   decode_system noft text "$expdir/pretrained/model.yaml"
-  local ckpt
-  ckpt=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get inference_model)
   for conf in $train_configs; do
     local tag; tag=$(tag_of "$conf")
     stage_header 5 "$expdir/$tag/$ckpt -> $expdir/$tag/decode_*_{text,speech}"
@@ -200,8 +231,9 @@ stage5() {
 
 # ---- stage 6: scoring and RESULTS.md --------------------------------------------------------
 stage6() {
-  local t0=$SECONDS systems="noft" conf
-  for conf in $train_configs; do systems+=" $(tag_of "$conf")"; done
+  local t0=$SECONDS systems="noft" conf trained=""
+  for conf in $train_configs; do trained+=" $(tag_of "$conf")"; done
+  systems+="$trained"
   stage_header 6 "$expdir/{$(echo "$systems" | tr ' ' ,)}/decode_* -> $results_md"
   local args=()
   for tag in $systems; do
@@ -214,9 +246,10 @@ stage6() {
   ${train_cmd} "$expdir/log/score.log" python -m espnet_ext.bin.score_qa "${args[@]}"
   # textual importance of every trained system on the base report's utterances, its shift,
   # rank clustering and parameter changes (Fig. 1-4); redone only when inputs changed
-  local trained="${systems#noft}" ckpt
-  ckpt=$(python -m espnet_ext.bin.compose_config --preset "$decode_config" --get inference_model)
-  stage_header 6 "$expdir/{$(echo $trained | tr ' ' ,)}/$ckpt -> $expdir/importance/<tag>, $expdir/results/{analysis.json,figures}"
+  local ckpt
+  ckpt=$(conf_get "$decode_config" inference_model)
+  stage_header 6 "$expdir/{$(echo $trained | tr ' ' ,)}/$ckpt ->" \
+    "$expdir/importance/<tag>, $expdir/results/{analysis.json,figures}"
   ${train_cmd} "$expdir/log/importance_analyze.log" python -m espnet_ext.bin.importance_analyze \
     --config "$importance_config" --exp_dir "$expdir" --systems "$trained" \
     --base_model_config "$expdir/pretrained/model.yaml" --data_dir "$dumpdir/$train_set" \
@@ -226,7 +259,8 @@ stage6() {
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --meta "command=./run.sh $run_args" \
-    --meta "all commands of this exp dir=$(sed 's/^cd [^&]*&& //' "$expdir/run.sh.cmd" | paste -sd ';' -)" --meta "model_preset=$model_preset" \
+    --meta "all commands of this exp dir=$(sed 's/^cd [^&]*&& //' "$expdir/run.sh.cmd" | paste -sd ';' -)" \
+    --meta "model_preset=$model_preset" \
     --meta "preset=$preset (adaptor_warmup=$adaptor_warmup, transcription_mix=$transcription_mix)"
   log "wrote $results_md"
 }

@@ -24,24 +24,28 @@ same inputs is not redone.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
+from espnet_ext.analysis.score import is_scored, report_stamp, run_importance
+from espnet_ext.analysis.settings import AnalysisConfig, load_importance_config
 from espnet_ext.importance.change import analyze_change
-from espnet_ext.analysis.score import is_scored, load_importance_config, report_stamp, run_importance
 from espnet_ext.importance.params import MODULE_TYPES, effective_weights, num_layers
 from espnet_ext.importance.report import load_scores
 from espnet_ext.importance.shift import layer_curves, plot_layer_shift, shift_table
 from espnet_ext.importance.structure import (
-    matrix_concentration, plot_grid, rank_clustering_maps, summarize_concentration,
+    matrix_concentration,
+    plot_grid,
+    rank_clustering_maps,
+    summarize_concentration,
 )
+from espnet_ext.tasks.systems import BASE_MODEL_NAME, read_systems
 from espnet_ext.utils.atomic import atomic_write_text
-from espnet_ext.tasks.compose import load_yaml
+from espnet_ext.utils.stamps import canonical, has_stamp, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,52 +56,6 @@ FIGURES = {
 }
 ANALYSIS_FILE = "analysis.json"
 DETAIL_FILE = "analysis_detail.json"
-
-
-@dataclasses.dataclass
-class AnalysisConfig:
-    """``analysis:`` section of ``conf/importance.yaml``."""
-
-    top_fraction: float = 0.05  # Fig. 1 / Fig. 4: the "Top 5 %" region of each matrix
-    line_fraction: float = 0.05  # concentration score: the top 5 % of rows and of columns
-    layers: Optional[tuple] = None  # Fig. 1 rows; None = first, middle and last layer
-    change_layer: Optional[int] = None  # Fig. 4 layer; None = the middle layer
-    max_px: int = 256  # heatmaps are block-max pooled to at most this many pixels a side
-    seed: int = 0  # random baseline masks of the concentration score
-
-    def __post_init__(self) -> None:
-        for k in ("top_fraction", "line_fraction"):
-            if not 0 < getattr(self, k) < 1:
-                raise ValueError(f"analysis.{k} must be in (0, 1), got {getattr(self, k)}")
-        if self.layers is not None:
-            self.layers = tuple(int(i) for i in self.layers)
-
-    def pick_layers(self, n_layers: int) -> List[int]:
-        layers = list(self.layers) if self.layers is not None else sorted({0, n_layers // 2, n_layers - 1})
-        bad = [i for i in layers if not 0 <= i < n_layers]
-        if bad:
-            raise ValueError(f"analysis.layers {bad} out of range for a {n_layers}-layer model")
-        return layers
-
-    def pick_change_layer(self, n_layers: int) -> int:
-        i = self.change_layer if self.change_layer is not None else n_layers // 2
-        if not 0 <= i < n_layers:
-            raise ValueError(f"analysis.change_layer {i} out of range for a {n_layers}-layer model")
-        return i
-
-
-def load_analysis_config(path: str | Path) -> AnalysisConfig:
-    """The ``analysis`` section of an importance YAML (defaults when absent)."""
-    conf = dict(load_yaml(path).get("analysis") or {})
-    fields = {f.name for f in dataclasses.fields(AnalysisConfig)}
-    bad = sorted(set(conf) - fields)
-    if bad:
-        raise ValueError(f"{path}: unknown key(s) {bad} in 'analysis' (valid: {sorted(fields)})")
-    return AnalysisConfig(**conf)
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def report_concentration(scores: Dict[str, torch.Tensor], conf: AnalysisConfig) -> Dict[str, Dict[str, float]]:
@@ -119,13 +77,13 @@ def run_analysis(
     overwrite: bool = False,
 ) -> dict:
     """Score every system, then write figures and ``analysis.json`` (see module docstring)."""
-    from espnet_ext.eval.results import SYSTEM_NAMES
     from espnet_ext.inference.decode import load_model
 
     exp_dir = Path(exp_dir)
     out_dir = Path(out_dir) if out_dir is not None else exp_dir / "results"
-    scoring, deactivation = load_importance_config(importance_config)
-    conf = load_analysis_config(importance_config)
+    settings = load_importance_config(importance_config)
+    scoring, deactivation, conf = settings.scoring, settings.deactivation, settings.analysis
+    infos = read_systems(exp_dir, systems)
     base_report = exp_dir / "importance" / "base"
     if not (base_report / "summary.json").is_file():
         raise FileNotFoundError(f"no base importance report at {base_report} (run stage 3 first)")
@@ -135,21 +93,21 @@ def run_analysis(
         for f in (cfg, ckpt):
             if not f.exists():
                 raise FileNotFoundError(f"system {tag}: {f} is missing (train it in stage 4)")
-        deact = deactivation if eval_dir and tag in deactivation.systems else None
+        deact = deactivation if eval_dir and infos[tag].role in deactivation.roles else None
         models[tag] = (cfg, ckpt, deact, report_stamp(cfg, ckpt, scoring, data_dir, deact, eval_dir))
 
-    stamp = json.loads(json.dumps({
+    stamp = canonical({
         "systems": list(systems), "reports": {t: m[3] for t, m in models.items()},
-        "base_report": _sha(base_report / "summary.json"), "analysis": dataclasses.asdict(conf),
-        "base_model_config": _sha(Path(base_model_config)),
-    }))
+        "base_report": sha256_of(base_report / "summary.json"), "analysis": dataclasses.asdict(conf),
+        "base_model_config": sha256_of(base_model_config),
+    })
     done = out_dir / ANALYSIS_FILE
-    old = json.loads(done.read_text()) if done.is_file() else {}
-    if (not overwrite and old.get("stamp") == stamp
-            and all(is_scored(exp_dir / "importance" / t, m[3]) for t, m in models.items())
-            and all((out_dir / f).is_file() for f in old.get("figures", {}).values())):
-        logger.info("%s is up to date; skipping (--overwrite true to redo)", done)
-        return old
+    if not overwrite and has_stamp(done, stamp):
+        old = json.loads(done.read_text())
+        if (all(is_scored(exp_dir / "importance" / t, m[3]) for t, m in models.items())
+                and all((out_dir / f).is_file() for f in old.get("figures", {}).values())):
+            logger.info("%s is up to date; skipping (--overwrite true to redo)", done)
+            return old
 
     # 1-2. score every system; parameter change against the base weights
     base_model = load_model(base_model_config, None, device)
@@ -177,7 +135,7 @@ def run_analysis(
     # 3. layer-wise distribution shift (Fig. 2-3)
     reports = {"base": base_report, **{t: exp_dir / "importance" / t for t in systems}}
     curves = layer_curves(reports)
-    names = {"base": "Base (pretrained)", **{t: SYSTEM_NAMES.get(t, t) for t in systems}}
+    names = {"base": BASE_MODEL_NAME, **{t: infos[t].name for t in systems}}
     fig_dir = out_dir / "figures"
     plot_layer_shift(curves, fig_dir / FIGURES["fig2"], "Textual importance per layer, before and after "
                      "speech fine-tuning (Fig. 2-3)", names)

@@ -11,7 +11,6 @@ and every fine-tuned model are scored on exactly the same utterances.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -20,59 +19,16 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from espnet_ext.analysis.settings import DeactivationConfig
 from espnet_ext.importance.deactivate import deactivation_table, render_table1
 from espnet_ext.importance.params import lora_layers, select_parameters
 from espnet_ext.importance.report import write_report
 from espnet_ext.importance.scoring import ImportanceConfig, score_importance
 from espnet_ext.train.batches import dump_batches, preprocessor_for, subset_ids
 from espnet_ext.utils.atomic import atomic_write_text
-from espnet_ext.tasks.compose import load_yaml
+from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class DeactivationConfig:
-    """Table-1 options (defaults: the paper's 3 %)."""
-
-    fraction: float = 0.03
-    scope: str = "global"
-    modalities: tuple = ("text", "speech")  # a model without checkpoint (the base): text only
-    systems: tuple = ("full",)  # stage 6: trained systems that also get the check (Full-FT = the paper's speech LLM)
-    num_utts: Optional[int] = 64
-    batch_size: int = 8
-    seed: int = 0
-
-
-def load_importance_config(path: str | Path) -> tuple[ImportanceConfig, DeactivationConfig]:
-    """Parse ``conf/importance.yaml``; unknown keys error with the file and key."""
-    raw = load_yaml(path)
-    unknown = sorted(set(raw) - {"scoring", "deactivation", "analysis"})
-    if unknown:
-        raise ValueError(f"{path}: unknown top-level key(s) {unknown} (expected scoring, deactivation, analysis)")
-    out = []
-    for section, cls in (("scoring", ImportanceConfig), ("deactivation", DeactivationConfig)):
-        conf = raw.get(section) or {}
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(conf) - fields)
-        if bad:
-            raise ValueError(f"{path}: unknown key(s) {bad} in '{section}' (valid: {sorted(fields)})")
-        for k in ("groups", "modalities", "systems"):
-            if k in conf:
-                conf[k] = tuple(conf[k])
-        out.append(cls(**conf))
-    return out[0], out[1]
-
-
-def _file_id(path: Optional[str | Path], content: bool) -> Optional[list]:
-    """A file's identity: its sha256 (small config files) or size + mtime (checkpoints)."""
-    if path is None:
-        return None
-    p = Path(path).resolve()
-    if content:
-        return [str(p), hashlib.sha256(p.read_bytes()).hexdigest()]
-    st = p.stat()
-    return [str(p), st.st_size, st.st_mtime_ns]
 
 
 def report_stamp(
@@ -81,20 +37,18 @@ def report_stamp(
     eval_dir: Optional[str | Path] = None,
 ) -> dict:
     """What a report is computed from; a report with the same stamp is not redone."""
-    return json.loads(json.dumps({
-        "model_config": _file_id(model_config, content=True), "model_file": _file_id(model_file, content=False),
+    return canonical({
+        "model_config": file_identity(model_config, content=True),
+        "model_file": file_identity(model_file, content=False),
         "scoring": dataclasses.asdict(config), "data_dir": str(Path(data_dir).resolve()),
         "deactivation": dataclasses.asdict(deactivation) if deactivation and eval_dir else None,
         "eval_dir": str(Path(eval_dir).resolve()) if eval_dir else None,
-    }))
+    })
 
 
 def is_scored(output_dir: str | Path, stamp: dict) -> bool:
     """True when ``output_dir`` holds a finished report with this stamp."""
-    p = Path(output_dir) / "summary.json"
-    if not p.is_file():
-        return False
-    return json.loads(p.read_text()).get("meta", {}).get("stamp") == stamp
+    return has_stamp(Path(output_dir) / "summary.json", stamp, key=("meta", "stamp"))
 
 
 def run_importance(

@@ -18,6 +18,8 @@ import argparse
 import logging
 from typing import Optional, Sequence
 
+from espnet_ext.utils.logs import setup_logging
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,24 +35,12 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    import yaml
+    setup_logging()
+    from espnet_ext.warmup.ctc import load_warmup_settings, run_warmup_job
 
-    from espnet_ext.data.alignment import AlignmentSetConfig
-    from espnet_ext.warmup.ctc import WarmupConfig, run_warmup_job
-    from espnet_ext.utils.conf import build_from_conf
-
-    with open(args.config, encoding="utf-8") as f:
-        conf = yaml.safe_load(f) or {}
-    unknown = sorted(set(conf) - {"warmup_conf", "alignment_conf"})
-    if unknown:
-        raise SystemExit(f"{args.config}: unknown key(s) {unknown}; expected warmup_conf, alignment_conf")
-    summary = run_warmup_job(
-        args.model_config, args.train_dump, args.valid_dump, args.output_dir,
-        build_from_conf(WarmupConfig, conf.get("warmup_conf"), "warmup_conf"),
-        build_from_conf(AlignmentSetConfig, conf.get("alignment_conf"), "alignment_conf"),
-        args.align_dump, args.device,
-    )
+    warmup_conf, alignment_conf = load_warmup_settings(args.config)
+    summary = run_warmup_job(args.model_config, args.train_dump, args.valid_dump, args.output_dir,
+                             warmup_conf, alignment_conf, args.align_dump, args.device)
     logging.info("warm-up done: %s", summary)
 
 

@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
+from espnet_ext.utils.logs import setup_logging
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +31,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     from espnet_ext.data.kaldi_dir import combine_kaldi_dirs, split_off_kaldi_dir
 
     if args.held_out is None:

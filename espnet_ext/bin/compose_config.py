@@ -13,8 +13,6 @@ Usage:
     python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --train_config conf/train_full.yaml \
         --recipe_preset conf/preset/quick.yaml --out exp/full/train.yaml \
         --train_config conf/train_lora.yaml --out exp/lora/train.yaml
-    # print one value of a YAML file (used by run.sh for the stage-2 sources and presets)
-    python -m espnet_ext.bin.compose_config --preset conf/model/x.yaml --get pretrained.llm
 """
 
 from __future__ import annotations
@@ -35,25 +33,15 @@ def get_parser() -> argparse.ArgumentParser:
                    help="the recipe's exp dir: importance_report paths written exp/... are rebased onto it")
     p.add_argument("--recipe_preset", default=None,
                    help="conf/preset/<name>.yaml: its train: section is merged over --train_config")
-    p.add_argument("--get", default=None,
-                   help="print a dotted key of the --preset file and exit (booleans as true/false)")
     return p
 
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    from espnet_ext.tasks.compose import compose_train_config, load_yaml
+    from espnet_ext.tasks.compose import compose_train_config
 
-    if args.get:
-        value = load_yaml(args.preset)
-        for part in args.get.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise SystemExit(f"{args.preset}: no key {args.get}")
-            value = value[part]
-        print(str(value).lower() if isinstance(value, bool) else value)
-        return
     if not args.out:
-        raise SystemExit("--out is required unless --get is given")
+        raise SystemExit("--out is required")
     train_configs = args.train_config or [None]
     if len(train_configs) != len(args.out):
         raise SystemExit(f"give one --out per --train_config ({len(args.out)} --out, "

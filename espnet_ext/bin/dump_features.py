@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 
 from espnet2.utils.types import str2bool
 
+from espnet_ext.utils.logs import setup_logging
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,10 +44,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     from transformers import AutoTokenizer
 
-    from espnet_ext.data.dump import dump_encoder_features, load_report
+    from espnet_ext.data.dump import dump_encoder_features, read_dump_report
     from espnet_ext.data.kaldi_dir import DataError
     from espnet_ext.models.encoder import WhisperSpeechEncoder
     from espnet_ext.models.llm import ChatPrompt
@@ -54,7 +56,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         raise SystemExit("give one --out_dir per --data_dir")
     todo = []
     for data_dir, out_dir in zip(args.data_dir, args.out_dir):
-        if load_report(out_dir) is not None and not args.overwrite:
+        if read_dump_report(out_dir) is not None and not args.overwrite:
             logging.info("%s already dumped; skipping (--overwrite true to redo)", out_dir)
         else:
             todo.append((data_dir, out_dir))

@@ -13,8 +13,9 @@ Writes ``<out_dir>/adapter/`` (``PeftModel.from_pretrained(base_llm, adapter_dir
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Optional, Sequence
+
+from espnet_ext.utils.logs import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     from espnet_ext.models.lora import export_lora
     from espnet_ext.tasks.speech_llm import SpeechLLMTask
 

@@ -15,8 +15,9 @@ redone only when their inputs changed (or with ``--overwrite true``).
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Optional, Sequence
+
+from espnet_ext.utils.logs import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     from espnet_ext.analysis.analyze import run_analysis
 
     run_analysis(args.exp_dir, args.systems.split(), args.config, args.base_model_config, args.data_dir,

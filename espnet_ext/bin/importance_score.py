@@ -12,7 +12,8 @@ Usage:
         --data_dir dump/train --output_dir exp/importance/full
 
 Writes ``scores.safetensors``, ``summary.json`` and, with ``--eval_dir``, ``table1.{json,md}``.
-A finished report of the same model files and options is not redone unless ``--overwrite true``.  Under ``torchrun`` every
+A finished report of the same model files and options is not redone unless ``--overwrite true``.
+Under ``torchrun`` every
 rank scores a share of the batches and the gradient sums are all-reduced.
 """
 
@@ -23,6 +24,8 @@ import dataclasses
 import logging
 import os
 from typing import Optional, Sequence
+
+from espnet_ext.utils.logs import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -40,13 +43,15 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     import torch
 
-    from espnet_ext.analysis.score import is_scored, load_importance_config, report_stamp, run_importance
+    from espnet_ext.analysis.score import is_scored, report_stamp, run_importance
+    from espnet_ext.analysis.settings import load_importance_config
     from espnet_ext.inference.decode import load_model
 
-    scoring, deactivation = load_importance_config(args.config)
+    settings = load_importance_config(args.config)
+    scoring, deactivation = settings.scoring, settings.deactivation
     if args.model_file is None and "speech" in deactivation.modalities:
         # the pretrained base has an untrained (random) adaptor: no speech perplexity row
         logging.info("no --model_file (pretrained base, random adaptor): Table-1 rows for text only")

@@ -21,6 +21,8 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
+from espnet_ext.utils.logs import setup_logging
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +40,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     from espnet_ext.eval.results import collect_summary, publish_figures, render_results_md
     from espnet_ext.utils.atomic import atomic_write_text
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 from typing import Optional, Sequence
+
+from espnet_ext.utils.logs import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -36,23 +37,20 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    import yaml
+    setup_logging()
     from transformers import AutoTokenizer
 
-    from espnet_ext.data.alignment import AlignmentSetConfig, build_alignment_dump
+    from espnet_ext.data.alignment import build_alignment_dump
     from espnet_ext.data.mix import write_transcription_mix
     from espnet_ext.models.encoder import WhisperSpeechEncoder
     from espnet_ext.models.llm import task_prompts_from_conf
-    from espnet_ext.utils.conf import build_from_conf
+    from espnet_ext.utils.conf import load_yaml
+    from espnet_ext.warmup.ctc import load_warmup_settings
 
-    with open(args.config, encoding="utf-8") as f:
-        conf = yaml.safe_load(f) or {}
-    align_conf = build_from_conf(AlignmentSetConfig, conf.get("alignment_conf"), "alignment_conf")
+    _, align_conf = load_warmup_settings(args.config)
     align_conf = dataclasses.replace(align_conf, num_utts=args.num_utts,
                                      num_valid=min(align_conf.num_valid, max(args.num_utts - 1, 0)))
-    with open(args.model_config, encoding="utf-8") as f:
-        model = yaml.safe_load(f) or {}
+    model = load_yaml(args.model_config)
     llm_conf, enc_conf = model["llm_conf"], dict(model.get("encoder_conf") or {})
     tokenizer = AutoTokenizer.from_pretrained(llm_conf["model_name_or_path"])
     prompts = task_prompts_from_conf(tokenizer, llm_conf)

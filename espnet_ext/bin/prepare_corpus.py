@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 from espnet_ext.data.corpora import CORPORA, ConversionReport, convert_corpus
 from espnet_ext.data.kaldi_dir import DataError
+from espnet_ext.utils.logs import setup_logging
 
 
 def str2bool(value: str) -> bool:
@@ -60,10 +61,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[Sequence[str]] = None) -> ConversionReport:
     """Run the conversion; raises :class:`DataError` on bad data."""
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     report = convert_corpus(
         args.corpus, args.src, args.out_dir, args.split, args.wav_dir,
         max_utts=args.max_utts, seed=args.seed, skip_bad_utts=args.skip_bad_utts,

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 from espnet_ext.data.demo_world import DEMO_SPLITS, prepare_demo_sets
 from espnet_ext.data.kaldi_dir import DataError
+from espnet_ext.utils.logs import setup_logging
 
 
 def _set_list(value: str) -> List[str]:
@@ -58,10 +59,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[Sequence[str]] = None) -> Dict[str, int]:
     """Prepare the demo sets; returns utterances per set."""
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     counts = prepare_demo_sets(
         args.out_dir, args.wav_dir, sets=args.sets, voices_per_utt=args.voices_per_utt,
         max_utts_per_set=args.max_utts_per_set, seed=args.seed,

@@ -27,6 +27,7 @@ from typing import List, Optional
 
 from espnet_ext.convert.pretrained import materialize_pretrained
 from espnet_ext.utils.atomic import atomic_write_text
+from espnet_ext.utils.logs import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,7 +46,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[List[str]] = None) -> None:
     """Run the job; writes ``<out_dir>/{llm,whisper}/`` and ``<out_dir>/sources.json``."""
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s (%(module)s) %(levelname)s: %(message)s")
+    setup_logging(args.log_level)
     log = logging.getLogger("prepare_pretrained")
     resolved = {}
     for role, source, sub in (("llm", args.llm, "llm"), ("encoder", args.encoder, "whisper")):

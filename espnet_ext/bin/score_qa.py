@@ -15,6 +15,8 @@ import argparse
 import logging
 from typing import Optional, Sequence
 
+from espnet_ext.utils.logs import setup_logging
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,7 +29,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     if len(args.decode_dir) != len(args.ref_dir):
         raise SystemExit("give one --ref_dir per --decode_dir")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     from espnet_ext.eval.results import score_decode_dir
 
     for d, r in zip(args.decode_dir, args.ref_dir):

@@ -22,6 +22,7 @@ import logging
 import os
 from typing import Optional, Sequence
 
+from espnet_ext.utils.logs import setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -51,11 +52,11 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     elif len(args.modality) != len(args.data_dir):
         raise SystemExit(f"give one --modality for all, or one per --data_dir "
                          f"({len(args.modality)} --modality for {len(args.data_dir)} --data_dir)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    setup_logging()
     import torch
 
-    from espnet_ext.models.lora import merge_lora_for_inference
     from espnet_ext.inference.decode import decode_dump_dir, is_decoded, load_model, model_stamp
+    from espnet_ext.models.lora import merge_lora_for_inference
 
     jobs = [(d, o, m, model_stamp(args.config, args.model_file, m, args.max_new_tokens))
             for d, o, m in zip(args.data_dir, args.output_dir, args.modality)]

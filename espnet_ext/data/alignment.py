@@ -15,8 +15,7 @@ followed by ≥ ``min_chars`` ASCII letters — in token-id order (BPE merge ord
 corpus frequency), case-folded duplicates removed, first ``num_words`` kept.  Sentences
 are ``min_words``–``max_words`` words drawn uniformly with a string-seeded RNG; voices
 cycle through :data:`~espnet_ext.data.tts.DEMO_VOICES`.  The last ``num_valid``
-sentences form the ``valid`` split.  :func:`word_coverage` reports (does not change)
-how many words of other transcripts, e.g. the demo test sets, the list happens to hold.
+sentences form the ``valid`` split.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import List, Optional
 
 import torch
 from tqdm import tqdm
@@ -92,15 +91,6 @@ def make_sentences(words: List[str], config: AlignmentSetConfig) -> List[str]:
     rng = random.Random(config.seed)
     return [" ".join(rng.choice(words) for _ in range(rng.randint(config.min_words, config.max_words)))
             for _ in range(config.num_utts)]
-
-
-def word_coverage(words: Iterable[str], texts: Iterable[str]) -> Dict[str, object]:
-    """Share of the distinct words of ``texts`` (case-folded) that are in ``words``."""
-    vocab = {w.lower() for w in words}
-    found = {w.lower() for t in texts for w in re.findall(r"[A-Za-z]+", t)}
-    covered = sorted(found & vocab)
-    return {"n_words": len(found), "n_covered": len(covered),
-            "coverage": round(len(covered) / max(len(found), 1), 4), "missing": sorted(found - vocab)}
 
 
 def manifest_for(config: AlignmentSetConfig, words: List[str], voices) -> dict:

@@ -76,7 +76,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -439,23 +439,14 @@ def _read_audio_bytes(data: bytes, where: str) -> Tuple[np.ndarray, int]:
     return wav, sr
 
 
-def decode_hf_audio(
-    value: Any, base_dirs: Sequence[Path] = (), where: str = ""
-) -> Tuple[np.ndarray, int]:
+def _decode(value: Any, base_dirs: Sequence[Path], where: str) -> Tuple[np.ndarray, int]:
     """Decode one Hugging Face ``Audio`` cell into ``(mono float32 samples, sample rate)``.
 
     ``value`` may be ``{bytes, path}`` (bytes preferred; a relative ``path`` is looked up
     in ``base_dirs``), ``{array, sampling_rate}``, raw bytes or a path string.
-    Raises :class:`DataError` (message prefixed by ``where``) if it is missing, undecodable,
-    empty or non-finite.
+    Raises :class:`_BadRow` (message prefixed by ``where``) if it is missing,
+    undecodable, empty or non-finite.
     """
-    try:
-        return _decode(value, base_dirs, where)
-    except _BadRow as e:
-        raise DataError(e.detail) from e
-
-
-def _decode(value: Any, base_dirs: Sequence[Path], where: str) -> Tuple[np.ndarray, int]:
     data: Optional[bytes] = None
     path: Optional[str] = None
     array: Any = None
@@ -556,6 +547,159 @@ def _count_rows(shards: Sequence[Shard]) -> List[int]:
     return counts
 
 
+def _check_arguments(
+    name: str, split: str, max_utts: Optional[int], max_seconds: Optional[float]
+) -> None:
+    """Raise :class:`ValueError` for an unknown corpus, an unsafe split name or a bad limit."""
+    if name not in _SPECS:
+        raise ValueError(f"unknown corpus {name!r}; choose one of {CORPORA}")
+    if not _SPLIT_RE.match(split):
+        raise ValueError(f"split {split!r}: only [A-Za-z0-9_.-] allowed (it goes into utt ids)")
+    if max_utts is not None and max_utts <= 0:
+        raise ValueError(f"max_utts must be positive, got {max_utts}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+
+
+def _columns_to_read(shard: Shard, spec: _CorpusSpec, name: str) -> List[str]:
+    """The columns of ``shard`` that the conversion reads, in the spec's order.
+
+    Raises :class:`DataError` when a required column or the audio column is missing.
+    """
+    names = _shard_schema(shard).names
+    missing = [c for c in (*spec.required, spec.audio_column) if c not in names]
+    if missing:
+        raise DataError(
+            f"{name}: {shard.path} lacks column(s) {missing} (columns: {names}); "
+            f"is this a local copy of the {name} corpus?"
+        )
+    wanted = (*spec.required, *spec.optional, spec.audio_column)
+    return [c for c in wanted if c in names]
+
+
+def _candidate_rows(shards: Sequence[Shard], name: str) -> Tuple[List[int], int, List[int]]:
+    """Rows per shard, rows read in all, and the global indices the corpus rule keeps.
+
+    VoiceAssistant keeps its first-turn rows (a first pass over the text columns); the
+    other corpora keep every row.
+    """
+    if name == "voiceassistant":
+        n_read, candidates = _first_turn_rows(shards, name)
+        return _count_rows(shards), n_read, candidates
+    shard_rows = _count_rows(shards)
+    n_read = sum(shard_rows)
+    return shard_rows, n_read, list(range(n_read))
+
+
+def _select_rows(candidates: List[int], max_utts: Optional[int], seed: int) -> List[int]:
+    """A seeded random subset of ``max_utts`` candidates in row order; all when fewer."""
+    if max_utts is not None and max_utts < len(candidates):
+        return sorted(random.Random(seed).sample(candidates, max_utts))
+    return candidates
+
+
+def _id_digits(n_read: int) -> int:
+    """Zero-padding of the row index in utterance ids: six digits, more if rows need it."""
+    return max(_ID_DIGITS, len(str(max(n_read - 1, 0))))
+
+
+def _indices_in(sorted_indices: Sequence[int], start: int, stop: int) -> List[int]:
+    """The indices in ``[start, stop)`` of a sorted list, made relative to ``start``."""
+    lo = bisect.bisect_left(sorted_indices, start)
+    hi = bisect.bisect_left(sorted_indices, stop)
+    return [i - start for i in sorted_indices[lo:hi]]
+
+
+class _SourceRow(NamedTuple):
+    """One selected row: its shard, its index over the split and within the shard."""
+
+    shard: Shard
+    index: int
+    local_index: int
+    values: Dict[str, Any]
+
+
+def _read_shard_rows(
+    shard: Shard, columns: Sequence[str], local: Sequence[int]
+) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """Yield ``(local row index, row)`` for the sorted local row indices ``local``.
+
+    Only batches that hold a wanted row are decoded, and only the wanted rows of a batch
+    become Python values; nothing is read when ``local`` is empty.
+    """
+    if not local:
+        return
+    for offset, batch in _iter_batches(shard, columns, local, _AUDIO_BATCH):
+        in_batch = _indices_in(local, offset, offset + batch.num_rows)
+        if not in_batch:
+            continue
+        rows = batch.take(pa.array(in_batch)).to_pylist()
+        for i, row in zip(in_batch, rows):
+            yield offset + i, row
+
+
+def _selected_rows(
+    shards: Sequence[Shard],
+    shard_rows: Sequence[int],
+    columns_of: Sequence[Sequence[str]],
+    selected: Sequence[int],
+) -> Iterator[_SourceRow]:
+    """Yield the rows whose global index is in the sorted ``selected``, in row order."""
+    shard_start = 0
+    for shard, n_rows, columns in zip(shards, shard_rows, columns_of):
+        local = _indices_in(selected, shard_start, shard_start + n_rows)
+        for local_index, values in _read_shard_rows(shard, columns, local):
+            yield _SourceRow(shard, shard_start + local_index, local_index, values)
+        shard_start += n_rows
+
+
+@dataclass(frozen=True)
+class _RowConverter:
+    """Turns the selected rows of one corpus split into utterances and WAVs."""
+
+    name: str
+    split: str
+    spec: _CorpusSpec
+    wav_root: Path  # absolute
+    digits: int
+    max_seconds: Optional[float]
+    skip_bad_utts: bool
+
+    def utt_id(self, index: int) -> str:
+        """``<corpus>_<split>_<row index over the split, zero-padded>``."""
+        return f"{self.name}_{self.split}_{index:0{self.digits}d}"
+
+    def convert(self, row: _SourceRow, report: ConversionReport) -> Optional[Utterance]:
+        """The utterance of ``row``, or ``None`` when it is skipped (counted in ``report``).
+
+        A bad row raises :class:`DataError` unless ``skip_bad_utts``; audio longer than
+        ``max_seconds`` is always skipped.
+        """
+        utt_id = self.utt_id(row.index)
+        where = f"{self.name}: {row.shard.path} row {row.local_index} (utterance {utt_id})"
+        try:
+            return _convert_row(row.values, self.spec, row.shard, utt_id, self.name, where,
+                                self.wav_root, self.max_seconds)
+        except _BadRow as e:
+            if e.reason != "too_long" and not self.skip_bad_utts:
+                raise DataError(f"{e.detail} (pass --skip_bad_utts true to skip bad rows)") from e
+            logger.warning("skipping %s [%s]", e.detail, e.reason)
+            report.add_skip(e.reason)
+            return None
+
+    def convert_all(self, rows: Iterable[_SourceRow], report: ConversionReport) -> List[Utterance]:
+        """Convert ``rows`` in order; logs progress every 1000 utterances."""
+        utts: List[Utterance] = []
+        for row in rows:
+            utt = self.convert(row, report)
+            if utt is None:
+                continue
+            utts.append(utt)
+            if len(utts) % 1000 == 0:
+                logger.info("%s/%s: %d utterances written", self.name, self.split, len(utts))
+        return utts
+
+
 def convert_corpus(
     name: CorpusName,
     src: str | Path,
@@ -576,85 +720,25 @@ def convert_corpus(
     utterance id, unless ``skip_bad_utts``.  See the module docstring for the per-corpus
     rules.  Returns a :class:`ConversionReport`.
     """
-    if name not in _SPECS:
-        raise ValueError(f"unknown corpus {name!r}; choose one of {CORPORA}")
-    if not _SPLIT_RE.match(split):
-        raise ValueError(f"split {split!r}: only [A-Za-z0-9_.-] allowed (it goes into utt ids)")
-    if max_utts is not None and max_utts <= 0:
-        raise ValueError(f"max_utts must be positive, got {max_utts}")
-    if max_seconds is not None and max_seconds <= 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    _check_arguments(name, split, max_utts, max_seconds)
     spec = _SPECS[name]
     src, out_dir, wav_dir = Path(src), Path(out_dir), Path(wav_dir)
     report = ConversionReport(corpus=name, split=split, src=str(src), out_dir=str(out_dir))
 
     shards = find_shards(src, split)
-    columns_of: List[List[str]] = []
-    for shard in shards:
-        names = _shard_schema(shard).names
-        missing = [c for c in (*spec.required, spec.audio_column) if c not in names]
-        if missing:
-            raise DataError(
-                f"{name}: {shard.path} lacks column(s) {missing} (columns: {names}); "
-                f"is this a local copy of the {name} corpus?"
-            )
-        wanted_cols = (*spec.required, *spec.optional, spec.audio_column)
-        columns_of.append([c for c in wanted_cols if c in names])
-
-    # pass 1: which rows (global indices) are candidates
-    if name == "voiceassistant":
-        n_read, candidates = _first_turn_rows(shards, name)
-        shard_rows = _count_rows(shards)
-    else:
-        shard_rows = _count_rows(shards)
-        n_read = sum(shard_rows)
-        candidates = list(range(n_read))
+    columns_of = [_columns_to_read(shard, spec, name) for shard in shards]
+    shard_rows, n_read, candidates = _candidate_rows(shards, name)
+    selected = _select_rows(candidates, max_utts, seed)
     report.n_read = n_read
     report.n_filtered = n_read - len(candidates)
-    if max_utts is not None and max_utts < len(candidates):
-        selected = sorted(random.Random(seed).sample(candidates, max_utts))
-    else:
-        selected = candidates
     report.n_selected = len(selected)
     logger.info(
         "%s/%s: %d shard(s), %d rows, %d selected", name, split, len(shards), n_read, len(selected)
     )
 
-    digits = max(_ID_DIGITS, len(str(max(n_read - 1, 0))))
-    wav_root = wav_dir.resolve()
-    utts: List[Utterance] = []
-    shard_start = 0
-    for shard, n_rows, cols in zip(shards, shard_rows, columns_of):
-        lo = bisect.bisect_left(selected, shard_start)
-        hi = bisect.bisect_left(selected, shard_start + n_rows)
-        local = [g - shard_start for g in selected[lo:hi]]
-        if local:
-            for offset, batch in _iter_batches(shard, cols, local, _AUDIO_BATCH):
-                a = bisect.bisect_left(local, offset)
-                b = bisect.bisect_left(local, offset + batch.num_rows)
-                if a == b:
-                    continue
-                rows = batch.take(pa.array([r - offset for r in local[a:b]])).to_pylist()
-                for local_row, row in zip(local[a:b], rows):
-                    utt_id = f"{name}_{split}_{shard_start + local_row:0{digits}d}"
-                    where = f"{name}: {shard.path} row {local_row} (utterance {utt_id})"
-                    try:
-                        utt = _convert_row(
-                            row, spec, shard, utt_id, name, where, wav_root, max_seconds
-                        )
-                    except _BadRow as e:
-                        if e.reason != "too_long" and not skip_bad_utts:
-                            raise DataError(
-                                f"{e.detail} (pass --skip_bad_utts true to skip bad rows)"
-                            ) from e
-                        logger.warning("skipping %s [%s]", e.detail, e.reason)
-                        report.add_skip(e.reason)
-                        continue
-                    utts.append(utt)
-                    if len(utts) % 1000 == 0:
-                        logger.info("%s/%s: %d utterances written", name, split, len(utts))
-        shard_start += n_rows
-
+    converter = _RowConverter(name, split, spec, wav_dir.resolve(), _id_digits(n_read),
+                              max_seconds, skip_bad_utts)
+    utts = converter.convert_all(_selected_rows(shards, shard_rows, columns_of, selected), report)
     if not utts:
         raise DataError(f"{name}: no usable utterances for {out_dir} ({report.summary()})")
     report.n_written = write_kaldi_dir(out_dir, utts)
@@ -693,7 +777,6 @@ __all__ = [
     "SKIP_REASONS",
     "Shard",
     "convert_corpus",
-    "decode_hf_audio",
     "find_shards",
     "has_history",
     "strip_markers",

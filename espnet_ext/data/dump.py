@@ -132,7 +132,7 @@ def dump_encoder_features(
     return report
 
 
-def load_report(out_dir: str | Path) -> Optional[dict]:
+def read_dump_report(out_dir: str | Path) -> Optional[dict]:
     """The ``dump_report.json`` of a finished dump, or ``None``."""
     p = Path(out_dir) / "dump_report.json"
     return json.loads(p.read_text()) if p.exists() else None

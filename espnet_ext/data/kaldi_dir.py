@@ -20,14 +20,13 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 from espnet_ext.utils.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
 _UTT_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
-KALDI_FILES = ("wav.scp", "text", "answer", "utt2spk", "spk2utt")
 
 
 class DataError(ValueError):
@@ -173,13 +172,6 @@ def read_kaldi_dir(data_dir: str | Path, require_wav: bool = True) -> List[Utter
             u.validate(str(d))
         utts.append(u)
     return utts
-
-
-def subset_kaldi_dir(src: str | Path, dst: str | Path, utt_ids: Optional[Iterable[str]]) -> int:
-    """Write the utterances of ``src`` whose id is in ``utt_ids`` to ``dst``."""
-    keep = None if utt_ids is None else set(utt_ids)
-    utts = [u for u in read_kaldi_dir(src) if keep is None or u.utt_id in keep]
-    return write_kaldi_dir(dst, utts)
 
 
 def combine_kaldi_dirs(srcs: Iterable[str | Path], dst: str | Path) -> int:

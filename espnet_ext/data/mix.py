@@ -1,6 +1,6 @@
 """A stage-1 training dump with a transcription task mixed in (an ADDITION to the paper).
 
-Issue 5's first alignment option: broad-vocabulary synthetic speech (the alignment set of
+An alignment option measured against the CTC warm-up: broad-vocabulary synthetic speech (the alignment set of
 :mod:`espnet_ext.data.alignment`: espeak-ng sentences of tokenizer words, encoded once by
 the frozen encoder) trained *in stage 1 itself*, next to the QA data, with its own
 instruction ("Please repeat what the user said.", ``llm_conf.task_prompts.transcribe``)
@@ -21,6 +21,7 @@ from typing import Dict, Mapping
 
 from espnet_ext.data.kaldi_dir import DataError, read_table
 from espnet_ext.utils.atomic import atomic_dir
+from espnet_ext.utils.stamps import file_identity, has_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ def write_transcription_mix(
         for n in names:
             if not (d / n).is_file():
                 raise FileNotFoundError(f"{d / n} is missing (run stage 2 first)")
-    stamp["sources_mtime"] = [(d / "enc_feats.scp").stat().st_mtime_ns for d in (train_dump, align_dump)]
+    stamp["sources"] = [file_identity(d / "enc_feats.scp", content=False) for d in (train_dump, align_dump)]
     done = Path(out_dir) / MIX_REPORT
-    if done.is_file() and json.loads(done.read_text()).get("stamp") == stamp:
+    if has_stamp(done, stamp):
         logger.info("%s is up to date; skipping", out_dir)
         return json.loads(done.read_text())
 

@@ -1,6 +1,8 @@
 """The paper's qualitative claims, checked against one run's numbers (RESULTS.md).
 
-Each claim is a rule over ``summary.json`` (Table 1, Table 2, the importance analysis):
+Each claim is a rule over ``summary.json`` (Table 1, Table 2, the importance analysis),
+comparing systems by their role (``system_info``: base, full_ft, layer_lr, lora), never by
+exp-dir tag:
 it reports the numbers it looked at and a verdict, ``holds``, ``partly`` (e.g. on one of
 the two test sets) or ``does not hold``; claims whose numbers were not produced are left
 out.  The rules are deliberately simple and stated in each row, so a reader can disagree
@@ -41,7 +43,21 @@ def _verdict(checks: Sequence[bool]) -> Verdict:
     return PARTLY if any(checks) else FAILS
 
 
-def _acc(summary: dict, tag: str, test_set: str, modality: str, matcher: str) -> Optional[float]:
+
+
+def tag_of(summary: dict, role: str) -> Optional[str]:
+    """The first system of ``role`` in the run's order (the claims compare one per role)."""
+    for tag, info in summary.get("system_info", {}).items():
+        if info.get("role") == role:
+            return tag
+    return None
+
+
+def _name(summary: dict, tag: str) -> str:
+    return summary.get("system_info", {}).get(tag, {}).get("name", tag)
+
+
+def _acc(summary: dict, tag: Optional[str], test_set: str, modality: str, matcher: str) -> Optional[float]:
     score = summary.get("systems", {}).get(tag, {}).get(test_set, {}).get(modality)
     return None if score is None else float(score[matcher]["accuracy"])
 
@@ -50,10 +66,14 @@ def _test_sets(summary: dict) -> List[str]:
     return sorted({s for per in summary.get("systems", {}).values() for s in per})
 
 
-def _compare(summary: dict, matcher: str, modality: str, lhs: str, rhs: str,
+def _compare(summary: dict, matcher: str, modality: str, lhs_role: str, rhs_role: str,
              better: Callable[[float, float], bool], base_modality: Optional[str] = None
              ) -> Optional[Tuple[List[str], List[bool]]]:
-    """Per test set: ``better(acc(lhs), acc(rhs))``; ``None`` if a number is missing."""
+    """Per test set: ``better(acc(lhs), acc(rhs))`` for the systems of two roles; ``None`` if
+    a system or a number is missing."""
+    lhs, rhs = tag_of(summary, lhs_role), tag_of(summary, rhs_role)
+    if lhs is None or rhs is None:
+        return None
     shown, checks = [], []
     for s in _test_sets(summary):
         a = _acc(summary, lhs, s, modality, matcher)
@@ -110,8 +130,9 @@ def _share(curve: Sequence[float], layers: Sequence[int]) -> float:
     return sum(curve[i] for i in layers) / total if total else 0.0
 
 
-def shift_claim(summary: dict, tag: str = "full") -> Optional[Claim]:
+def shift_claim(summary: dict) -> Optional[Claim]:
     a = summary.get("analysis") or {}
+    tag = tag_of(summary, "full_ft")
     m, curves = a.get("shift", {}).get(tag), a.get("curves", {})
     if m is None or "base" not in curves or tag not in curves:
         return None
@@ -127,22 +148,23 @@ def shift_claim(summary: dict, tag: str = "full") -> Optional[Claim]:
 
 def accuracy_claims(summary: dict, matcher: str) -> List[Claim]:
     out: List[Claim] = []
-    c = _compare(summary, matcher, "text", "full", "noft", lambda a, b: a < b)
+    c = _compare(summary, matcher, "text", "full_ft", "base", lambda a, b: a < b)
     if c:
         out.append(("Table 2: full speech fine-tuning lowers T2T accuracy below No-FT (Full-FT vs No-FT)",
                     "; ".join(c[0]), _verdict(c[1])))
     for modality, claim in (("text", "Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT"),
                             ("speech", "Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT")):
         shown, checks = [], []
-        for tag, name in (("layerlr", "Layer-LR"), ("lora", "LoRA")):
-            c = _compare(summary, matcher, modality, tag, "full", lambda a, b: a >= b)
+        for role in ("layer_lr", "lora"):
+            c = _compare(summary, matcher, modality, role, "full_ft", lambda a, b: a >= b)
             if c:
-                shown.append(f"{name} vs Full-FT: " + ", ".join(c[0]))
+                shown.append(f"{_name(summary, tag_of(summary, role))} vs "
+                             f"{_name(summary, tag_of(summary, 'full_ft'))}: " + ", ".join(c[0]))
                 checks += c[1]
         if checks:
             out.append((claim, "; ".join(shown), _verdict(checks)))
-    t = _compare(summary, matcher, "text", "layerlr", "lora", lambda a, b: a >= b)
-    s = _compare(summary, matcher, "speech", "lora", "layerlr", lambda a, b: a >= b)
+    t = _compare(summary, matcher, "text", "layer_lr", "lora", lambda a, b: a >= b)
+    s = _compare(summary, matcher, "speech", "lora", "layer_lr", lambda a, b: a >= b)
     if t and s:
         out.append(("§3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T",
                     "T2T Layer-LR vs LoRA: " + ", ".join(t[0]) + "; S2T LoRA vs Layer-LR: " + ", ".join(s[0]),
@@ -152,14 +174,15 @@ def accuracy_claims(summary: dict, matcher: str) -> List[Claim]:
 
 def mitigation_shift_claim(summary: dict) -> Optional[Claim]:
     shift = (summary.get("analysis") or {}).get("shift", {})
-    if "full" not in shift or not any(t in shift for t in ("layerlr", "lora")):
+    full = tag_of(summary, "full_ft")
+    others = [t for t in (tag_of(summary, "layer_lr"), tag_of(summary, "lora")) if t in shift]
+    if full not in shift or not others:
         return None
-    shown = [f"Full-FT {shift['full']['js']:.4f}"]
+    shown = [f"{_name(summary, full)} {shift[full]['js']:.4f}"]
     checks = []
-    for tag, name in (("layerlr", "Layer-LR"), ("lora", "LoRA")):
-        if tag in shift:
-            shown.append(f"{name} {shift[tag]['js']:.4f}")
-            checks.append(shift[tag]["js"] < shift["full"]["js"])
+    for tag in others:
+        shown.append(f"{_name(summary, tag)} {shift[tag]['js']:.4f}")
+        checks.append(shift[tag]["js"] < shift[full]["js"])
     return ("§3.3.1, Fig. 3: Layer-LR and LoRA shift the importance distribution less than Full-FT (JS)",
             "JS: " + ", ".join(shown), _verdict(checks))
 
@@ -168,11 +191,12 @@ def change_claim(summary: dict) -> Optional[Claim]:
     change = (summary.get("analysis") or {}).get("change", {})
     ratio = {t: c["concentration"]["all"]["ratio"] for t, c in change.items()
              if c.get("concentration", {}).get("all")}
-    if "full" not in ratio or "lora" not in ratio:
+    full, lora = tag_of(summary, "full_ft"), tag_of(summary, "lora")
+    if full not in ratio or lora not in ratio:
         return None
     shown = ", ".join(f"{t} {r:.2f}" for t, r in ratio.items())
     return ("§3.3.2, Fig. 4: LoRA's updates are more row/column-clustered than Full-FT's",
-            f"Δθ concentration ratio: {shown}", _verdict([ratio["lora"] > ratio["full"]]))
+            f"Δθ concentration ratio: {shown}", _verdict([ratio[lora] > ratio[full]]))
 
 
 def paper_claims(summary: dict, matcher: str = "has_answer") -> List[Claim]:

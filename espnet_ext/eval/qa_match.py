@@ -32,6 +32,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from espnet_ext.data.kaldi_dir import DataError
+from espnet_ext.data.numbers import (
+    HUNDRED,
+    NUMBER_WORDS,
+    ONES_VALUES,
+    TENS_VALUES,
+    THOUSAND,
+)
 
 # ----------------------------------------------------------------------------------
 # has_answer (DPR / UltraEval-Audio)
@@ -101,18 +108,8 @@ def has_answer(prediction: str, references: Sequence[str]) -> bool:
 # Number words -> digits (used by ``contain``)
 # ----------------------------------------------------------------------------------
 
-_UNITS: Dict[str, int] = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen "
-        "fourteen fifteen sixteen seventeen eighteen nineteen".split()
-    )
-}
-_TENS: Dict[str, int] = {
-    w: 10 * i
-    for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)
-}
-_NUMBER_WORDS = set(_UNITS) | set(_TENS) | {"hundred", "thousand"}
+# The number vocabulary comes from espnet_ext.data.numbers, which also writes the demo
+# world's number answers in words, so every such answer parses back here.
 _WORD_RE = re.compile(r"[a-z]+")
 # Words of one number may be joined by spaces or a hyphen ("twenty-one", "twenty one").
 _JOIN_RE = re.compile(r"\s+|\s*-\s*")
@@ -123,13 +120,13 @@ def _parse_below_100(words: Sequence[str], i: int) -> Optional[Tuple[int, int]]:
     if i >= len(words):
         return None
     w = words[i]
-    if w in _UNITS:
-        return _UNITS[w], i + 1
-    if w in _TENS:
+    if w in ONES_VALUES:
+        return ONES_VALUES[w], i + 1
+    if w in TENS_VALUES:
         nxt = words[i + 1] if i + 1 < len(words) else ""
-        if nxt in _UNITS and 1 <= _UNITS[nxt] <= 9:
-            return _TENS[w] + _UNITS[nxt], i + 2
-        return _TENS[w], i + 1
+        if nxt in ONES_VALUES and 1 <= ONES_VALUES[nxt] <= 9:
+            return TENS_VALUES[w] + ONES_VALUES[nxt], i + 2
+        return TENS_VALUES[w], i + 1
     return None
 
 
@@ -139,7 +136,7 @@ def _parse_below_1000(words: Sequence[str], i: int) -> Optional[Tuple[int, int]]
     if head is None:
         return None
     value, j = head
-    if 1 <= value <= 9 and j < len(words) and words[j] == "hundred":
+    if 1 <= value <= 9 and j < len(words) and words[j] == HUNDRED:
         value, j = value * 100, j + 1
         k = j + 1 if j < len(words) and words[j] == "and" else j
         tail = _parse_below_100(words, k)
@@ -161,7 +158,7 @@ def parse_number_words(words: Sequence[str], i: int = 0) -> Optional[Tuple[int, 
     if head is None:
         return None
     value, j = head
-    if value >= 1 and j < len(words) and words[j] == "thousand":
+    if value >= 1 and j < len(words) and words[j] == THOUSAND:
         value, j = value * 1000, j + 1
         k = j + 1 if j < len(words) and words[j] == "and" else j
         tail = _parse_below_1000(words, k)
@@ -179,13 +176,13 @@ def words_to_digits(text: str) -> str:
     fractions are not converted.
     """
     matches = list(_WORD_RE.finditer(text))
-    if not any(m.group() in _NUMBER_WORDS for m in matches):
+    if not any(m.group() in NUMBER_WORDS for m in matches):
         return text
     out: List[str] = []
     pos = 0
     i = 0
     while i < len(matches):
-        if matches[i].group() not in _NUMBER_WORDS:
+        if matches[i].group() not in NUMBER_WORDS:
             i += 1
             continue
         # The run of words joined only by spaces / hyphens, starting at i.
@@ -194,7 +191,7 @@ def words_to_digits(text: str) -> str:
             prev, nxt = run[-1], matches[i + len(run)]
             if not _JOIN_RE.fullmatch(text[prev.end() : nxt.start()]):
                 break
-            if nxt.group() not in _NUMBER_WORDS and nxt.group() != "and":
+            if nxt.group() not in NUMBER_WORDS and nxt.group() != "and":
                 break
             run.append(nxt)
         parsed = parse_number_words([m.group() for m in run])

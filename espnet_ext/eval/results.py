@@ -13,6 +13,7 @@ a committed ``summary.json`` regenerates the committed ``RESULTS.md`` exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -21,16 +22,9 @@ from typing import Dict, List, Optional
 from espnet_ext.data.kaldi_dir import parse_answers, read_table
 from espnet_ext.eval.claims import render_claims
 from espnet_ext.eval.qa_match import MATCHERS, score_predictions
+from espnet_ext.tasks.systems import BASE_MODEL_NAME, read_systems
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
 
-#: display names of the paper's systems (Table 2); other tags are shown as they are
-SYSTEM_NAMES = {
-    "noft": "No-FT", "full": "Full-FT", "layerlr": "Layer-LR", "lora": "LoRA",
-    "impanchor": "ImpAnchor (ours)",
-    "lora_r8": "LoRA r=8", "lora_r16": "LoRA r=16", "lora_r24": "LoRA r=24",
-}
-#: LoRA rank-ablation systems (Table 3): tag ``lora_r<rank>``
-_RANK_RE = re.compile(r"^lora_r(?P<rank>\d+)$")
 MODALITY_NAMES = {"text": "T2T", "speech": "S2T"}
 _DECODE_RE = re.compile(r"^decode_(?P<set>.+)_(?P<modality>text|speech)$")
 
@@ -63,7 +57,8 @@ def score_decode_dir(decode_dir: str | Path, ref_dir: str | Path) -> dict:
 def collect_summary(exp_dir: str | Path, systems: List[str]) -> dict:
     """``{"systems": {tag: {test_set: {modality: score}}}, "decode": {...}}`` for ``systems``."""
     exp_dir = Path(exp_dir)
-    out: dict = {"systems": {}, "decode": {}}
+    out: dict = {"systems": {}, "system_info": {t: dataclasses.asdict(i) for t, i in
+                                                read_systems(exp_dir, systems).items()}, "decode": {}}
     for tag in systems:
         for d in sorted((exp_dir / tag).glob("decode_*")):
             m = _DECODE_RE.match(d.name)
@@ -106,7 +101,23 @@ def publish_figures(summary: dict, exp_dir: str | Path, md_path: str | Path) -> 
 
 RANK_ABLATION_COMMAND = ('./run.sh --stage 4 --stop_stage 6 --train_configs "conf/train_full.yaml '
                          'conf/train_layerlr.yaml conf/train_lora.yaml conf/train_impanchor.yaml '
-                         'conf/train_lora_r8.yaml conf/train_lora_r16.yaml conf/train_lora_r24.yaml"')
+                         'conf/train_lora_r16.yaml conf/train_lora_r24.yaml"')
+
+
+def system_names(summary: dict) -> Dict[str, str]:
+    """Tag → display name (the ``system:`` section of each training config)."""
+    return {t: info["name"] for t, info in summary.get("system_info", {}).items()}
+
+
+def lora_ranks(summary: dict) -> List[tuple]:
+    """``(rank, tag)`` of the LoRA systems, by rank (Table 3 rows)."""
+    return sorted((int(i["lora_rank"]), t) for t, i in summary.get("system_info", {}).items()
+                  if i.get("role") == "lora" and i.get("lora_rank") is not None and t in summary["systems"])
+
+
+def has_rank_ablation(summary: dict) -> bool:
+    """True when the run trained LoRA at two or more ranks."""
+    return len({r for r, _ in lora_ranks(summary)}) >= 2
 
 
 def _acc(score: Optional[dict], matcher: str) -> str:
@@ -122,7 +133,7 @@ def render_table2(summary: dict, matcher: str) -> str:
     rows = [head, sep]
     for tag, per in systems.items():
         cells = [_acc(per.get(s, {}).get(m), matcher) for s in sets for m in ("text", "speech")]
-        rows.append(f"| {SYSTEM_NAMES.get(tag, tag)} | " + " | ".join(cells) + " |")
+        rows.append(f"| {system_names(summary).get(tag, tag)} | " + " | ".join(cells) + " |")
     n = {s: next(iter(per[s].values()))["n"] for per in systems.values() for s in per}
     note = ", ".join(f"{s}: {n[s]} questions" for s in sets)
     # binomial 95 % half-width at 50 % (its maximum) and at 15 %: how far apart two
@@ -139,18 +150,20 @@ def _half_width(p: float, n: int) -> float:
 
 
 def render_rank_ablation(summary: dict, matcher: str) -> str:
-    """Table 3 analogue: T2T/S2T accuracy per test set for the ``lora_r<rank>`` systems
-    (empty string when none was trained)."""
-    ranks = sorted((int(m["rank"]), tag) for tag in summary["systems"] if (m := _RANK_RE.match(tag)))
-    if not ranks:
+    """Table 3 analogue: T2T/S2T accuracy per test set for every LoRA system, by rank
+    (empty string when fewer than two ranks were trained)."""
+    if not has_rank_ablation(summary):
         return ""
+    ranks = lora_ranks(summary)
+    names = system_names(summary)
     per_rank = {tag: summary["systems"][tag] for _, tag in ranks}
     sets = sorted({s for per in per_rank.values() for s in per})
-    head = "| Rank | " + " | ".join(f"{s} {MODALITY_NAMES[m]}" for s in sets for m in ("text", "speech")) + " |"
-    rows = [head, "|---:|" + "---:|" * (2 * len(sets))]
+    head = ("| Rank | System | " + " | ".join(f"{s} {MODALITY_NAMES[m]}" for s in sets for m in ("text", "speech"))
+            + " |")
+    rows = [head, "|---:|---|" + "---:|" * (2 * len(sets))]
     for rank, tag in ranks:
         cells = [_acc(per_rank[tag].get(s, {}).get(m), matcher) for s in sets for m in ("text", "speech")]
-        rows.append(f"| {rank} | " + " | ".join(cells) + " |")
+        rows.append(f"| {rank} | {names.get(tag, tag)} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + f"\n\nMatcher: `{matcher}`.\n"
 
 
@@ -165,11 +178,11 @@ def _concentration_table(rows: Dict[str, dict], label: str) -> List[str]:
     return out
 
 
-def render_analysis(a: dict) -> List[str]:
+def render_analysis(a: dict, system_name: Dict[str, str]) -> List[str]:
     """The importance-analysis section (Fig. 1-4 with their numbers) of RESULTS.md."""
     from espnet_ext.importance.shift import render_shift_table
 
-    names = {"base": "Base (pretrained)", **SYSTEM_NAMES}
+    names = {"base": BASE_MODEL_NAME, **system_name}
     figs = a.get("figures", {})
     conf = a.get("config", {})
     pct = f"{100 * conf.get('top_fraction', 0.05):g}%"
@@ -223,11 +236,11 @@ def render_results_md(summary: dict) -> str:
     for matcher in MATCHERS:
         lines += [f"### `{matcher}`", "", render_table2(summary, matcher)]
     lines += ["## LoRA rank ablation (Table 3 analogue)", ""]
-    if any(_RANK_RE.match(tag) for tag in summary["systems"]):
+    if has_rank_ablation(summary):
         for matcher in MATCHERS:
             lines += [f"### `{matcher}`", "", render_rank_ablation(summary, matcher)]
     else:
-        lines += ["Not part of this run.  It is three more stage-4 systems on the same base:", "",
+        lines += ["Not part of this run.  It is two more stage-4 systems on the same base:", "",
                   "```sh", RANK_ABLATION_COMMAND, "```", ""]
     if summary.get("table1"):
         from espnet_ext.importance.deactivate import render_table1
@@ -237,15 +250,16 @@ def render_results_md(summary: dict) -> str:
             lines += [f"### `{name}` ({t['n_utts']} held-out utterances of `{t['eval_dir']}`)", "",
                       render_table1(t["table"], t["fraction"], t["scope"])]
     if summary.get("analysis"):
-        lines += render_analysis(summary["analysis"])
+        lines += render_analysis(summary["analysis"], system_names(summary))
     lines += render_claims(summary)
     if summary.get("decode"):
-        lines += ["## Decoding cost", "", "| System | decode dir | utts | s/utt | new tokens | batch | max_new_tokens |",
+        lines += ["## Decoding cost", "",
+                  "| System | decode dir | utts | s/utt | new tokens | batch | max_new_tokens |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for tag, per in summary["decode"].items():
             for name, r in per.items():
                 lines.append(
-                    f"| {SYSTEM_NAMES.get(tag, tag)} | {name} | {r['n_utts']} | {r['seconds_per_utt']:.3f} "
+                    f"| {system_names(summary).get(tag, tag)} | {name} | {r['n_utts']} | {r['seconds_per_utt']:.3f} "
                     f"| {r['n_new_tokens']} | {r['batch_size']} | {r['max_new_tokens']} |"
                 )
         lines.append("")

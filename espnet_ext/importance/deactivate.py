@@ -123,5 +123,6 @@ def render_table1(table: Dict[str, Dict[str, float]], fraction: float, scope: st
     lines = [f"| Input | Base | {pct} Top | {pct} Bottom | {pct} Random |", "|---|---:|---:|---:|---:|"]
     fmt = lambda x: f"{x:.3g}" if x < 1e4 else f"{x:.2e}"  # noqa: E731
     for modality, row in table.items():
-        lines.append(f"| {modality.capitalize()} | " + " | ".join(fmt(row[k]) for k in ("base", "top", "bottom", "random")) + " |")
+        cells = " | ".join(fmt(row[k]) for k in ("base", "top", "bottom", "random"))
+        lines.append(f"| {modality.capitalize()} | {cells} |")
     return "\n".join(lines) + f"\n\nPerplexity after zeroing {pct} of the scored parameters ({scope} selection).\n"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -89,37 +89,53 @@ def write_report(
     return summary
 
 
-def load_summary(report_dir: str | Path) -> dict:
+STAGE3_HINT = "run stage 3 first (./run.sh --stage 3 --stop_stage 3)"
+
+
+def load_summary(report_dir: str | Path, conf_key: Optional[str] = None) -> dict:
+    """``summary.json`` of a report; ``conf_key`` (the option that named the report) is
+    put in front of the error when the report is missing."""
     p = Path(report_dir) / SUMMARY_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"no importance report at {report_dir} ({SUMMARY_FILE} missing)")
+        msg = f"no importance report at {report_dir} ({SUMMARY_FILE} missing)"
+        raise FileNotFoundError(f"{conf_key}: {msg}; {STAGE3_HINT}" if conf_key else msg)
     return json.loads(p.read_text())
 
 
+def check_shapes(
+    report_dir: str | Path, reported: Dict[str, Sequence[int]], model: Dict[str, Sequence[int]],
+    what: str = "the model", subset: bool = False,
+) -> None:
+    """Raise ``ValueError`` unless the report's parameter names and shapes are the model's.
+
+    ``subset``: the report may score only some of ``model``'s parameters (ImpAnchor);
+    otherwise the two name sets must be equal.
+    """
+    missing = [] if subset else sorted(set(model) - set(reported))
+    extra = sorted(set(reported) - set(model))
+    if missing or extra:
+        raise ValueError(f"importance report {report_dir} does not match {what}: "
+                         f"missing {missing[:3]}; {len(extra)} scored but not in the model, e.g. {extra[:3]}")
+    for n, shape in reported.items():
+        if tuple(shape) != tuple(model[n]):
+            raise ValueError(f"importance report {report_dir}: {n} has shape {tuple(shape)}, "
+                             f"the model's is {tuple(model[n])}")
+
+
 def load_scores(
-    report_dir: str | Path, expected_shapes: Optional[Dict[str, torch.Size]] = None
+    report_dir: str | Path, expected_shapes: Optional[Dict[str, Sequence[int]]] = None,
+    conf_key: Optional[str] = None, subset: bool = False,
 ) -> Dict[str, torch.Tensor]:
-    """Load scores (as fp32); with ``expected_shapes`` check they match the model."""
+    """Load scores (as fp32); with ``expected_shapes`` check them (:func:`check_shapes`)."""
     from safetensors.torch import load_file
 
     p = Path(report_dir) / SCORES_FILE
     if not p.is_file():
-        raise FileNotFoundError(f"no importance scores at {p}")
+        msg = f"no importance scores at {p}"
+        raise FileNotFoundError(f"{conf_key}: {msg}; {STAGE3_HINT}" if conf_key else msg)
     scores = {n: t.float() for n, t in load_file(str(p)).items()}
     if expected_shapes is not None:
-        missing = sorted(set(expected_shapes) - set(scores))
-        extra = sorted(set(scores) - set(expected_shapes))
-        if missing or extra:
-            raise ValueError(
-                f"importance report {report_dir} does not match the model: "
-                f"missing {missing[:3]}, unexpected {extra[:3]}"
-            )
-        for n, shape in expected_shapes.items():
-            if tuple(scores[n].shape) != tuple(shape):
-                raise ValueError(
-                    f"importance report {report_dir}: {n} has shape {tuple(scores[n].shape)}, "
-                    f"the model's is {tuple(shape)}"
-                )
+        check_shapes(report_dir, {n: t.shape for n, t in scores.items()}, expected_shapes, subset=subset)
     return scores
 
 

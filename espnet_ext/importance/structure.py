@@ -173,6 +173,6 @@ def rank_clustering_maps(
     from espnet_ext.importance.params import split_name
 
     index = {split_name(n): s for n, s in scores.items() if s.dim() == 2}
-    grid = [[vicinity_map(top_mask(index[(l, t)], fraction)) if (l, t) in index else None
-             for t in module_types] for l in layers]
-    return grid, [f"layer {l}" for l in layers]
+    grid = [[vicinity_map(top_mask(index[(i, t)], fraction)) if (i, t) in index else None
+             for t in module_types] for i in layers]
+    return grid, [f"layer {i}" for i in layers]

@@ -23,9 +23,10 @@ import yaml
 from tqdm import tqdm
 
 from espnet_ext.models.speech_llm import ESPnetSpeechLLM
-from espnet_ext.train.batches import dump_batches, preprocessor_for
 from espnet_ext.tasks.speech_llm import SpeechLLMTask
+from espnet_ext.train.batches import dump_batches, preprocessor_for
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
+from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -69,25 +70,17 @@ def load_model(
 
 
 def model_stamp(config: str | Path, model_file: Optional[str | Path], modality: str, max_new_tokens: int) -> dict:
-    """What a decode dir was produced from (the config's content, the checkpoint's mtime,
-    and options).  The config is identified by content: ESPnet rewrites an exp dir's
+    """What a decode dir was produced from (the config's content, the checkpoint's size and
+    mtime, and options).  The config is identified by content: ESPnet rewrites an exp dir's
     ``config.yaml`` on every (resumed) training run, even when nothing is left to train."""
-    import hashlib
-
-    def file_id(p):
-        return None if p is None else [str(Path(p).resolve()), Path(p).stat().st_mtime_ns]
-
-    digest = hashlib.sha256(Path(config).read_bytes()).hexdigest()
-    return {"config": [str(Path(config).resolve()), digest], "model_file": file_id(model_file),
-            "modality": modality, "max_new_tokens": max_new_tokens}
+    return canonical({"config": file_identity(config, content=True),
+                      "model_file": file_identity(model_file, content=False),
+                      "modality": modality, "max_new_tokens": max_new_tokens})
 
 
 def is_decoded(output_dir: str | Path, stamp: dict) -> bool:
     """True when ``output_dir`` holds a finished decode of the same model and options."""
-    rep = Path(output_dir) / "decode_report.json"
-    if not (rep.is_file() and (Path(output_dir) / "hyp").is_file()):
-        return False
-    return json.loads(rep.read_text()).get("stamp") == json.loads(json.dumps(stamp))
+    return has_stamp(Path(output_dir) / "decode_report.json", stamp, required=[Path(output_dir) / "hyp"])
 
 
 def decode_dump_dir(

@@ -108,7 +108,7 @@ class WhisperSpeechEncoder(AbsSpeechEncoder):
             self.encoder.requires_grad_(False)
             self.encoder.eval()
 
-    def train(self, mode: bool = True) -> "WhisperSpeechEncoder":
+    def train(self, mode: bool = True) -> WhisperSpeechEncoder:
         super().train(mode)
         if self.freeze:
             self.encoder.eval()  # no dropout in a frozen encoder

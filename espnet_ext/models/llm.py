@@ -51,7 +51,7 @@ class ChatPrompt:
         system_prompt: Optional[str] = LLAMA_OMNI_SYSTEM_PROMPT,
         user_prompt: str = LLAMA_OMNI_USER_PROMPT,
         placeholder: str = "<speech>",
-    ) -> "ChatPrompt":
+    ) -> ChatPrompt:
         """Render the template with a placeholder and an answer sentinel, then split."""
         if placeholder not in user_prompt:
             raise ValueError(f"llm_conf.user_prompt must contain the placeholder {placeholder!r}")

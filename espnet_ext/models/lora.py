@@ -35,7 +35,7 @@ LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 
 
 @dataclass
-class LoraOptions:
+class LoraAdapterConfig:
     """``--lora_conf`` options (peft ``LoraConfig`` fields under their paper names)."""
 
     r: int = 8  # LoRA rank; paper: 8 for 1B, 16 for 8B (Table 3 ablates 8/16/24)
@@ -66,7 +66,7 @@ class LoraOptions:
         )
 
 
-def apply_lora(llm: torch.nn.Module, options: LoraOptions) -> None:
+def apply_lora(llm: torch.nn.Module, options: LoraAdapterConfig) -> None:
     """Wrap ``llm.model`` (an ``HFCausalLM``'s transformers model) with peft LoRA in place.
 
     ``HFCausalLM.embed/hidden_states/logits`` and ``generate`` keep working: the peft

@@ -99,32 +99,18 @@ class ImportanceAnchor(torch.nn.Module):
         self._weights = [weights[n].detach() for n in self.names]
 
     @classmethod
-    def from_report(cls, model: torch.nn.Module, config: AnchorConfig) -> "ImportanceAnchor":
+    def from_report(cls, model: torch.nn.Module, config: AnchorConfig) -> ImportanceAnchor:
         """Anchor every trainable parameter scored in ``config.importance_report`` to its
         current value (call on the freshly built, pretrained model)."""
         params = {canonical_name(n): (n, p) for n, p in model.named_parameters() if "lora_" not in n}
-        try:
-            scores = load_scores(config.importance_report)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                f"anchor_conf.importance_report: {e}; run stage 3 first (./run.sh --stage 3 --stop_stage 3)"
-            ) from e
-        missing = sorted(set(scores) - set(params))
-        if missing:
-            raise ValueError(
-                f"importance report {config.importance_report} does not match the model: "
-                f"{len(missing)} scored parameter(s) not in the model, e.g. {missing[:3]}"
-            )
+        scores = load_scores(config.importance_report, {n: p.shape for n, (_, p) in params.items()},
+                             conf_key="anchor_conf.importance_report", subset=True)
         adaptor = [n for n in scores if param_group(n) == "adaptor"]
         if adaptor:
             raise ValueError(
                 f"importance report {config.importance_report} scores the adaptor ({adaptor[0]}); "
                 "it starts random, so anchoring it to its initial weights is meaningless"
             )
-        for n, s in scores.items():
-            if tuple(s.shape) != tuple(params[n][1].shape):
-                raise ValueError(f"importance report {config.importance_report}: {n} has shape "
-                                 f"{tuple(s.shape)}, the model's is {tuple(params[n][1].shape)}")
         scored = {n: s for n, s in scores.items() if params[n][1].requires_grad}
         if not scored:
             raise ValueError("anchor: no scored parameter is trainable (LoRA freezes the base weights)")

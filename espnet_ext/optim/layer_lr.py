@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from espnet_ext.importance.params import canonical_name, layer_index, num_layers, param_group
-from espnet_ext.importance.report import load_summary
+from espnet_ext.importance.report import check_shapes, load_summary
 from espnet_ext.optim.groups import ParamGroup
 
 
@@ -81,13 +81,7 @@ def load_layer_importance(report_dir: str | Path, model: torch.nn.Module) -> Lis
     The report must have one sum per transformer layer of the model and, where it lists
     the scored shapes, score exactly the model's layer parameters.
     """
-    try:
-        summary = load_summary(report_dir)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"layer_lr_conf.importance_report: {e}; run stage 3 first "
-            "(./run.sh --stage 3 --stop_stage 3)"
-        ) from e
+    summary = load_summary(report_dir, conf_key="layer_lr_conf.importance_report")
     sums = summary.get("layer_sums")
     if not isinstance(sums, list):
         raise ValueError(f"importance report {report_dir}: summary.json has no layer_sums list")
@@ -100,18 +94,7 @@ def load_layer_importance(report_dir: str | Path, model: torch.nn.Module) -> Lis
         )
     reported = {n: s for n, s in summary.get("shapes", {}).items() if layer_index(n) is not None}
     if reported:
-        missing, extra = sorted(set(shapes) - set(reported)), sorted(set(reported) - set(shapes))
-        if missing or extra:
-            raise ValueError(
-                f"importance report {report_dir} does not match the model's layer parameters: "
-                f"missing {missing[:3]}, unexpected {extra[:3]}"
-            )
-        bad = [n for n in shapes if list(reported[n]) != shapes[n]]
-        if bad:
-            raise ValueError(
-                f"importance report {report_dir}: {bad[0]} has shape {reported[bad[0]]}, "
-                f"the model's is {shapes[bad[0]]}"
-            )
+        check_shapes(report_dir, reported, shapes, what="the model's layer parameters")
     return [float(v) for v in sums]
 
 

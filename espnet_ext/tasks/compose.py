@@ -3,47 +3,76 @@
 A *model preset* (``conf/model/*.yaml``) says which pretrained models to use and how the
 parts are shaped: the ``pretrained`` sources materialised by stage 2 plus the task's
 ``encoder*``/``adaptor*``/``llm*`` options.  A *training config* (``conf/train_*.yaml``)
-says how to train (optimizer, scheduler, epochs, batching, mitigation).  Stage 4 merges
-the two (training config wins; ``*_conf`` dicts merge key by key) into
-``exp/<tag>/train.yaml`` and validates every key against the task's options, so an
+says how to train (optimizer, scheduler, epochs, batching, mitigation).  A training
+config names the file it extends with ``base:`` (``conf/train_base.yaml`` holds what every
+strategy shares); the chain is merged base first.  It declares its system (display name
+and role in the paper's claims, :mod:`espnet_ext.tasks.systems`) in ``system:``.
+
+Stage 4 merges preset + base chain + training config + recipe preset overlay (later
+wins; ``*_conf`` dicts merge key by key) into ``exp/<tag>/train.yaml``, writes
+``exp/<tag>/system.json`` and validates every key against the task's options, so an
 unknown key is reported with the file it came from before any model is loaded.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 
+from espnet_ext.tasks.systems import SystemInfo, write_system
 from espnet_ext.utils.atomic import atomic_write_text
+from espnet_ext.utils.conf import build_from_conf, load_yaml, merge_configs
 
 PRESET_ONLY_KEYS = ("pretrained",)
+#: keys of a training config that are not ESPnet options
+TRAIN_ONLY_KEYS = ("base", "system")
 #: options whose ``importance_report`` path is written relative to the recipe (``exp/...``)
 REPORT_CONF_KEYS = ("layer_lr_conf", "anchor_conf")
 
 
-def load_yaml(path: str | Path) -> Dict[str, Any]:
-    """A YAML mapping; errors name the file."""
+def load_train_config(path: str | Path, valid: Optional[set] = None) -> Dict[str, Any]:
+    """A training config with its ``base:`` chain merged under it (base first).
+
+    ``base`` is a path relative to the file that names it.  With ``valid`` (the task's
+    option names) every file's keys are checked, and an error names the file.
+    """
+    chain: List[Path] = []
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
-    return data
+    confs: List[Dict[str, Any]] = []
+    while True:
+        if path.resolve() in chain:
+            raise ValueError(f"{path}: 'base' chain loops: {' -> '.join(map(str, chain + [path]))}")
+        chain.append(path.resolve())
+        conf = load_yaml(path)
+        if valid is not None:
+            unknown = sorted(set(conf) - valid - set(TRAIN_ONLY_KEYS))
+            if unknown:
+                raise ValueError(f"{path}: unknown config key(s) {unknown}")
+        confs.append(conf)
+        base = conf.get("base")
+        if base is None:
+            break
+        if not isinstance(base, str):
+            raise ValueError(f"{path}: 'base' must be a file name, got {base!r}")
+        path = path.parent / base
+    merged: Dict[str, Any] = {}
+    for conf in reversed(confs):
+        merged = merge_configs(merged, {k: v for k, v in conf.items() if k != "base"})
+    return merged
 
 
-def merge_configs(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
-    """``override`` wins; dict values (the ``*_conf`` options) merge one level deep."""
-    out = dict(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}
-        else:
-            out[k] = v
-    return out
-
+def system_of(train_config: str | Path, merged: Dict[str, Any]) -> SystemInfo:
+    """The ``system:`` section of a composed training config (LoRA: its rank from ``lora_conf.r``)."""
+    conf = merged.get("system")
+    if not isinstance(conf, dict):
+        raise ValueError(f"{train_config}: no 'system' section; give the system a display name and a "
+                         "role, e.g. system: {name: Full-FT, role: full_ft}")
+    conf = dict(conf)
+    if conf.get("role") == "lora" and isinstance(merged.get("lora_conf"), dict):
+        conf.setdefault("lora_rank", merged["lora_conf"].get("r"))
+    return build_from_conf(SystemInfo, conf, f"{train_config}: system")
 
 def compose_train_config(
     preset: str | Path, train_config: Optional[str | Path], out: str | Path,
@@ -68,18 +97,21 @@ def compose_train_config(
 
     valid = set(SpeechLLMTask.default_args())
     p = load_yaml(preset)
-    t = load_yaml(train_config) if train_config is not None else {}
+    t = load_train_config(train_config, valid) if train_config is not None else {}
     overlay: Dict[str, Any] = {}
     if recipe_preset is not None and train_config is not None:
         overlay = load_yaml(recipe_preset).get("train") or {}
         if not isinstance(overlay, dict):
             raise ValueError(f"{recipe_preset}: 'train' must be a mapping of training options")
     overlay_name = f"{recipe_preset} (train:)"
-    for path, conf, extra in ((preset, p, PRESET_ONLY_KEYS), (train_config, t, ()), (overlay_name, overlay, ())):
+    for path, conf, extra in ((preset, p, PRESET_ONLY_KEYS), (train_config, t, TRAIN_ONLY_KEYS),
+                              (overlay_name, overlay, ())):
         unknown = sorted(set(conf) - valid - set(extra))
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {unknown}")
     merged = merge_configs(merge_configs({k: v for k, v in p.items() if k not in PRESET_ONLY_KEYS}, t), overlay)
+    system = system_of(train_config, merged) if train_config is not None else None
+    merged.pop("system", None)
     if merged.get("scheduler") == "warmupcosinelr":
         total = (merged.get("scheduler_conf") or {}).get("total_steps")
         steps = merged.get("max_epoch", 0) * (merged.get("num_iters_per_epoch") or 0)
@@ -101,6 +133,8 @@ def compose_train_config(
         sources += f" + {overlay_name}"
     header = f"# composed from {sources} by espnet_ext.bin.compose_config\n"
     atomic_write_text(out, header + yaml.safe_dump(merged, sort_keys=False))
+    if system is not None:
+        write_system(Path(out).parent, system)
     return merged
 
 

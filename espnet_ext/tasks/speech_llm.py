@@ -27,7 +27,6 @@ from typing import Callable, Collection, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from espnet_ext.utils.espnet_compat import AbsTask, abs_task_module
 from espnet2.train.class_choices import ClassChoices
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool
@@ -42,6 +41,7 @@ from espnet_ext.train.collate import PadCollate
 from espnet_ext.train.preprocess import SpeechLLMPreprocessor
 from espnet_ext.train.trainer import SpeechLLMTrainer
 from espnet_ext.utils.conf import build_from_conf, check_conf_keys
+from espnet_ext.utils.espnet_compat import AbsTask, abs_task_module
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +156,9 @@ class SpeechLLMTask(AbsTask):
         hidden = llm.hidden_size()
         lora_conf = getattr(args, "lora_conf", None)
         if lora_conf is not None:  # peft LoRA: base weights frozen, LoRA factors trainable
-            from espnet_ext.models.lora import LoraOptions, apply_lora
+            from espnet_ext.models.lora import LoraAdapterConfig, apply_lora
 
-            apply_lora(llm, build_from_conf(LoraOptions, lora_conf, "lora_conf"))
+            apply_lora(llm, build_from_conf(LoraAdapterConfig, lora_conf, "lora_conf"))
 
         # 2. Frozen speech encoder (optional when cached encoder outputs are used)
         encoder = None

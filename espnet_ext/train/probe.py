@@ -63,23 +63,15 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         if not self.data_dir:
-            raise ValueError("importance_probe_conf.data_dir is required (a dump dir, e.g. dump/dev)")
+            raise ValueError("data_dir is required (a dump dir, e.g. dump/dev)")
         if self.num_utts < 1 or self.batch_size < 1:
-            raise ValueError("importance_probe_conf: num_utts and batch_size must be >= 1")
+            raise ValueError("num_utts and batch_size must be >= 1")
         if self.every_n_epochs < 0 or self.every_n_steps < 0:
-            raise ValueError("importance_probe_conf: every_n_epochs/every_n_steps must be >= 0")
+            raise ValueError("every_n_epochs/every_n_steps must be >= 0")
         if self.every_n_epochs == 0 and self.every_n_steps == 0:
-            raise ValueError("importance_probe_conf: every_n_epochs and every_n_steps are both 0 "
+            raise ValueError("every_n_epochs and every_n_steps are both 0 "
                              "(set importance_probe_conf to null to turn the probe off)")
         self.groups = tuple(self.groups)
-
-    @classmethod
-    def from_dict(cls, conf: dict) -> "ProbeConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(conf) - fields)
-        if bad:
-            raise ValueError(f"importance_probe_conf: unknown key(s) {bad} (valid: {sorted(fields)})")
-        return cls(**conf)
 
 
 @contextlib.contextmanager

@@ -29,11 +29,11 @@ import argparse
 import dataclasses
 from typing import Optional
 
-from espnet_ext.utils.espnet_compat import Trainer  # first: ESPnet's imports need its shim
-
 from espnet2.train.trainer import TrainerOptions  # noqa: E402  (imported by the shim already)
 from espnet2.utils.build_dataclass import build_dataclass  # noqa: E402
 from espnet2.utils.nested_dict_action import NestedDictAction  # noqa: E402
+
+from espnet_ext.utils.espnet_compat import Trainer  # first: ESPnet's imports need its shim
 
 
 @dataclasses.dataclass
@@ -70,8 +70,10 @@ class SpeechLLMTrainer(Trainer):
         key = (repr(conf), str(options.output_dir))
         if cls._probe is None or cls._probe[0] != key:
             from espnet_ext.train.probe import ImportanceProbe, ProbeConfig
+            from espnet_ext.utils.conf import build_from_conf
 
-            cls._probe = (key, ImportanceProbe(ProbeConfig.from_dict(dict(conf)), options.output_dir))
+            probe_conf = build_from_conf(ProbeConfig, dict(conf), "importance_probe_conf")
+            cls._probe = (key, ImportanceProbe(probe_conf, options.output_dir))
         return cls._probe[1]
 
     @classmethod

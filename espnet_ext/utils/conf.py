@@ -1,11 +1,51 @@
-"""Build objects from ``*_conf`` dictionaries with errors that name the config key."""
+"""Config files and ``*_conf`` sections: one loader for YAML mappings, one merge rule,
+one unknown-key check, each error naming the file, section and key.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Optional, Type, TypeVar
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Type, TypeVar
+
+import yaml
 
 T = TypeVar("T")
+
+
+def load_yaml(path: str | Path) -> Dict[str, Any]:
+    """A YAML mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def merge_configs(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """``override`` wins; dict values (the ``*_conf`` options) merge one level deep."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def get_dotted(conf: Mapping[str, Any], key: str, source: str) -> Any:
+    """``conf["a"]["b"]`` for ``key="a.b"``; a ``KeyError`` names ``source`` and the key."""
+    value: Any = conf
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise KeyError(f"{source}: no key {key}")
+        value = value[part]
+    return value
 
 
 def check_conf_keys(
@@ -13,6 +53,8 @@ def check_conf_keys(
 ) -> None:
     """Raise ``ValueError`` naming ``conf_name`` and the key for unknown (or missing) keys."""
     conf = conf or {}
+    if not isinstance(conf, Mapping):
+        raise ValueError(f"{conf_name}: expected a mapping of options, got {type(conf).__name__}")
     params = inspect.signature(cls.__init__).parameters
     accepted = [p for p in params if p not in ("self", *exclude)]
     unknown = sorted(set(conf) - set(accepted))
@@ -32,6 +74,27 @@ def check_conf_keys(
 
 
 def build_from_conf(cls: Type[T], conf: Optional[Dict[str, Any]], conf_name: str, **fixed: Any) -> T:
-    """``cls(**fixed, **conf)`` after :func:`check_conf_keys`."""
+    """``cls(**fixed, **conf)`` after :func:`check_conf_keys`; a ``ValueError`` raised by
+    ``cls`` itself (a value out of range) is re-raised with ``conf_name`` in front."""
     check_conf_keys(cls, conf, conf_name, exclude=tuple(fixed))
-    return cls(**fixed, **(conf or {}))
+    try:
+        return cls(**fixed, **(conf or {}))
+    except (TypeError, ValueError) as e:
+        if str(e).startswith(conf_name):
+            raise
+        raise ValueError(f"{conf_name}: {e}") from e
+
+
+def load_sections(path: str | Path, sections: Mapping[str, type]) -> Dict[str, Any]:
+    """A YAML file of named sections, each built into its settings class.
+
+    ``sections`` maps section name → class; an unknown top-level key, an unknown key in
+    a section or a bad value raises ``ValueError`` naming the file and section.  Absent
+    sections get the class defaults.
+    """
+    raw = load_yaml(path)
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {unknown} (expected {', '.join(sections)})")
+    return {name: build_from_conf(cls, raw.get(name) or {}, f"{path}: {name}")
+            for name, cls in sections.items()}

@@ -4,7 +4,8 @@
 switch it off by not passing ``init_param`` to stage-1 training.
 
 Why: on a CPU demo budget stage-1 training gets a few dozen steps, and a randomly
-initialised adaptor then learns answer templates, not speech (design.md, probes 1–2).
+initialised adaptor then learns answer templates, not speech: with 210 utterances and 100–150 steps of LoRA
+training, held-out S2T stayed at 0/15 and transcripts named training entities.
 This warm-up never runs the LLM: only the adaptor, on cached encoder outputs, so a
 hundred steps cost seconds to a minute.
 
@@ -15,7 +16,8 @@ Objective (per adaptor output frame, 10 Hz with Whisper + k = 5)::
 
 * ``e_c`` are the frozen LLM input embeddings of an output vocabulary ``V`` — the tokens
   that occur in the warm-up transcripts (not the full vocabulary: over all 49k SmolLM2
-  tokens the CTC stays all-blank for hundreds of steps, design.md probe 3);
+  tokens the CTC stays all-blank for hundreds of steps: 400 steps at lr 1e-3 ended with
+  empty greedy outputs);
 * the blank gets a learned vector, ``s`` a learned temperature (log-parameterised).
 
 Cosine logits make adaptor outputs point at the embeddings of the words spoken, which
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from espnet_ext.data.alignment import AlignmentSetConfig
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -349,7 +352,8 @@ class AdaptorWarmup:
             return {"steps": self.step, "seconds_this_run": round(seconds, 1), "finished": False}
         self.save("adaptor.pth", self.adaptor.state_dict())  # for --init_param <this>::adaptor
         self.save("head.pth", self.head.state_dict())
-        summary = {"steps": self.step, "finished": True, "seconds_this_run": round(seconds, 1), "vocab_size": len(self.head.vocab),
+        summary = {"steps": self.step, "finished": True, "seconds_this_run": round(seconds, 1),
+                   "vocab_size": len(self.head.vocab),
                    "n_train": len(self.train_set), "n_align": len(self.align_set), "n_valid": len(self.valid_set),
                    "final": self.history[-1] if self.history else {}}
         atomic_write_text(self.output_dir / "warmup_summary.json", json.dumps(summary, indent=2) + "\n")
@@ -432,3 +436,12 @@ def run_warmup_job(
                 len(train), len(align), len(head.vocab), len(valid))
     trainer = AdaptorWarmup(adaptor.to(device), head.to(device), warmup_conf, train, valid, output_dir, align)
     return trainer.run()
+
+
+def load_warmup_settings(path: str | Path) -> Tuple[WarmupConfig, AlignmentSetConfig]:
+    """``conf/warmup.yaml``: its ``warmup_conf`` and ``alignment_conf`` sections; unknown keys
+    and bad values name the file and section."""
+    from espnet_ext.utils.conf import load_sections
+
+    conf = load_sections(path, {"warmup_conf": WarmupConfig, "alignment_conf": AlignmentSetConfig})
+    return conf["warmup_conf"], conf["alignment_conf"]

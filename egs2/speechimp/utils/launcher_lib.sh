@@ -1,6 +1,20 @@
-# Shared by run_local.sh and run_slurm.sh (sourced): the run.pl calling convention
+# shellcheck shell=bash
+# Shared by run_local.sh and run_slurm.sh (sourced after their option defaults): the run.pl
+# calling convention
 #   <launcher> [options] [JOB=1:N] <log file> <command ...>
-# The sourcing script defines die() and usage().
+# and what both do around it: usage (the script's header comment), errors, option checks,
+# JOB substitution, quoting, and the final report of failed jobs.
+
+# shellcheck source=help.sh
+. "$(dirname "${BASH_SOURCE[0]}")/help.sh"
+
+prog=${0##*/}
+
+# usage: the launcher's header comment.
+usage() { script_header "$0"; }
+
+# die MESSAGE...: "<launcher>: MESSAGE" on stderr, exit 1.
+die() { printf '%s: %s\n' "$prog" "$*" >&2; exit 1; }
 
 # parse_launcher_args ARGS...: the options both launchers accept (each uses what it can:
 # run_local.sh ignores the Slurm-only ones), then the job spec.  Sets max_jobs_run,
@@ -41,6 +55,15 @@ parse_launcher_args() {
   parse_job_spec "$@"
 }
 
+# check_launcher_args: die unless --num_threads is a positive integer, --gpu a non-negative
+# one and --max_jobs_run a positive integer or empty (the launcher's default).
+check_launcher_args() {
+  [[ -z $max_jobs_run || $max_jobs_run =~ ^[1-9][0-9]*$ ]] ||
+    die "--max_jobs_run must be a positive integer, got '$max_jobs_run'"
+  [[ $num_threads =~ ^[1-9][0-9]*$ ]] || die "--num_threads must be a positive integer, got '$num_threads'"
+  [[ $gpu =~ ^[0-9]+$ ]] || die "--gpu must be a non-negative integer, got '$gpu'"
+}
+
 # parse_job_spec ARGS...: sets jobvar, first, last, logspec and cmd_args.
 parse_job_spec() {
   jobvar=
@@ -63,9 +86,14 @@ parse_job_spec() {
 # Shell operators that pass through unquoted, so `\| gzip \> out.JOB.gz` builds a
 # pipeline as with run.pl (wrap the command in bash -c '...' to pass one literally).
 is_operator() {
-  case $1 in '|' | '||' | '&&' | ';' | '>' | '>>' | '<' | '2>' | '2>>' | '2>&1' | '&>' | '|&') return 0 ;; esac
+  case $1 in
+    '|' | '||' | '&&' | ';' | '>' | '>>' | '<' | '2>' | '2>>' | '2>&1' | '&>' | '|&') return 0 ;;
+  esac
   return 1
 }
+
+# subst INDEX STRING: STRING with the job variable replaced by INDEX.
+subst() { if [[ -n $jobvar ]]; then printf '%s' "${2//"$jobvar"/$1}"; else printf '%s' "$2"; fi; }
 
 # build_cmdline INDEX: the command line of job INDEX (JOB substituted, args quoted).
 build_cmdline() {
@@ -79,4 +107,30 @@ build_cmdline() {
     fi
   done
   printf '%s' "${out% }"
+}
+
+# collect_status STATUSDIR: read the exit status every job first..last wrote to
+# STATUSDIR/<index>. Sets failed (the indices of jobs that failed or left no status) and
+# missing (how many left none).
+collect_status() {
+  local dir=$1 i rc
+  failed=()
+  missing=0
+  for ((i = first; i <= last; i++)); do
+    rc=$(cat "$dir/$i" 2>/dev/null || echo missing)
+    [[ $rc == missing ]] && missing=$((missing + 1))
+    [[ $rc == 0 ]] || failed+=("$i")
+  done
+}
+
+# die_failed: name the log of every failed job (see collect_status) on stderr and die.
+die_failed() {
+  local total=$((last - first + 1)) i
+  if ((${#failed[@]} == 1)); then
+    die "job ${failed[0]} failed (1 / $total); see log $(subst "${failed[0]}" "$logspec")"
+  fi
+  for i in "${failed[@]}"; do
+    printf '%s: failed: %s\n' "$prog" "$(subst "$i" "$logspec")" >&2
+  done
+  die "${#failed[@]} / $total jobs failed; e.g. see log $(subst "${failed[0]}" "$logspec")"
 }

@@ -32,12 +32,7 @@
 # on stderr. Interrupting the launcher (Ctrl-C / TERM) kills the running jobs.
 set -euo pipefail
 
-prog=${0##*/}
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
-die() { printf '%s: %s\n' "$prog" "$*" >&2; exit 1; }
-
-max_jobs_run=$(nproc 2>/dev/null || echo 1)
+max_jobs_run=            # empty: nproc
 num_threads=1
 gpu=0
 mem=
@@ -47,12 +42,8 @@ time_limit=
 # shellcheck source=launcher_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/launcher_lib.sh"
 parse_launcher_args "$@"
-[[ $max_jobs_run =~ ^[1-9][0-9]*$ ]] || die "--max_jobs_run must be a positive integer, got '$max_jobs_run'"
-[[ $num_threads =~ ^[1-9][0-9]*$ ]] || die "--num_threads must be a positive integer, got '$num_threads'"
-[[ $gpu =~ ^[0-9]+$ ]] || die "--gpu must be a non-negative integer, got '$gpu'"
-
-# subst INDEX STRING: STRING with the job variable replaced by INDEX.
-subst() { if [[ -n $jobvar ]]; then printf '%s' "${2//"$jobvar"/$1}"; else printf '%s' "$2"; fi; }
+check_launcher_args
+max_jobs_run=${max_jobs_run:-$(nproc 2>/dev/null || echo 1)}
 
 export OMP_NUM_THREADS=$num_threads MKL_NUM_THREADS=$num_threads
 have_setsid=0
@@ -122,19 +113,6 @@ done
 wait || true
 
 # ---- collect ---------------------------------------------------------------------------
-failed=()
-for ((i = first; i <= last; i++)); do
-  rc=$(cat "$statusdir/$i" 2>/dev/null || echo missing)
-  [[ $rc == 0 ]] || failed+=("$i")
-done
-if ((${#failed[@]} > 0)); then
-  total=$((last - first + 1))
-  if ((${#failed[@]} == 1)); then
-    die "job ${failed[0]} failed (${#failed[@]} / $total); see log $(subst "${failed[0]}" "$logspec")"
-  fi
-  for i in "${failed[@]}"; do
-    printf '%s: failed: %s\n' "$prog" "$(subst "$i" "$logspec")" >&2
-  done
-  die "${#failed[@]} / $total jobs failed; e.g. see log $(subst "${failed[0]}" "$logspec")"
-fi
+collect_status "$statusdir"
+((${#failed[@]} == 0)) || die_failed
 exit 0

@@ -31,11 +31,6 @@
 # failing logs. Ctrl-C / TERM cancels the Slurm job (scancel).
 set -euo pipefail
 
-prog=${0##*/}
-
-usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
-die() { printf '%s: %s\n' "$prog" "$*" >&2; exit 1; }
-
 max_jobs_run=
 num_threads=1
 gpu=0
@@ -53,13 +48,7 @@ scancel_bin=${SCANCEL:-scancel}
 # shellcheck source=launcher_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/launcher_lib.sh"
 parse_launcher_args "$@"
-[[ -z $max_jobs_run || $max_jobs_run =~ ^[1-9][0-9]*$ ]] ||
-  die "--max_jobs_run must be a positive integer, got '$max_jobs_run'"
-[[ $num_threads =~ ^[1-9][0-9]*$ ]] || die "--num_threads must be a positive integer, got '$num_threads'"
-[[ $gpu =~ ^[0-9]+$ ]] || die "--gpu must be a non-negative integer, got '$gpu'"
-
-# subst INDEX STRING: STRING with the job variable replaced by INDEX.
-subst() { if [[ -n $jobvar ]]; then printf '%s' "${2//"$jobvar"/$1}"; else printf '%s' "$2"; fi; }
+check_launcher_args
 
 # abspath PATH: absolute form of PATH (it need not exist yet).
 abspath() { if [[ $1 == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$PWD" "$1"; fi; }
@@ -136,7 +125,8 @@ EOF
 chmod +x "$script"
 
 # ---- submit and wait ---------------------------------------------------------------------
-command -v "$sbatch_bin" >/dev/null 2>&1 || die "'$sbatch_bin' not found; is this a Slurm login node? (set cmd_backend=local otherwise)"
+command -v "$sbatch_bin" >/dev/null 2>&1 ||
+  die "'$sbatch_bin' not found; is this a Slurm login node? (set cmd_backend=local otherwise)"
 submit_log=$qdir/$base.submit.log
 sbatch_pid=
 on_signal() {
@@ -155,27 +145,11 @@ wait "$sbatch_pid" || sbatch_rc=$?
 trap - INT TERM
 
 # ---- collect ---------------------------------------------------------------------------
-failed=()
-missing=0
-for ((i = first; i <= last; i++)); do
-  rc=$(cat "$statusdir/$i" 2>/dev/null || echo missing)
-  [[ $rc == missing ]] && missing=$((missing + 1))
-  [[ $rc == 0 ]] || failed+=("$i")
-done
-if ((${#failed[@]} > 0)); then
-  total=$((last - first + 1))
-  if ((${#failed[@]} > 1)); then
-    for i in "${failed[@]}"; do
-      printf '%s: failed: %s\n' "$prog" "$(subst "$i" "$logspec")" >&2
-    done
-  fi
-  if ((missing > 0)); then
-    printf '%s: %d task(s) left no exit status (sbatch exit %d; killed by Slurm, or not submitted?): see %s and %s/%s.*.out\n' \
-      "$prog" "$missing" "$sbatch_rc" "$submit_log" "$qdir" "$base" >&2
-  fi
-  if ((${#failed[@]} == 1)); then
-    die "job ${failed[0]} failed (1 / $total); see log $(subst "${failed[0]}" "$logspec")"
-  fi
-  die "${#failed[@]} / $total jobs failed; e.g. see log $(subst "${failed[0]}" "$logspec")"
+collect_status "$statusdir"
+if ((missing > 0)); then
+  printf '%s: %d task(s) left no exit status (sbatch exit %d; killed by Slurm, or not submitted?):' \
+    "$prog" "$missing" "$sbatch_rc" >&2
+  printf ' see %s and %s/%s.*.out\n' "$submit_log" "$qdir" "$base" >&2
 fi
+((${#failed[@]} == 0)) || die_failed
 exit 0
