@@ -65,6 +65,8 @@ train_args=""            # extra options for espnet_ext.bin.speechllm_train
 # ---- Decoding (stage 5) -----------------------------------------------------------------------
 decode_config=conf/decode.yaml  # batch size, max_new_tokens, model checkpoint to use
 decode_args=""           # extra options for espnet_ext.bin.speechllm_inference
+cascade=true             # also decode the cascade baseline (an addition to the paper's systems,
+                         # the S2T bar): Whisper's own decoder transcribes, the No-FT LLM answers
 
 # ---- Additions to the paper's recipe ----------------------------------------------------------
 # Things the paper does not do: all off with --preset full; --preset quick adds the warm-up.
@@ -222,6 +224,15 @@ stage5() {
   ckpt=$(conf_get "$decode_config" inference_model)
   mkdir -p "$expdir/noft"
   decode_system noft text "$expdir/pretrained/model.yaml"
+  if [ "$cascade" = true ]; then
+    stage_header 5 "$datadir/<test set>/wav.scp -> Whisper ASR -> No-FT -> $expdir/cascade/decode_*_speech"
+    local sets=() s
+    for s in $test_sets; do sets+=(--data_dir "$datadir/$s" --dump_dir "$dumpdir/$s"); done
+    mkdir -p "$expdir/cascade"
+    ${decode_cmd} "$expdir/cascade/decode.log" python -m espnet_ext.bin.cascade_decode \
+      --whisper_dir "$expdir/pretrained/whisper" --config "$expdir/pretrained/model.yaml" \
+      --output_dir "$expdir/cascade" --batch_size "$decode_bs" --max_new_tokens "$decode_mnt" "${sets[@]}"
+  fi
   for conf in $train_configs; do
     local tag; tag=$(tag_of "$conf")
     stage_header 5 "$expdir/$tag/$ckpt -> $expdir/$tag/decode_*_{text,speech}"
@@ -232,6 +243,7 @@ stage5() {
 # ---- stage 6: scoring and RESULTS.md --------------------------------------------------------
 stage6() {
   local t0=$SECONDS systems="noft" conf trained=""
+  [ "$cascade" = true ] && systems+=" cascade"
   for conf in $train_configs; do trained+=" $(tag_of "$conf")"; done
   systems+="$trained"
   stage_header 6 "$expdir/{$(echo "$systems" | tr ' ' ,)}/decode_* -> $results_md"

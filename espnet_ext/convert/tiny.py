@@ -74,20 +74,23 @@ def build_tiny_llm(out_dir: str | Path, hidden_size: int = 64, num_layers: int =
 
 
 def build_tiny_whisper(out_dir: str | Path, d_model: int = 32, num_mel_bins: int = 80, seed: int = 0) -> Path:
-    """Save a random Whisper model + feature extractor to ``out_dir``; returns the path."""
+    """Save a random Whisper model, its feature extractor and a tokenizer to ``out_dir``."""
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
+    tok = build_tiny_tokenizer(300)  # the decoder's vocabulary (the cascade transcribes with it)
     config = WhisperConfig(
-        vocab_size=64, num_mel_bins=num_mel_bins, d_model=d_model,
+        vocab_size=len(tok), num_mel_bins=num_mel_bins, d_model=d_model,
         encoder_layers=2, encoder_attention_heads=2, decoder_layers=1,
         decoder_attention_heads=2, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model,
         max_source_positions=1500, max_target_positions=64,
-        decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        decoder_start_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         WhisperFeatureExtractor(feature_size=num_mel_bins).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return Path(out_dir)

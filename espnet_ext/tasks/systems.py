@@ -8,7 +8,8 @@ A training config declares its system once, in its ``system:`` section::
 
 The exp-dir tag stays the config's file name without ``train_`` and ``.yaml``.  The
 composer writes the section to ``exp/<tag>/system.json``; the No-FT baseline
-(the pretrained model, ``exp/noft``) is :data:`NO_FT`.  Renaming a config file renames
+(the pretrained model, ``exp/noft``) is :data:`NO_FT`, the ASR cascade (``exp/cascade``)
+:data:`CASCADE`.  Renaming a config file renames
 its exp dir and nothing else.
 """
 
@@ -23,7 +24,7 @@ from espnet_ext.utils.atomic import atomic_write_text
 
 SYSTEM_FILE = "system.json"
 #: what a system is to the paper's claims (Table 2 and §3)
-ROLES = ("base", "full_ft", "layer_lr", "lora", "anchor")
+ROLES = ("base", "full_ft", "layer_lr", "lora", "anchor", "cascade")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,10 @@ class SystemInfo:
 
 NO_FT_TAG = "noft"
 NO_FT = SystemInfo(name="No-FT", role="base")
-BUILT_IN = {NO_FT_TAG: NO_FT}
+#: Whisper's own decoder, then the No-FT LLM on the transcript (an addition: the S2T bar)
+CASCADE_TAG = "cascade"
+CASCADE = SystemInfo(name="Cascade: Whisper ASR → No-FT", role="cascade")
+BUILT_IN = {NO_FT_TAG: NO_FT, CASCADE_TAG: CASCADE}
 BASE_MODEL_NAME = "Base (pretrained)"  # the stage-3 importance model in analysis tables
 
 
