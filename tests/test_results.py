@@ -94,6 +94,10 @@ def test_collect_summary_and_table2(tmp_path):
     assert list(summary["systems"]) == ["noft", "full"]  # lora has no decode dirs
     assert set(summary["systems"]["noft"]["test"]) == {"text"}
     assert summary["systems"]["full"]["test"]["speech"]["has_answer"] == {"n_correct": 1, "accuracy": 20.0}
+    # per-question outcomes in utterance-id order (u1..u5), for the paired tests
+    # speech: u1 right by both; "Seven." and "category" right by contain only; u4, u5 wrong
+    assert summary["correct"]["full"]["test"]["speech"] == {"has_answer": "10000", "contain": "11100"}
+    assert summary["correct"]["noft"]["test"]["text"]["has_answer"].count("1") == 1
     assert summary["decode"] == {"full": {"decode_test_speech": {
         "n_utts": 5, "n_new_tokens": 40, "seconds": 2.5, "seconds_per_utt": 0.5,
         "batch_size": 4, "max_new_tokens": 64}}}

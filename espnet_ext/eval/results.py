@@ -54,11 +54,23 @@ def score_decode_dir(decode_dir: str | Path, ref_dir: str | Path) -> dict:
     return result
 
 
+def read_correct(decode_dir: str | Path) -> Dict[str, str]:
+    """Per-question correctness of a scored decode dir: matcher → a string of ``0``/``1``,
+    one character per question in utterance-id order (from ``score_detail.tsv``)."""
+    rows = [ln.split("\t") for ln in (Path(decode_dir) / "score_detail.tsv").read_text(
+        encoding="utf-8").splitlines()]
+    head, body = rows[0], sorted(rows[1:], key=lambda r: r[0])
+    return {m: "".join(r[head.index(m)] for r in body) for m in MATCHERS}
+
+
 def collect_summary(exp_dir: str | Path, systems: List[str]) -> dict:
-    """``{"systems": {tag: {test_set: {modality: score}}}, "decode": {...}}`` for ``systems``."""
+    """``{"systems": {tag: {test_set: {modality: score}}}, "system_info": ..., "correct":
+    {tag: {test_set: {modality: {matcher: "0110..."}}}}, "decode": {...}}`` for ``systems``;
+    ``correct`` holds each question's outcome, for paired tests between systems."""
     exp_dir = Path(exp_dir)
     out: dict = {"systems": {}, "system_info": {t: dataclasses.asdict(i) for t, i in
-                                                read_systems(exp_dir, systems).items()}, "decode": {}}
+                                                read_systems(exp_dir, systems).items()},
+                 "correct": {}, "decode": {}}
     for tag in systems:
         for d in sorted((exp_dir / tag).glob("decode_*")):
             m = _DECODE_RE.match(d.name)
@@ -66,6 +78,8 @@ def collect_summary(exp_dir: str | Path, systems: List[str]) -> dict:
                 continue
             score = json.loads((d / "score.json").read_text())
             out["systems"].setdefault(tag, {}).setdefault(m["set"], {})[m["modality"]] = score
+            if (d / "score_detail.tsv").is_file():
+                out["correct"].setdefault(tag, {}).setdefault(m["set"], {})[m["modality"]] = read_correct(d)
             rep = d / "decode_report.json"
             if rep.exists():
                 r = json.loads(rep.read_text())
