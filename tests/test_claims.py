@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from espnet_ext.eval.claims import FAILS, HOLDS, PARTLY, paper_claims, peak_layers, render_claims
+from espnet_ext.eval.claims import FAILS, HOLDS, NOISE, PARTLY, paper_claims, peak_layers, render_claims
 
 
 def _score(acc: float) -> dict:
@@ -86,3 +86,114 @@ def test_peak_layers():
     from espnet_ext.eval.claims import _ranges
 
     assert _ranges([0, 10, 11, 12, 29]) == "0, 10–12, 29" and _ranges([3]) == "3"
+
+
+# --------------------------------------------------------------------------------------
+# rule boundaries and the paired tests
+# --------------------------------------------------------------------------------------
+def _table1(top: float, bottom: float, rand: float) -> dict:
+    return {"full": {"table": {"text": {"base": 2.0, "top": 2.0 * top, "bottom": 2.0 * bottom,
+                                        "random": 2.0 * rand}}}}
+
+
+def test_table1_rule_at_its_boundaries():
+    from espnet_ext.eval.claims import table1_claim
+
+    assert table1_claim({"table1": _table1(10.0, 1.1, 5.0)})[2] == HOLDS  # exactly 10x and 1.1x
+    assert table1_claim({"table1": _table1(9.99, 1.1, 5.0)})[2] == FAILS
+    assert table1_claim({"table1": _table1(10.0, 1.11, 5.0)})[2] == FAILS
+    assert table1_claim({"table1": _table1(10.0, 1.0, 10.0)})[2] == HOLDS  # random == top: between
+    assert table1_claim({"table1": _table1(10.0, 1.05, 1.0)})[2] == FAILS  # random below bottom
+
+
+def test_single_number_rule_ties_count_as_kept():
+    s = _summary()  # no per-question outcomes: the per-set single-number rule
+    for tag in ("layerlr", "lora"):
+        s["systems"][tag] = s["systems"]["full"]
+    table2 = {c[0]: c[2] for c in paper_claims(s)}
+    assert table2["Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT"] == HOLDS  # a >= b
+    assert "no per-question outcomes" in "\n".join(render_claims(s))
+
+
+def _bits(n_right: int, n: int = 20, offset: int = 0) -> str:
+    return "".join("1" if (i - offset) % n < n_right else "0" for i in range(n))
+
+
+def _paired_summary(outcomes: dict, matcher: str = "has_answer") -> dict:
+    """One test set; ``outcomes`` maps tag -> (T2T bits, S2T bits or None)."""
+    roles = {"noft": "base", "cascade": "cascade", "full": "full_ft", "layerlr": "layer_lr", "lora": "lora"}
+    systems, correct = {}, {}
+    for tag, (text, speech) in outcomes.items():
+        per = {"text": text} if speech is None else {"text": text, "speech": speech}
+        systems[tag] = {"q": {m: {"has_answer": {"accuracy": 100 * b.count("1") / len(b)},
+                                  "contain": {"accuracy": 100 * b.count("1") / len(b)}, "n": len(b)}
+                              for m, b in per.items()}}
+        correct[tag] = {"q": {m: {"has_answer": b, "contain": b} for m, b in per.items()}}
+    return {"systems": systems, "correct": correct,
+            "system_info": {t: {"name": t, "role": roles[t]} for t in outcomes}}
+
+
+def test_paired_verdicts_hold_noise_and_fail_by_hand():
+    # Full-FT loses 10 of No-FT's 20 right answers and gains none: McNemar p = 2 / 2^10
+    s = _paired_summary({"noft": ("1" * 20 + "0" * 20, None), "full": ("1" * 10 + "0" * 30, "0" * 40)})
+    (claim, shown, verdict), = paper_claims(s)
+    assert claim.startswith("Table 2: full speech fine-tuning lowers T2T") and verdict == HOLDS
+    assert "q: 25.0 vs 50.0" in shown and "pooled Δ -25.0 points" in shown and "p = 0.002" in shown
+    # 3 lost, 1 gained: p = 2 * (1 + 4) / 16 = 0.625 -> within noise
+    s = _paired_summary({"noft": ("1110" + "0" * 16, None), "full": ("0001" + "0" * 16, None)})
+    assert paper_claims(s)[0][2] == NOISE
+    # the other way round, significantly: does not hold
+    s = _paired_summary({"noft": ("0" * 20, None), "full": ("1" * 10 + "0" * 10, None)})
+    assert paper_claims(s)[0][2] == FAILS
+    # identical answers: p = 1, within noise (a tie is not evidence either way)
+    s = _paired_summary({"noft": (_bits(7), None), "full": (_bits(7), _bits(2))})
+    assert paper_claims(s)[0][2] == NOISE
+
+
+def test_every_accuracy_claim_can_fail_and_contain_is_used():
+    right, wrong = "1" * 12 + "0" * 8, "0" * 20
+    s = _paired_summary({
+        "noft": (wrong, None), "cascade": (wrong, right),
+        "full": (right, right),          # T2T above No-FT: claim 4 fails
+        "layerlr": (wrong, wrong),       # below Full-FT on both: claims 5 and 6 fail
+        "lora": (wrong, wrong),
+    })
+    verdicts = {c[0]: c[2] for c in paper_claims(s)}
+    assert verdicts["Table 2: full speech fine-tuning lowers T2T accuracy below No-FT (Full-FT vs No-FT)"] == FAILS
+    assert verdicts["Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT"] == FAILS
+    assert verdicts["Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT"] == FAILS
+    assert verdicts["§3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T"] == NOISE  # identical
+    ours = next(v for c, v in verdicts.items() if c.startswith("Ours"))
+    assert ours == FAILS  # both far below the cascade
+    # the trade-off fails when both orders are significantly the wrong way
+    s["correct"]["layerlr"]["q"]["text"]["has_answer"] = wrong
+    s["correct"]["lora"]["q"]["text"]["has_answer"] = right
+    s["correct"]["lora"]["q"]["speech"]["has_answer"] = wrong
+    s["correct"]["layerlr"]["q"]["speech"]["has_answer"] = right
+    assert {c[0]: c[2] for c in paper_claims(s)}["§3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T"] \
+        == FAILS
+    # the contain matcher reads its own outcomes
+    s["correct"]["full"]["q"]["text"]["contain"] = wrong
+    assert paper_claims(s, matcher="contain")[0][2] == NOISE  # full == noft under contain
+    assert paper_claims(s, matcher="has_answer")[0][2] == FAILS
+
+
+def test_shift_and_change_claims_can_fail():
+    s = _summary()
+    s["analysis"]["shift"]["layerlr"]["js"] = s["analysis"]["shift"]["lora"]["js"] = 0.06
+    s["analysis"]["change"]["lora"]["concentration"]["all"]["ratio"] = 1.0
+    s["analysis"]["curves"]["full"] = [1.0, 1.0, 2.0, 2.0]
+    s["analysis"]["shift"]["full"]["pearson"] = 1.0
+    s["analysis"]["rank_clustering"]["base"]["all"]["ratio"] = 1.0
+    claims = {c[0].split(":")[0]: c[2] for c in paper_claims(s)}
+    assert claims["§3.3.1, Fig. 3"] == FAILS and claims["§3.3.2, Fig. 4"] == FAILS
+    assert claims["§2.3.2, Fig. 2"] == FAILS and claims["§2.3.1, Fig. 1"] == FAILS
+
+
+def test_combined_verdicts():
+    from espnet_ext.eval.claims import _combine
+
+    assert _combine([HOLDS, HOLDS]) == HOLDS and _combine([NOISE]) == NOISE
+    assert _combine([HOLDS, NOISE]) == PARTLY and _combine([HOLDS, FAILS]) == PARTLY
+    assert _combine([NOISE, FAILS]) == FAILS  # nothing holds, one is significantly the wrong way
+    assert _combine([PARTLY, NOISE]) == PARTLY

@@ -8,6 +8,12 @@ the two test sets) or ``does not hold``; claims whose numbers were not produced 
 out.  The rules are deliberately simple and stated in each row, so a reader can disagree
 with the threshold but not with the arithmetic.
 
+Accuracy claims rest on a paired test over the pooled test questions (McNemar's exact
+test, α = 0.05, plus a 95 % bootstrap interval of the difference, :mod:`espnet_ext.eval.stats`):
+``holds`` when the difference goes the claimed way and p < α, ``within noise`` when
+p ≥ α, ``does not hold`` when it goes the other way with p < α.  A summary without
+per-question outcomes falls back to comparing the single accuracies of each test set.
+
 Claims (paper section):
 1. §2.2 / Table 1: removing the top-3 % important weights explodes perplexity
    (≥ 10× the base), the bottom 3 % barely matters (≤ 1.1×), random 3 % lies between.
@@ -25,16 +31,22 @@ Claims (paper section):
    (lower JS divergence against the base).
 9. §3.3.2 / Fig. 4: LoRA's parameter changes are more row/column-clustered than Full-FT's
    (higher concentration ratio of the top |Δθ|).
+10. Ours, not the paper's: the end-to-end speech LLM (Layer-LR, LoRA) answers from speech
+    at least as well as the ASR cascade built from the same weights.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from espnet_ext.eval.stats import PairedComparison, compare_paired
 
 Verdict = str
 Claim = Tuple[str, str, Verdict]  # (claim, what this run shows, verdict)
 
-HOLDS, PARTLY, FAILS = "holds", "partly", "does not hold"
+HOLDS, PARTLY, FAILS, NOISE = "holds", "partly", "does not hold", "within noise"
+ALPHA = 0.05  # significance level of the paired tests
 
 
 def _verdict(checks: Sequence[bool]) -> Verdict:
@@ -43,6 +55,14 @@ def _verdict(checks: Sequence[bool]) -> Verdict:
     return PARTLY if any(checks) else FAILS
 
 
+def _combine(verdicts: Sequence[Verdict]) -> Verdict:
+    """One verdict for a claim made of several comparisons: theirs if they agree; partly if
+    some hold and some not; without any that holds, does not hold if one fails, else noise."""
+    if len(set(verdicts)) == 1:
+        return verdicts[0]
+    if HOLDS in verdicts or PARTLY in verdicts:
+        return PARTLY
+    return FAILS if FAILS in verdicts else NOISE
 
 
 def tag_of(summary: dict, role: str) -> Optional[str]:
@@ -66,11 +86,48 @@ def _test_sets(summary: dict) -> List[str]:
     return sorted({s for per in summary.get("systems", {}).values() for s in per})
 
 
+def _outcomes(summary: dict, tag: str, modality: str, matcher: str) -> Optional[List[bool]]:
+    """Per-question outcomes of a system over every test set (in set order), or ``None``."""
+    per = summary.get("correct", {}).get(tag, {})
+    out: List[bool] = []
+    for s in _test_sets(summary):
+        bits = per.get(s, {}).get(modality, {}).get(matcher)
+        if bits is None:
+            return None
+        out.extend(c == "1" for c in bits)
+    return out
+
+
+@dataclass
+class Comparison:
+    """Two systems' accuracies per test set and, with per-question outcomes, a paired test."""
+
+    shown: List[str]  # "set: a vs b" per test set
+    checks: List[bool]  # the single-number rule per test set (fallback)
+    test: Optional[PairedComparison]  # pooled over the test sets
+
+    def verdict(self, claimed_sign: int) -> Verdict:
+        """``claimed_sign`` +1: the claim says lhs > rhs; -1: lhs < rhs."""
+        if self.test is None:
+            return _verdict(self.checks)
+        if not self.test.significant(ALPHA):
+            return NOISE
+        return HOLDS if (self.test.diff > 0) == (claimed_sign > 0) else FAILS
+
+    def describe(self) -> str:
+        text = ", ".join(self.shown)
+        t = self.test
+        if t is not None:
+            text += (f" (pooled Δ {t.diff:+.1f} points, 95 % CI [{t.ci_low:+.1f}, {t.ci_high:+.1f}], "
+                     f"McNemar p = {t.p_value:.2g})")
+        return text
+
+
 def _compare(summary: dict, matcher: str, modality: str, lhs_role: str, rhs_role: str,
              better: Callable[[float, float], bool], base_modality: Optional[str] = None
-             ) -> Optional[Tuple[List[str], List[bool]]]:
-    """Per test set: ``better(acc(lhs), acc(rhs))`` for the systems of two roles; ``None`` if
-    a system or a number is missing."""
+             ) -> Optional[Comparison]:
+    """The systems of two roles per test set (``better(acc(lhs), acc(rhs))`` is the
+    single-number rule) and pooled; ``None`` if a system or a number is missing."""
     lhs, rhs = tag_of(summary, lhs_role), tag_of(summary, rhs_role)
     if lhs is None or rhs is None:
         return None
@@ -82,7 +139,12 @@ def _compare(summary: dict, matcher: str, modality: str, lhs_role: str, rhs_role
             return None
         shown.append(f"{s}: {a:.1f} vs {b:.1f}")
         checks.append(better(a, b))
-    return (shown, checks) if checks else None
+    if not checks:
+        return None
+    a_out = _outcomes(summary, lhs, modality, matcher)
+    b_out = _outcomes(summary, rhs, base_modality or modality, matcher)
+    test = compare_paired(a_out, b_out) if a_out and b_out and len(a_out) == len(b_out) else None
+    return Comparison(shown, checks, test)
 
 
 def table1_claim(summary: dict) -> Optional[Claim]:
@@ -148,28 +210,42 @@ def shift_claim(summary: dict) -> Optional[Claim]:
 
 def accuracy_claims(summary: dict, matcher: str) -> List[Claim]:
     out: List[Claim] = []
+    full = _name(summary, tag_of(summary, "full_ft"))
     c = _compare(summary, matcher, "text", "full_ft", "base", lambda a, b: a < b)
     if c:
         out.append(("Table 2: full speech fine-tuning lowers T2T accuracy below No-FT (Full-FT vs No-FT)",
-                    "; ".join(c[0]), _verdict(c[1])))
+                    c.describe(), c.verdict(-1)))
     for modality, claim in (("text", "Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT"),
                             ("speech", "Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT")):
-        shown, checks = [], []
+        shown, verdicts = [], []
         for role in ("layer_lr", "lora"):
             c = _compare(summary, matcher, modality, role, "full_ft", lambda a, b: a >= b)
             if c:
-                shown.append(f"{_name(summary, tag_of(summary, role))} vs "
-                             f"{_name(summary, tag_of(summary, 'full_ft'))}: " + ", ".join(c[0]))
-                checks += c[1]
-        if checks:
-            out.append((claim, "; ".join(shown), _verdict(checks)))
+                shown.append(f"{_name(summary, tag_of(summary, role))} vs {full}: {c.describe()}")
+                verdicts.append(c.verdict(+1))
+        if verdicts:
+            out.append((claim, "; ".join(shown), _combine(verdicts)))
     t = _compare(summary, matcher, "text", "layer_lr", "lora", lambda a, b: a >= b)
     s = _compare(summary, matcher, "speech", "lora", "layer_lr", lambda a, b: a >= b)
     if t and s:
         out.append(("§3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T",
-                    "T2T Layer-LR vs LoRA: " + ", ".join(t[0]) + "; S2T LoRA vs Layer-LR: " + ", ".join(s[0]),
-                    _verdict(t[1] + s[1])))
+                    f"T2T Layer-LR vs LoRA: {t.describe()}; S2T LoRA vs Layer-LR: {s.describe()}",
+                    _combine([t.verdict(+1), s.verdict(+1)])))
     return out
+
+
+def cascade_claim(summary: dict, matcher: str) -> Optional[Claim]:
+    """Ours: end-to-end S2T of the mitigated systems against the ASR cascade."""
+    shown, verdicts = [], []
+    for role in ("layer_lr", "lora"):
+        c = _compare(summary, matcher, "speech", role, "cascade", lambda a, b: a >= b)
+        if c:
+            shown.append(f"{_name(summary, tag_of(summary, role))} vs cascade: {c.describe()}")
+            verdicts.append(c.verdict(+1))
+    if not verdicts:
+        return None
+    return ("Ours (not a paper claim): the end-to-end speech LLM (Layer-LR, LoRA) answers from speech "
+            "at least as well as the ASR cascade of the same weights", "; ".join(shown), _combine(verdicts))
 
 
 def mitigation_shift_claim(summary: dict) -> Optional[Claim]:
@@ -203,7 +279,7 @@ def paper_claims(summary: dict, matcher: str = "has_answer") -> List[Claim]:
     """Every claim that this summary has the numbers for, in the paper's order."""
     claims: List[Optional[Claim]] = [table1_claim(summary), clustering_claim(summary), shift_claim(summary)]
     claims += accuracy_claims(summary, matcher)
-    claims += [mitigation_shift_claim(summary), change_claim(summary)]
+    claims += [mitigation_shift_claim(summary), change_claim(summary), cascade_claim(summary, matcher)]
     return [c for c in claims if c is not None]
 
 
@@ -218,6 +294,11 @@ def render_claims(summary: dict, matcher: str = "has_answer") -> List[str]:
     lines = ["## The paper's claims in this miniature", "",
              "| Claim (paper) | This run | Verdict |", "|---|---|---|"]
     lines += [f"| {c} | {shown} | **{v}** |" for c, shown, v in claims]
+    paired = bool(summary.get("correct"))
+    rule = (f"Accuracy claims: McNemar's exact test over the pooled test questions (α = {ALPHA}) with a "
+            "95 % paired-bootstrap interval of the difference; *within noise* means p ≥ α."
+            if paired else "Accuracy claims compare single accuracies per test set (no per-question outcomes "
+            "in this summary), so they say nothing about noise.")
     lines += ["", f"Accuracies with `{matcher}`. " + ", ".join(f"{n} {v}" for v, n in counts.items())
-              + ". The rules are in `espnet_ext/eval/claims.py`.", ""]
+              + f". {rule} The rules are in `espnet_ext/eval/claims.py`.", ""]
     return lines
