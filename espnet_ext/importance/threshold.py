@@ -182,6 +182,3 @@ def selection_mask(t: torch.Tensor, threshold: float, side: Literal["top", "bott
     """Boolean mask of the selected entries of one tensor."""
     return t >= threshold if side == "top" else t <= threshold
 
-
-def count_selected(tensors: List[torch.Tensor], threshold: float, side: Literal["top", "bottom"]) -> int:
-    return int(sum(int(selection_mask(t, threshold, side).sum()) for t in tensors))

@@ -38,16 +38,6 @@ def merge_configs(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[
     return out
 
 
-def get_dotted(conf: Mapping[str, Any], key: str, source: str) -> Any:
-    """``conf["a"]["b"]`` for ``key="a.b"``; a ``KeyError`` names ``source`` and the key."""
-    value: Any = conf
-    for part in key.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            raise KeyError(f"{source}: no key {key}")
-        value = value[part]
-    return value
-
-
 def check_conf_keys(
     cls: type, conf: Optional[Dict[str, Any]], conf_name: str, exclude=(), check_missing: bool = True
 ) -> None:
