@@ -50,7 +50,7 @@ def test_all_stages_produce_their_outputs(recipe_run):
     assert (tmp / "exp/pretrained/llm/config.json").is_file()
     assert (tmp / "exp/importance/base/scores.safetensors").is_file()
     assert (tmp / "exp/importance/base/table1.md").is_file()
-    # Table 1: the base (random adaptor) gets text rows only; Full-FT (deactivation.systems)
+    # Table 1: the base (random adaptor) gets text rows only; Full-FT (deactivation.roles)
     # gets text and speech in stage 6; the other systems no check
     assert list(json.loads((tmp / "exp/importance/base/table1.json").read_text())["table"]) == ["text"]
     assert list(json.loads((tmp / "exp/importance/full/table1.json").read_text())["table"]) == ["text", "speech"]

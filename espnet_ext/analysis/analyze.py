@@ -4,7 +4,7 @@ For every trained system ``exp/<tag>`` (``config.yaml`` + checkpoint):
 
 1. textual importance on the same utterances as the base report
    (``exp/importance/<tag>/``, with the Table-1 check for the systems in
-   ``deactivation.systems`` when an eval dir is given), redone
+   ``deactivation.roles`` when an eval dir is given), redone
    only when the model files or options changed;
 2. the parameter change against the base model's effective weights (Fig. 4 maps of one
    layer, row/column concentration of every matrix's top-5 % |Δ|, per-layer ‖Δ‖/‖θ‖);
