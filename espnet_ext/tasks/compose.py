@@ -104,8 +104,8 @@ def compose_train_config(
         if not isinstance(overlay, dict):
             raise ValueError(f"{recipe_preset}: 'train' must be a mapping of training options")
     overlay_name = f"{recipe_preset} (train:)"
-    for path, conf, extra in ((preset, p, PRESET_ONLY_KEYS), (train_config, t, TRAIN_ONLY_KEYS),
-                              (overlay_name, overlay, ())):
+    # every file of the training config's base chain was checked by load_train_config
+    for path, conf, extra in ((preset, p, PRESET_ONLY_KEYS), (overlay_name, overlay, ())):
         unknown = sorted(set(conf) - valid - set(extra))
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {unknown}")
