@@ -2,7 +2,7 @@
 """Training step of the project (ESPnet's trainer) against a bare PyTorch loop.
 
     tools/venv/bin/python benchmarks/bench_train_step.py [--steps 6] [--repeats 3] [--batch_size 8]
-        [--variants baseline,one_embed,...] [--profile]
+        [--variants baseline,unshared,...] [--profile]
 
 Needs a recipe run up to stage 2 (``egs2/speechimp/exp/pretrained/model.yaml`` and
 ``egs2/speechimp/dump/train``).  The model is built as stage 4 builds it for training
@@ -34,10 +34,6 @@ changes to ``espnet_ext/models/speech_llm.py`` by monkeypatching (switched per r
 * ``baseline``: the model as it is;
 * ``unshared``: ``share_prompt_prefix: false`` (the prompt prefix recomputed per sample,
   the bare loop's arithmetic);
-* ``one_embed``: every token embedding of a batch (prefix, suffixes, answers) from one
-  embedding lookup instead of one lookup per piece and sample.  With a tied 49152 × 576
-  table each lookup's backward builds a dense fp32 gradient of the whole table (113 MB,
-  zero-filled, then summed by autograd);
 * ``math_sdpa``: PyTorch's math attention instead of its CPU flash kernel;
 * ``eager_attn``: the LLM's ``attn_implementation`` set to ``eager``.
 
@@ -168,52 +164,7 @@ class Bare:
 
 
 # ---- variants of the project's model -----------------------------------------------------
-def _one_embed_forward(self, answer, answer_lengths, enc_feats=None, enc_feats_lengths=None,
-                       task=None, task_lengths=None, modality=None, **kwargs):
-    """``ESPnetSpeechLLM.forward`` (S2T) with all token embeddings of the batch taken from
-    one embedding lookup; otherwise the same operations, shared prefix or not."""
-    from espnet2.torch_utils.device_funcs import force_gatherable
-
-    answers = [answer[i, : answer_lengths[i]] for i in range(len(answer))]
-    tasks = self.task_indices(task, len(answers))
-    with self.autocast():
-        middles = self.placeholder_embeddings("speech", enc_feats=enc_feats, enc_feats_lengths=enc_feats_lengths)
-        used = sorted(set(tasks))
-        pieces = [self.prefix_ids] + [getattr(self, f"task_suffix_ids_{t}") for t in used] + answers
-        table = self.llm.embed(torch.cat(pieces)).split([len(p) for p in pieces])
-        prefix_emb, suffixes = table[0], dict(zip(used, table[1 : 1 + len(used)]))
-        answer_emb = table[1 + len(used):]
-        head = [] if self.share_prompt_prefix else [prefix_emb]
-        seqs, prompt_lens = [], []
-        for i, mid in enumerate(middles):
-            parts = head + [mid, suffixes[tasks[i]]]
-            prompt_lens.append(sum(p.shape[0] for p in parts))
-            seqs.append(torch.cat(parts + [answer_emb[i]], dim=0))
-        length = max(s.shape[0] for s in seqs)
-        x = seqs[0].new_zeros(len(seqs), length, seqs[0].shape[-1])
-        mask = torch.zeros(len(seqs), length, dtype=torch.long, device=x.device)
-        for i, s in enumerate(seqs):
-            x[i, : s.shape[0]] = s
-            mask[i, : s.shape[0]] = 1
-        if self.share_prompt_prefix:
-            cache = self.llm.model.get_decoder()(inputs_embeds=prefix_emb[None], use_cache=True).cache
-            cache.batch_repeat_interleave(len(answers))
-            hidden = self.llm.hidden_states(x, mask, cache=cache)
-        else:
-            hidden = self.llm.hidden_states(x, mask)
-        rows = torch.cat([torch.full((len(a),), i, device=x.device) for i, a in enumerate(answers)])
-        cols = torch.cat([torch.arange(len(a), device=x.device) + p - 1 for a, p in zip(answers, prompt_lens)])
-        logits = self.llm.logits(hidden[rows, cols])
-    targets = torch.cat(answers)
-    logits = logits.float()
-    loss = torch.nn.functional.cross_entropy(logits, targets)
-    with torch.no_grad():
-        acc = (logits.argmax(-1) == targets).float().mean()
-    stats = {"loss": loss.detach(), "acc": acc}
-    return force_gatherable((loss, stats, torch.tensor(len(targets))), loss.device)
-
-
-VARIANT_PARTS = ("baseline", "unshared", "one_embed", "math_sdpa", "eager_attn")
+VARIANT_PARTS = ("baseline", "unshared", "math_sdpa", "eager_attn")
 
 
 def parse_variant(spec: str) -> Tuple[str, ...]:
@@ -231,10 +182,6 @@ def apply_variant(model, spec: str) -> None:
     model.share_prompt_prefix = "unshared" not in parts
     model.llm.model.set_attn_implementation("eager" if "eager_attn" in parts else "sdpa")
     forward = type(model).forward
-    if "one_embed" in parts:
-        if model.anchor is not None or model.modality != "speech":
-            raise SystemExit("--variants one_embed prototypes the S2T path without an anchor only")
-        forward = _one_embed_forward
     if "math_sdpa" in parts:  # PyTorch's math attention instead of its CPU flash kernel
         inner = forward
 

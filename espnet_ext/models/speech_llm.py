@@ -110,6 +110,29 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         emb = emb.to(self.llm.model.dtype)
         return [emb[i, : lengths[i]] for i in range(len(emb))]
 
+    def embed_pieces(self, pieces: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Embeddings of several token-id sequences, from one lookup of the table.
+
+        One lookup per batch matters for speed: every separate lookup of a trainable
+        (and, in SmolLM2, tied) embedding table builds its own dense gradient of the
+        whole table in backward; one lookup builds one.
+        """
+        lengths = [int(p.shape[0]) for p in pieces]
+        return list(self.llm.embed(torch.cat(pieces)).split(lengths))
+
+    def prompt_embeddings(
+        self, tasks: List[int], answers: Optional[List[torch.Tensor]] = None
+    ) -> Tuple[torch.Tensor, Dict[int, torch.Tensor], List[torch.Tensor]]:
+        """The prefix, each used task's suffix and each answer, embedded in one lookup.
+
+        Returns ``(prefix (Prefix, Hidden), {task: suffix (Suffix, Hidden)}, [answer_i])``.
+        """
+        used = sorted(set(tasks))
+        answers = answers or []
+        pieces = [self.prefix_ids] + [getattr(self, f"task_suffix_ids_{t}") for t in used] + list(answers)
+        table = self.embed_pieces(pieces)
+        return table[0], dict(zip(used, table[1 : 1 + len(used)])), table[1 + len(used):]
+
     def build_inputs(
         self,
         middles: List[torch.Tensor],
@@ -117,6 +140,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         left_pad: bool = False,
         include_prefix: bool = True,
         tasks: Optional[List[int]] = None,
+        embedded: Optional[Tuple[torch.Tensor, Dict[int, torch.Tensor], List[torch.Tensor]]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
         """Assemble ``[prefix][middle][suffix][answer]`` per sample and pad.
 
@@ -124,17 +148,18 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         prompt length of each sample (where its answer starts, before padding).  With
         ``include_prefix=False`` the prefix is left out (it comes from a shared cache).
         ``tasks`` (task index per sample, default all 0 = QA) selects each sample's suffix.
+        ``embedded``: :meth:`prompt_embeddings` of ``tasks`` and ``answers`` when the
+        caller already has them (else they are computed here).
         """
-        embed = self.llm.embed
-        head = [embed(self.prefix_ids)] if include_prefix else []
         tasks = tasks if tasks is not None else [0] * len(middles)
-        suffixes = {t: embed(getattr(self, f"task_suffix_ids_{t}")) for t in set(tasks)}
+        prefix, suffixes, answer_embs = embedded or self.prompt_embeddings(tasks, answers)
+        head = [prefix] if include_prefix else []
         seqs, prompt_lens = [], []
         for i, mid in enumerate(middles):
             parts = head + [mid, suffixes[tasks[i]]]
             prompt_lens.append(sum(p.shape[0] for p in parts))
             if answers is not None:
-                parts.append(embed(answers[i]))
+                parts.append(answer_embs[i])
             seqs.append(torch.cat(parts, dim=0))
         length = max(s.shape[0] for s in seqs)
         hidden = seqs[0].shape[-1]
@@ -161,14 +186,16 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         device = self.prefix_ids.device
         return maybe_autocast(autocast_dtype(self.mixed_precision, device), device)
 
-    def prefix_cache(self, batch_size: int):
+    def prefix_cache(self, batch_size: int, prefix: Optional[torch.Tensor] = None):
         """Key/value cache of the prompt prefix, computed once and repeated over the batch.
 
         Differentiable: in training, each sample's gradient reaches the prefix through
-        the repeated keys and values.
+        the repeated keys and values.  ``prefix``: its embeddings ``(Prefix, Hidden)``
+        when the caller has them (else looked up here).
         """
-        prefix = self.llm.embed(self.prefix_ids)[None]  # (1, Prefix, Hidden)
-        cache = self.llm.model.get_decoder()(inputs_embeds=prefix, use_cache=True).cache
+        if prefix is None:
+            prefix = self.llm.embed(self.prefix_ids)
+        cache = self.llm.model.get_decoder()(inputs_embeds=prefix[None], use_cache=True).cache
         cache.batch_repeat_interleave(batch_size)
         return cache
 
@@ -201,15 +228,25 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         answers = [answer[i, : answer_lengths[i]] for i in range(len(answer))]
         tasks = self.task_indices(task, len(answers))
         with self.autocast():
-            middles = self.placeholder_embeddings(
-                modality, text, text_lengths, speech, speech_lengths, enc_feats, enc_feats_lengths
-            )
+            if modality == "text":  # the questions join the one embedding lookup of the batch
+                if text is None:
+                    raise ValueError("modality 'text' needs the question transcript ('text')")
+                questions = [text[i, : text_lengths[i]] for i in range(len(text))]
+                prefix, suffixes, pieces = self.prompt_embeddings(tasks, answers + questions)
+                embedded = (prefix, suffixes, pieces[: len(answers)])
+                middles = pieces[len(answers):]
+            else:
+                middles = self.placeholder_embeddings(
+                    modality, text, text_lengths, speech, speech_lengths, enc_feats, enc_feats_lengths
+                )
+                embedded = self.prompt_embeddings(tasks, answers)
             if self.share_prompt_prefix:
-                x, mask, prompt_lens = self.build_inputs(middles, answers, include_prefix=False, tasks=tasks)
-                cache = self.prefix_cache(len(answers))
+                x, mask, prompt_lens = self.build_inputs(
+                    middles, answers, include_prefix=False, tasks=tasks, embedded=embedded)
+                cache = self.prefix_cache(len(answers), prefix=embedded[0])
                 hidden = self.llm.hidden_states(x, mask, cache=cache)
             else:
-                x, mask, prompt_lens = self.build_inputs(middles, answers, tasks=tasks)
+                x, mask, prompt_lens = self.build_inputs(middles, answers, tasks=tasks, embedded=embedded)
                 hidden = self.llm.hidden_states(x, mask)  # (Batch, Length, Hidden)
             # hidden state at position t predicts token t + 1: select positions that predict
             # each answer token, then run the LM head on those rows only.
