@@ -107,3 +107,63 @@ def test_synthesize_16k(tts: EspeakTTS, demo_audio: dict) -> None:
     wav16 = synthesize_16k(tts, SENTENCE, voice)
     expected = demo_audio[voice].shape[0] * 16000 / tts.sample_rate
     assert wav16.dtype == np.float32 and abs(wav16.shape[0] - expected) <= 2
+
+
+# ------------------------------------------------------------------ voice families, flite
+
+
+def test_voice_families_load_and_unseen_speakers_are_disjoint() -> None:
+    from espnet_ext.data.tts import FAMILIES, voices
+
+    for family in FAMILIES:
+        train, unseen = voices(family, "train"), voices(family, "unseen")
+        assert len(train) >= 3 and len(unseen) >= 1
+        assert all(v.engine == family for v in train + unseen)
+        # speaker-disjoint: no unseen voice name (speaker) is a train voice name
+        assert not {v.name for v in train} & {v.name for v in unseen}
+        assert len({v.tag for v in train + unseen}) == len(train + unseen)
+    assert voices("espeak", "train") == DEMO_VOICES
+    with pytest.raises(ValueError, match="family"):
+        voices("mbrola")
+    with pytest.raises(ValueError, match="f0 is a flite setting"):
+        Voice("en-us", f0=120)
+    assert Voice("slt", 150, engine="flite", f0=190).tag == "flslt150f190"
+
+
+def test_pick_family_falls_back_to_espeak_with_a_warning(monkeypatch, caplog) -> None:
+    from espnet_ext.data import tts as tts_module
+
+    monkeypatch.setattr(tts_module.shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING"):
+        assert tts_module.pick_family("auto") == "espeak"
+    assert "flite is not installed" in caplog.text
+    with pytest.raises(RuntimeError, match="apt-get install flite"):
+        tts_module.pick_family("flite")
+    monkeypatch.setattr(tts_module.shutil, "which", lambda name: "/usr/bin/flite")
+    assert tts_module.pick_family("auto") == "flite"
+
+
+def test_flite_voices_speak_deterministically() -> None:
+    from espnet_ext.data.tts import FliteTTS, Synthesizer, flite_available, voices
+
+    if not flite_available():
+        pytest.skip("flite is not installed (apt-get install flite)")
+    flite = FliteTTS()
+    out = {}
+    for v in voices("flite", "train") + voices("flite", "unseen"):
+        wav = flite.synthesize(SENTENCE, v)
+        assert wav.dtype == np.float32 and 0.5 < wav.size / 16000 < 8.0, v
+        assert np.abs(wav).max() > 0.05
+        out[v] = wav
+    slow, normal = voices("flite", "train")[1], voices("flite", "train")[0]
+    assert slow.rate < normal.rate and out[slow].size > out[normal].size  # rate works
+    again = flite.synthesize(SENTENCE, normal)
+    np.testing.assert_array_equal(again, out[normal])
+    # the dispatcher picks the engine per voice
+    mixed = Synthesizer()
+    np.testing.assert_array_equal(mixed.synthesize(SENTENCE, normal), out[normal])
+    assert mixed.synthesize(SENTENCE, DEMO_VOICES[0]).size > 0
+    with pytest.raises(ValueError, match="no voice named"):
+        flite.synthesize(SENTENCE, DEMO_VOICES[0])
+    with pytest.raises(ValueError, match="empty"):
+        flite.synthesize("  ", normal)
