@@ -16,6 +16,7 @@ from espnet_ext.data.demo_world import (
     DOMAINS,
     MANIFEST_NAME,
     TEST_SPLITS,
+    UNSEEN_SPLITS,
     QAItem,
     all_facts,
     build_world,
@@ -31,7 +32,9 @@ World = Dict[str, List[QAItem]]
 
 @pytest.fixture(scope="module")
 def world() -> World:
-    return build_world(seed=0)
+    """The QA world with its own train/dev questions (the test sets are the same with the
+    instruction bank, tests/test_instructions.py checks that)."""
+    return build_world(seed=0, train_source="qa_world")
 
 
 def _base_qid(qid: str) -> str:
@@ -47,7 +50,10 @@ def test_split_sizes_are_pinned(world: World) -> None:
     assert len(all_facts()) == 627
     assert {s: len(items) for s, items in world.items()} == {
         "train": 1007, "dev": 65, "test_llamaq": 122, "test_webq": 124,
+        "test_llamaq_unseen": 122, "test_webq_unseen": 124,
     }
+    for unseen, source in UNSEEN_SPLITS.items():  # the same questions, for held-out voices
+        assert world[unseen] == world[source]
 
 
 def test_test_sets_are_large_and_cover_every_domain(world: World) -> None:
@@ -59,6 +65,8 @@ def test_test_sets_are_large_and_cover_every_domain(world: World) -> None:
 def test_every_question_lands_in_exactly_one_split(world: World) -> None:
     questions = defaultdict(set)
     for split, items in world.items():
+        if split in UNSEEN_SPLITS:  # repeats of a test set (checked in the size test)
+            continue
         for item in items:
             questions[_base_qid(item.qid)].add(split)
     assert len(questions) == len(all_facts())
@@ -89,8 +97,8 @@ def test_entity_key_ignores_case_and_articles() -> None:
 
 
 def test_world_is_deterministic_and_seeded(world: World) -> None:
-    assert build_world(seed=0) == world
-    other = build_world(seed=1)
+    assert build_world(seed=0, train_source="qa_world") == world
+    other = build_world(seed=1, train_source="qa_world")
     assert other != world
     assert sum(map(len, other.values())) > 0
 
@@ -198,7 +206,7 @@ def test_prepare_demo_end_to_end(tmp_path: Path) -> None:
     from espnet_ext.data.kaldi_dir import read_kaldi_dir
 
     out, wav = tmp_path / "data", tmp_path / "wav"
-    args = ["--out_dir", str(out), "--wav_dir", str(wav), "--max_utts_per_set", "3"]
+    args = ["--out_dir", str(out), "--wav_dir", str(wav), "--max_utts_per_set", "3", "--voices", "espeak"]
     counts = main(args)
     assert counts == {split: 3 for split in DEMO_SPLITS}
     for split in DEMO_SPLITS:
@@ -215,8 +223,12 @@ def test_prepare_demo_end_to_end(tmp_path: Path) -> None:
             assert abs(audio).max() > 0.01  # not silence
         if split in TEST_SPLITS:
             assert all(len(u.answers[0]) < len(u.text) + 40 for u in utts)
-        else:  # first reference = full-sentence training target
-            assert all(u.answers[0].endswith(".") for u in utts)
+        else:  # the only reference = the instruction bank's response of several sentences
+            assert all(len(u.answers) == 1 and len(u.answers[0].split()) >= 12 for u in utts)
+        assert manifest["voices"] == "espeak" and manifest["train_source"] == "instructions"
+    train_voices = {u.spk for s in ("train", "dev", "test_llamaq") for u in read_kaldi_dir(out / s)}
+    unseen_voices = {u.spk for s in UNSEEN_SPLITS for u in read_kaldi_dir(out / s)}
+    assert unseen_voices and not unseen_voices & train_voices
 
     # Idempotent: a second run rewrites nothing.
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -224,5 +236,5 @@ def test_prepare_demo_end_to_end(tmp_path: Path) -> None:
     assert main(args) == counts
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
     # A different request re-writes the set.
-    assert main([*args[:4], "--sets", "dev", "--max_utts_per_set", "2"]) == {"dev": 2}
+    assert main([*args[:4], "--voices", "espeak", "--sets", "dev", "--max_utts_per_set", "2"]) == {"dev": 2}
     assert len(read_kaldi_dir(out / "dev")) == 2

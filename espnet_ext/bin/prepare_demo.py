@@ -1,10 +1,11 @@
-"""Speak the built-in demo world with espeak-ng into Kaldi-style data dirs (stage 1, demo).
+"""Speak the built-in demo world into Kaldi-style data dirs (stage 1, demo).
 
 Usage::
 
     python -m espnet_ext.bin.prepare_demo --out_dir data --wav_dir data/wav \\
-        [--sets train,dev,test_llamaq,test_webq] [--voices_per_utt 2] \\
-        [--max_utts_per_set N] [--seed 0]
+        [--sets train,dev,test_llamaq,test_webq,test_llamaq_unseen,test_webq_unseen] \\
+        [--train_source instructions|qa_world] [--voices auto|flite|espeak] \\
+        [--voices_per_utt 2] [--max_utts_per_set N] [--seed 0]
 
 Writes ``<out_dir>/<set>/`` (``wav.scp``, ``text``, ``answer``, ``utt2spk``, ``spk2utt``,
 ``demo_manifest.json``) and ``<wav_dir>/<set>/<utt_id>.wav`` (16 kHz).  For ``train`` and
@@ -20,7 +21,7 @@ import logging
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from espnet_ext.data.demo_world import DEMO_SPLITS, prepare_demo_sets
+from espnet_ext.data.demo_world import DEMO_SPLITS, TRAIN_SOURCES, prepare_demo_sets
 from espnet_ext.data.kaldi_dir import DataError
 from espnet_ext.utils.logs import setup_logging
 
@@ -39,13 +40,18 @@ def _set_list(value: str) -> List[str]:
 def get_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(
-        description="Synthesise the offline demo spoken-QA sets with espeak-ng",
+        description="Synthesise the offline demo's spoken sets (CMU Flite or espeak-ng)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out_dir", required=True, help="parent of the Kaldi-style set dirs")
     p.add_argument("--wav_dir", required=True, help="where the 16 kHz WAV files go")
     p.add_argument("--sets", type=_set_list, default=",".join(DEMO_SPLITS),
                    help="comma-separated sets to prepare")
+    p.add_argument("--train_source", default="instructions", choices=TRAIN_SOURCES,
+                   help="train/dev: the spoken-instruction bank (the paper's regime) or the QA "
+                        "world's own questions (the test sets' short-answer format)")
+    p.add_argument("--voices", default="auto", choices=("auto", "flite", "espeak"),
+                   help="voice family; auto: flite when installed, else espeak-ng (a warning)")
     p.add_argument("--voices_per_utt", type=int, default=2,
                    help="voices speaking each train item (other sets: one voice each)")
     p.add_argument("--max_utts_per_set", type=int, default=None,
@@ -63,6 +69,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> Dict[str, int]:
     counts = prepare_demo_sets(
         args.out_dir, args.wav_dir, sets=args.sets, voices_per_utt=args.voices_per_utt,
         max_utts_per_set=args.max_utts_per_set, seed=args.seed,
+        train_source=args.train_source, voice_family=args.voices,
     )
     logging.info("demo sets: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     return counts
@@ -71,6 +78,6 @@ def main(cmd: Optional[Sequence[str]] = None) -> Dict[str, int]:
 if __name__ == "__main__":
     try:
         main()
-    except (DataError, ValueError) as e:
+    except (DataError, RuntimeError, ValueError) as e:
         logging.error("%s", e)
         sys.exit(1)

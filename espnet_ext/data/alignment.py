@@ -9,13 +9,21 @@ caches their frozen-encoder outputs, in the dump layout the warm-up reads::
     dump/align/valid/{text,enc_feats.ark,enc_feats.scp}
     dump/align/alignment_manifest.json      # config, word-list hash, timings
 
-Word list (generic, never the test sets' entities on purpose): the LLM tokenizer's own
+Two sources of sentences (``source``):
+
+* ``responses``: the sentences of the spoken-instruction bank's *train* responses
+  (:mod:`espnet_ext.data.instructions`), natural language with several thousand distinct
+  words, none of them a test entity (the bank is checked for that), each sentence spoken
+  by the next voice in turn;
+* ``words``: random word sequences.
+
+Word list of ``words`` (generic, never the test sets' entities on purpose): the LLM tokenizer's own
 whole-word tokens — a word-start marker (``Ġ`` byte-level BPE, ``▁`` SentencePiece)
 followed by ≥ ``min_chars`` ASCII letters — in token-id order (BPE merge order, roughly
 corpus frequency), case-folded duplicates removed, first ``num_words`` kept.  Sentences
-are ``min_words``–``max_words`` words drawn uniformly with a string-seeded RNG; voices
-cycle through :data:`~espnet_ext.data.tts.DEMO_VOICES`.  The last ``num_valid``
-sentences form the ``valid`` split.
+are ``min_words``–``max_words`` words drawn uniformly with a string-seeded RNG.  Voices
+cycle through the ``train`` voices of the ``voices`` family (``auto``: flite when
+installed, else espeak-ng).  The last ``num_valid`` sentences form the ``valid`` split.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class AlignmentSetConfig:
     """Size and shape of the alignment set (``conf/warmup.yaml``, key ``alignment_conf``)."""
 
     num_utts: int = 0  # utterances to synthesise (0: no alignment set)
+    source: str = "words"  # words: random word sequences; responses: the bank's train responses
+    voices: str = "auto"  # voice family: auto (flite when installed, else espeak) | flite | espeak
     num_valid: int = 200  # of which held out for token error rate
     num_words: int = 6000  # most frequent whole-word tokens in the word list
     min_chars: int = 3  # shortest word (drops BPE fragments such as "th", "re")
@@ -54,6 +64,10 @@ class AlignmentSetConfig:
     batch_size: int = 16  # utterances per encoder batch
 
     def __post_init__(self) -> None:
+        if self.source not in ("words", "responses"):
+            raise ValueError(f"alignment_conf.source must be words or responses, got {self.source!r}")
+        if self.voices not in ("auto", "flite", "espeak"):
+            raise ValueError(f"alignment_conf.voices must be auto, flite or espeak, got {self.voices!r}")
         if self.num_utts < 0:
             raise ValueError(f"alignment_conf.num_utts must be >= 0, got {self.num_utts}")
         if self.num_utts and not 0 <= self.num_valid < self.num_utts:
@@ -93,6 +107,29 @@ def make_sentences(words: List[str], config: AlignmentSetConfig) -> List[str]:
             for _ in range(config.num_utts)]
 
 
+def response_sentences(seed: int = 0) -> List[str]:
+    """The sentences of the instruction bank's train responses, in bank order, unique."""
+    from espnet_ext.data.instructions import load_instructions, split_instructions
+
+    out, seen = [], set()
+    for item in split_instructions(load_instructions(), seed)["train"]:
+        for sentence in re.split(r"(?<=[.!?])\s+", item.response):
+            sentence = sentence.strip()
+            if len(sentence.split()) >= 3 and sentence.lower() not in seen:
+                seen.add(sentence.lower())
+                out.append(sentence)
+    return out
+
+
+def alignment_texts(words: List[str], config: AlignmentSetConfig) -> List[str]:
+    """The ``num_utts`` texts of the set: random word sequences, or the response
+    sentences in turn (repeated, in the next voice, when ``num_utts`` exceeds them)."""
+    if config.source == "words":
+        return make_sentences(words, config)
+    sentences = response_sentences()
+    return [sentences[i % len(sentences)] for i in range(config.num_utts)]
+
+
 def manifest_for(config: AlignmentSetConfig, words: List[str], voices) -> dict:
     """What the set is a function of (a finished set is reused only if this matches)."""
     digest = hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
@@ -108,30 +145,31 @@ def build_alignment_dump(out_dir: str | Path, tokenizer, encoder, config: Alignm
         out_dir: ``dump/align`` (``train``/``valid`` subdirectories are written).
         tokenizer: the LLM tokenizer (the word list source).
         encoder: the frozen :class:`~espnet_ext.models.encoder.WhisperSpeechEncoder`.
-        tts: an :class:`~espnet_ext.data.tts.EspeakTTS` (created when ``None``).
+        tts: a :class:`~espnet_ext.data.tts.Synthesizer` (created when ``None``).
 
     Returns the manifest (``None`` when ``config.num_utts == 0``).
     """
     import kaldiio
 
-    from espnet_ext.data.tts import DEMO_VOICES, EspeakTTS, synthesize_16k
+    from espnet_ext.data.tts import Synthesizer, pick_family, voices
 
     if config.num_utts == 0:
         return None
     out_dir = Path(out_dir)
-    words = tokenizer_words(tokenizer, config.num_words, config.min_chars)
-    manifest = manifest_for(config, words, DEMO_VOICES)
+    words = tokenizer_words(tokenizer, config.num_words, config.min_chars) if config.source == "words" else []
+    texts = alignment_texts(words, config)
+    speakers = voices(pick_family(config.voices), "train")
+    manifest = manifest_for(config, words + texts, speakers)
     done = out_dir / "alignment_manifest.json"
     if done.exists():
         old = json.loads(done.read_text())
         if {k: old.get(k) for k in manifest} == manifest:
             logger.info("%s is up to date; skipping", out_dir)
             return old
-    texts = make_sentences(words, config)
     ids = [f"align{i:06d}" for i in range(len(texts))]
-    tts = tts or EspeakTTS()
+    tts = tts or Synthesizer()
     t0 = time.perf_counter()
-    wavs = [synthesize_16k(tts, t, DEMO_VOICES[i % len(DEMO_VOICES)])
+    wavs = [tts.synthesize(t, speakers[i % len(speakers)])
             for i, t in enumerate(tqdm(texts, desc="synthesise alignment set", unit="utt"))]
     manifest["synthesis_seconds"] = round(time.perf_counter() - t0, 1)
     order = sorted(range(len(wavs)), key=lambda i: (len(wavs[i]), i))  # length bucketing

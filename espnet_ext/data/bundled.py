@@ -136,4 +136,12 @@ def load_yaml_resource(*parts: str) -> Record:
     return Record(data, where)
 
 
-__all__ = ["RESOURCE_DIR", "Record", "load_yaml_resource"]
+def list_yaml_resources(folder: str) -> List[str]:
+    """File names of the ``*.yaml`` data files in ``resources/<folder>/``, sorted."""
+    path = resources.files("espnet_ext.data").joinpath(RESOURCE_DIR).joinpath(folder)
+    if not path.is_dir():
+        raise DataError(f"espnet_ext/data/{RESOURCE_DIR}/{folder}: no such data folder")
+    return sorted(p.name for p in path.iterdir() if p.name.endswith(".yaml"))
+
+
+__all__ = ["RESOURCE_DIR", "Record", "list_yaml_resources", "load_yaml_resource"]

@@ -30,15 +30,23 @@ Splits are fixed up front and never depend on any model's answers:
 
 Everything is deterministic given ``seed`` (``random.Random`` seeded by strings).
 
-Speech (:func:`prepare_demo_sets`, behind ``python -m espnet_ext.bin.prepare_demo``):
-every question is spoken by espeak-ng (:mod:`espnet_ext.data.tts`) and written as a
-16 kHz WAV plus one Kaldi-style directory per split:
+Training data (``train_source``): by default ``train`` and ``dev`` are the spoken-instruction
+bank of :mod:`espnet_ext.data.instructions` (the paper's regime: general instructions in
+training, QA in the test); ``qa_world`` keeps this world's own train/dev questions with
+one-sentence answers (the test sets' format: it teaches the answer format, which is what
+inflates T2T after fine-tuning).
 
-* voices cycle through :data:`~espnet_ext.data.tts.DEMO_VOICES`; a ``train`` item is
-  spoken by ``voices_per_utt`` different voices, every other item by one.  The test sets
-  use the *same* voices as ``train``: the demo measures whether knowledge transfers to
-  unseen entities, not robustness to unseen speakers (espeak voices are not real
-  speakers anyway);
+Speech (:func:`prepare_demo_sets`, behind ``python -m espnet_ext.bin.prepare_demo``):
+every question is spoken by a synthetic voice (:mod:`espnet_ext.data.tts`: CMU Flite when
+installed, else espeak-ng) and written as a 16 kHz WAV plus one Kaldi-style directory per
+split:
+
+* the family's ``train`` voices cycle over train, dev and the in-voice test sets; a
+  ``train`` item is spoken by ``voices_per_utt`` different voices, every other item by
+  one.  ``test_llamaq`` / ``test_webq`` use the *same* voices as ``train`` (knowledge
+  transfer to unseen entities); ``test_llamaq_unseen`` / ``test_webq_unseen`` hold the
+  same questions spoken by the family's ``unseen`` voices, a speaker who never speaks in
+  training (transfer to an unseen speaker);
 * speaker id = voice tag, utterance id = ``<voice tag>-<split>-<qid>``;
 * ``answer`` holds ``[response, *answers]`` for ``train``/``dev`` — the first element of
   an ``answer`` line is the training target (:mod:`espnet_ext.data.kaldi_dir`), here
@@ -67,17 +75,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from espnet_ext.data.bundled import Record, load_yaml_resource
+from espnet_ext.data.instructions import load_instructions, split_instructions
 from espnet_ext.data.kaldi_dir import DataError, Utterance, write_kaldi_dir
 from espnet_ext.data.numbers import number_to_words
 from espnet_ext.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:  # the TTS wrapper needs espeakng-loader, only when synthesising
-    from espnet_ext.data.tts import EspeakTTS, Voice
+    from espnet_ext.data.tts import Synthesizer, Voice
 
 logger = logging.getLogger(__name__)
 
-DEMO_SPLITS: Tuple[str, ...] = ("train", "dev", "test_llamaq", "test_webq")
-TEST_SPLITS: Tuple[str, ...] = ("test_llamaq", "test_webq")
+#: the QA world's own splits (the entity assignment of :data:`SPLIT_FRACTIONS`)
+QA_SPLITS: Tuple[str, ...] = ("train", "dev", "test_llamaq", "test_webq")
+#: speaker-disjoint test sets: the questions of a test set, spoken by held-out voices
+UNSEEN_SPLITS: Dict[str, str] = {"test_llamaq_unseen": "test_llamaq", "test_webq_unseen": "test_webq"}
+DEMO_SPLITS: Tuple[str, ...] = QA_SPLITS + tuple(UNSEEN_SPLITS)
+TEST_SPLITS: Tuple[str, ...] = ("test_llamaq", "test_webq", *UNSEEN_SPLITS)
+#: what train and dev hold: the spoken-instruction bank (the paper's regime) or the QA
+#: world's own train/dev questions (short answers in the test sets' format)
+TRAIN_SOURCES: Tuple[str, ...] = ("instructions", "qa_world")
 # Share of each template's entities per split (train, dev, test_llamaq, test_webq).
 SPLIT_FRACTIONS: Tuple[float, ...] = (0.5, 0.1, 0.2, 0.2)
 DOMAINS: Tuple[str, ...] = ("geography", "science", "arithmetic", "everyday", "people")
@@ -419,7 +435,7 @@ def _assign_entities(facts: Sequence[_Fact], seed: int) -> Dict[str, str]:
         random.Random(f"demo-world:{seed}:{template}").shuffle(keys)
         bounds = [round(c * len(keys)) for c in cumulative]
         start = 0
-        for split, end in zip(DEMO_SPLITS, bounds):
+        for split, end in zip(QA_SPLITS, bounds):
             for key in keys[start:end]:
                 assignment[key] = split
             start = end
@@ -430,17 +446,25 @@ def _qid(fact: _Fact) -> str:
     return f"{fact.template}-{_slug(fact.entity)}"
 
 
-def build_world(seed: int = 0) -> Dict[str, List[QAItem]]:
+def build_world(seed: int = 0, train_source: str = "instructions") -> Dict[str, List[QAItem]]:
     """Build every split of the demo world (deterministic given ``seed``).
 
     Returns ``{split: items}`` for :data:`DEMO_SPLITS`.  Items of a split come in a
     seeded, domain-mixed order, so that the first N items are a fair sample
     (``--max_utts_per_set``).  ``train`` has one item per phrasing (qid suffix
-    ``-p<k>``); the other splits one per question with a seeded phrasing.
+    ``-p<k>``); the other splits one per question with a seeded phrasing.  The unseen
+    test sets (:data:`UNSEEN_SPLITS`) repeat their test set's items.
+
+    ``train_source`` (:data:`TRAIN_SOURCES`): ``qa_world`` keeps the QA world's own
+    train/dev questions; ``instructions`` replaces them with the spoken-instruction bank
+    (:mod:`espnet_ext.data.instructions`; domain = category, no short references).  The
+    test sets are the same either way.
     """
+    if train_source not in TRAIN_SOURCES:
+        raise ValueError(f"unknown train source {train_source!r}; choose from {', '.join(TRAIN_SOURCES)}")
     facts = all_facts()
     assignment = _assign_entities(facts, seed)
-    world: Dict[str, List[QAItem]] = {split: [] for split in DEMO_SPLITS}
+    world: Dict[str, List[QAItem]] = {split: [] for split in QA_SPLITS}
     for fact in facts:
         split = assignment[entity_key(fact.entity)]
         qid = _qid(fact)
@@ -459,17 +483,25 @@ def build_world(seed: int = 0) -> Dict[str, List[QAItem]]:
         )
     for split, items in world.items():
         random.Random(f"demo-order:{seed}:{split}").shuffle(items)
+    if train_source == "instructions":
+        bank = split_instructions(load_instructions(), seed)
+        for split in ("train", "dev"):
+            world[split] = [QAItem(it.item_id, it.category, it.item_id, it.instruction, [], it.response)
+                            for it in bank[split]]
+    for split, source in UNSEEN_SPLITS.items():
+        world[split] = list(world[source])
     return world
 
 
 def world_summary(world: Dict[str, List[QAItem]]) -> str:
     """A small text table: items per split and domain (for logs and reports)."""
-    header = f"{'split':<12}" + "".join(f"{d:>11}" for d in DOMAINS) + f"{'total':>8}"
+    domains = list(dict.fromkeys(item.domain for items in world.values() for item in items))
+    header = f"{'split':<20}" + "".join(f"{d:>13}" for d in domains) + f"{'total':>8}"
     lines = [header]
     for split, items in world.items():
         counts = Counter(item.domain for item in items)
         lines.append(
-            f"{split:<12}" + "".join(f"{counts.get(d, 0):>11}" for d in DOMAINS)
+            f"{split:<20}" + "".join(f"{counts.get(d, 0):>13}" for d in domains)
             + f"{len(items):>8}"
         )
     return "\n".join(lines)
@@ -574,51 +606,66 @@ def prepare_demo_sets(
     voices_per_utt: int = 2,
     max_utts_per_set: Optional[int] = None,
     seed: int = 0,
-    tts: Optional[EspeakTTS] = None,
+    tts: Optional[Synthesizer] = None,
     voices: Optional[Sequence[Voice]] = None,
     show_progress: bool = True,
+    train_source: str = "instructions",
+    voice_family: str = "auto",
+    unseen_voices: Optional[Sequence[Voice]] = None,
 ) -> Dict[str, int]:
     """Speak the demo world and write ``<out_dir>/<split>/`` Kaldi dirs (see module doc).
 
     Returns ``{split: number of utterances}``.  Idempotent: a split whose manifest
     matches is skipped.  WAVs (16 kHz, 16-bit) go to ``<wav_dir>/<split>/<utt_id>.wav``,
     each written atomically; the Kaldi dir is replaced atomically once all are written.
+
+    Voices: ``voice_family`` (``auto``: flite when installed, else espeak-ng with a
+    warning; :func:`~espnet_ext.data.tts.pick_family`) gives the ``train`` voices, which
+    speak train, dev and the in-voice test sets, and the ``unseen`` voices of the
+    speaker-disjoint sets; ``voices`` / ``unseen_voices`` override them.  The family
+    used is written to every split's manifest (``voices``).
     """
     from tqdm import tqdm
 
     from espnet_ext.data.audio import TARGET_SR, write_wav
-    from espnet_ext.data.tts import DEMO_VOICES, EspeakTTS, synthesize_16k
+    from espnet_ext.data.tts import Synthesizer, pick_family
+    from espnet_ext.data.tts import voices as family_voices
 
     unknown = [s for s in sets if s not in DEMO_SPLITS]
     if unknown:
         raise ValueError(f"unknown demo set(s) {unknown}; choose from {', '.join(DEMO_SPLITS)}")
     if max_utts_per_set is not None and max_utts_per_set < 1:
         raise ValueError(f"max_utts_per_set must be >= 1, got {max_utts_per_set}")
-    voices = tuple(voices) if voices is not None else tuple(DEMO_VOICES)
-    world = build_world(seed)
-    logger.info("demo world (seed %d), items per split and domain:\n%s", seed,
-                world_summary(world))
+    family = pick_family(voice_family) if voices is None or unseen_voices is None else "given"
+    voices = tuple(voices) if voices is not None else family_voices(family, "train")
+    unseen_voices = tuple(unseen_voices) if unseen_voices is not None else family_voices(family, "unseen")
+    if set(voices) & set(unseen_voices):
+        raise ValueError("the unseen voices must not be train voices")
+    world = build_world(seed, train_source)
+    logger.info("demo world (seed %d, train source %s, %s voices), items per split and domain:\n%s",
+                seed, train_source, family, world_summary(world))
     counts: Dict[str, int] = {}
     for split in sets:
-        planned = plan_split(split, world[split], voices, wav_dir, voices_per_utt,
-                             max_utts_per_set)
+        planned = plan_split(split, world[split], unseen_voices if split in UNSEEN_SPLITS else voices,
+                             wav_dir, voices_per_utt, max_utts_per_set)
         data_dir = Path(out_dir) / split
         counts[split] = len(planned)
         if split_is_complete(data_dir, planned, TARGET_SR):
             logger.info("%s: complete (%d utterances), skipping", data_dir, len(planned))
             continue
         if tts is None:
-            tts = EspeakTTS()
+            tts = Synthesizer()
         for p in tqdm(planned, desc=f"speaking {split}", unit="utt", disable=not show_progress):
-            wav = synthesize_16k(tts, p.utt.text, p.voice)
-            if wav.size == 0:
-                raise DataError(f"utterance {p.utt.utt_id}: espeak-ng produced no audio "
-                                f"for {p.utt.text!r} with voice {p.voice.name!r}")
+            try:
+                wav = tts.synthesize(p.utt.text, p.voice)
+            except (RuntimeError, ValueError) as e:
+                raise DataError(f"utterance {p.utt.utt_id}: {e}") from e
             write_wav(p.utt.wav, wav, TARGET_SR)
         write_kaldi_dir(data_dir, [p.utt for p in planned])
         atomic_write_text(
             data_dir / MANIFEST_NAME,
             json.dumps({"format": _MANIFEST_FORMAT, "split": split, "seed": seed,
+                        "train_source": train_source, "voices": family,
                         "n_utts": len(planned), "sha256": manifest_hash(planned, TARGET_SR)},
                        indent=2) + "\n",
         )
@@ -627,6 +674,9 @@ def prepare_demo_sets(
 
 
 __all__ = [
+    "QA_SPLITS",
+    "TRAIN_SOURCES",
+    "UNSEEN_SPLITS",
     "DEMO_SPLITS",
     "DOMAINS",
     "MANIFEST_NAME",
