@@ -3,7 +3,10 @@
 #
 #   local/data.sh [--data_source demo|real] [--max_utts_per_set N] [--train_max_utts N]
 #
-# demo (default): the built-in spoken-QA world, spoken with espeak-ng (no downloads).
+# demo (default): the built-in spoken sets (no downloads): train/dev from the spoken-instruction
+#   bank (--demo_train instructions) or the QA world's own questions (qa_world); the QA test
+#   sets in the training voices and, as test_*_unseen, in held-out voices; spoken by CMU Flite
+#   when installed (apt-get install flite), else by espeak-ng (--demo_voices).
 # real: the paper's corpora from local copies named in db.sh:
 #   train = first-turn VoiceAssistant-400K + spoken-alpaca-gpt4 (paper §2.2), minus a dev
 #   split; test_llamaq = LLaMA Questions (test); test_webq = spoken Web Questions (test).
@@ -17,6 +20,8 @@ data_source=demo        # demo | real
 datadir=data            # output root
 max_utts_per_set=       # demo: cap per set (smoke tests); empty = all
 voices_per_utt=2        # demo: voices per training question
+demo_train=instructions # demo: instructions (the paper's regime) | qa_world (the test format)
+demo_voices=auto        # demo: auto (flite when installed, else espeak) | flite | espeak
 train_max_utts=         # real: seeded subset per training corpus; empty = all
 n_dev=500               # real: utterances held out of train for dev
 skip_bad_utts=false     # real: skip (and count) broken rows instead of failing
@@ -26,7 +31,8 @@ help_message="$(. utils/help.sh && script_header "$0" && echo && options_help "$
 
 case "$data_source" in
   demo)
-    opts=(--voices_per_utt "$voices_per_utt" --seed "$seed")
+    opts=(--voices_per_utt "$voices_per_utt" --seed "$seed" --train_source "$demo_train"
+          --voices "$demo_voices")
     [ -n "$max_utts_per_set" ] && opts+=(--max_utts_per_set "$max_utts_per_set")
     python -m espnet_ext.bin.prepare_demo --out_dir "$datadir" --wav_dir "$datadir/wav" "${opts[@]}"
     ;;

@@ -42,7 +42,7 @@ def recipe_run(tmp_path_factory):
 
 def test_all_stages_produce_their_outputs(recipe_run):
     tmp, p = recipe_run
-    for s in ("train", "dev", "test_llamaq", "test_webq"):
+    for s in ("train", "dev", "test_llamaq", "test_webq", "test_llamaq_unseen", "test_webq_unseen"):
         for f in ("wav.scp", "text", "answer", "utt2spk", "spk2utt"):
             assert (tmp / "data" / s / f).is_file(), (s, f)
         for f in ("enc_feats.scp", "llm_len.speech", "llm_len.text", "dump_report.json"):
@@ -65,6 +65,11 @@ def test_all_stages_produce_their_outputs(recipe_run):
                 assert len((d / "hyp").read_text().splitlines()) == 6, d
                 assert json.loads((d / "score.json").read_text())["n"] == 6
     assert not (tmp / "exp/noft/decode_test_llamaq_speech").exists()
+    # the speaker-disjoint sets: S2T and the cascade only (T2T would repeat the in-voice set)
+    for sys_ in ("full", "cascade"):
+        assert json.loads((tmp / f"exp/{sys_}/decode_test_webq_unseen_speech/score.json").read_text())["n"] == 6
+    assert not (tmp / "exp/full/decode_test_webq_unseen_text").exists()
+    assert "test_webq_unseen S2T" in (tmp / "RESULTS.md").read_text()
     for n in range(1, 6):
         assert f"Stage {n}:" in p.stderr
 
@@ -115,7 +120,8 @@ def test_unknown_option_is_rejected(tmp_path):
 OPTIONS = {"stage", "stop_stage", "preset", "datadir", "dumpdir", "expdir", "results_md", "data_source",
            "demo_max_utts", "local_data_opts", "train_set", "valid_set", "test_sets", "skip_bad_utts",
            "long_audio", "model_preset", "importance_config", "train_configs", "ngpu", "nproc", "train_args",
-           "decode_config", "decode_args", "adaptor_warmup", "warmup_config", "transcription_mix"}
+           "decode_config", "decode_args", "adaptor_warmup", "warmup_config", "transcription_mix",
+           "demo_train", "demo_voices", "unseen_test_sets", "cascade"}
 
 
 def test_help_lists_every_option_with_its_default_under_its_heading():
@@ -181,6 +187,7 @@ def test_adaptor_warmup_feeds_stage4(recipe_run, tmp_path):
     tmp, _ = recipe_run
     conf = yaml.safe_load((RECIPE / "conf" / "warmup.yaml").read_text())
     conf["warmup_conf"].update(steps=4, eval_every=2, checkpoint_every=2, batch_size=4, warmup_steps=1)
+    conf["alignment_conf"].update(num_utts=6, num_valid=2)
     (tmp_path / "warmup.yaml").write_text(yaml.safe_dump(conf))
     exp = tmp_path / "exp"
     cmd = ["./run.sh", "--stage", "2", "--stop_stage", "4", "--model_preset", "conf/model/tiny_random.yaml",

@@ -39,11 +39,16 @@ results_md=RESULTS.md    # generated results file (stage 6)
 # ---- Data -------------------------------------------------------------------------------------
 data_source=demo         # demo: built-in spoken QA world; real: corpora named in db.sh
 demo_max_utts=           # demo: cap utterances per set (smoke tests); empty = all
+demo_train=instructions  # demo train/dev: instructions (spoken requests with assistant responses,
+                         # the paper's regime) | qa_world (the test sets' short-answer format)
+demo_voices=auto         # demo: auto (CMU Flite when installed, else espeak-ng) | flite | espeak
 local_data_opts=""       # extra options for local/data.sh
                          # (e.g. "--train_max_utts 20000 --n_dev 500")
 train_set=train          # training data dir under data/
 valid_set=dev            # validation data dir under data/
 test_sets="test_llamaq test_webq"  # decoded and scored sets
+unseen_test_sets=auto    # speech-only test sets (S2T and cascade; T2T would repeat test_sets):
+                         # auto = demo: test_llamaq_unseen test_webq_unseen (held-out voices); real: none
 skip_bad_utts=false      # skip (and count) unreadable/invalid utterances instead of failing
 long_audio=truncate      # audio longer than the encoder window: truncate | reject
 
@@ -93,6 +98,10 @@ if [ ! -f "$preset_file" ]; then
   exit 1
 fi
 [ -n "$adaptor_warmup" ] || adaptor_warmup=$(conf_get "$preset_file" recipe.adaptor_warmup)
+if [ "$unseen_test_sets" = auto ]; then
+  unseen_test_sets=""
+  [ "$data_source" = demo ] && unseen_test_sets="test_llamaq_unseen test_webq_unseen"
+fi
 case $adaptor_warmup in
   true|false) ;;
   *) echo "run.sh: --adaptor_warmup must be true or false, got '$adaptor_warmup'" >&2; exit 1;;
@@ -104,13 +113,14 @@ stage_times=$expdir/stage_times.tsv
 printf '%s\n' "cd $(pwd) && $0 $run_args" >>"$expdir/run.sh.cmd"
 
 tag_of() { local b; b=$(basename "$1" .yaml); echo "${b#train_}"; }
-all_sets() { echo "$train_set $valid_set $test_sets"; }
+all_sets() { echo "$train_set $valid_set $test_sets $unseen_test_sets"; }
 
 # ---- stage 1: data --------------------------------------------------------------------------
 stage1() {
   stage_header 1 "local/data.sh ($data_source) -> $datadir/{$(all_sets | tr ' ' ,)}"
   local opts=(--data_source "$data_source" --datadir "$datadir" --skip_bad_utts "$skip_bad_utts")
   [ -n "$demo_max_utts" ] && opts+=(--max_utts_per_set "$demo_max_utts")
+  [ "$data_source" = demo ] && opts+=(--demo_train "$demo_train" --demo_voices "$demo_voices")
   # shellcheck disable=SC2086
   ${train_cmd} "$expdir/log/data.log" local/data.sh "${opts[@]}" $local_data_opts
 }
@@ -206,7 +216,8 @@ decode_system() {
   local tag=$1 modalities=$2 config=$3 model_file=${4:-}
   local io=() m s
   for m in $modalities; do
-    for s in $test_sets; do
+    local sets=$test_sets; [ "$m" = speech ] && sets+=" $unseen_test_sets"
+    for s in $sets; do
       io+=(--modality "$m" --data_dir "$dumpdir/$s" --output_dir "$expdir/$tag/decode_${s}_$m")
     done
   done
@@ -227,7 +238,7 @@ stage5() {
   if [ "$cascade" = true ]; then
     stage_header 5 "$datadir/<test set>/wav.scp -> Whisper ASR -> No-FT -> $expdir/cascade/decode_*_speech"
     local sets=() s
-    for s in $test_sets; do sets+=(--data_dir "$datadir/$s" --dump_dir "$dumpdir/$s"); done
+    for s in $test_sets $unseen_test_sets; do sets+=(--data_dir "$datadir/$s" --dump_dir "$dumpdir/$s"); done
     mkdir -p "$expdir/cascade"
     ${decode_cmd} "$expdir/cascade/decode.log" python -m espnet_ext.bin.cascade_decode \
       --whisper_dir "$expdir/pretrained/whisper" --config "$expdir/pretrained/model.yaml" \

@@ -138,15 +138,23 @@ def _acc(score: Optional[dict], matcher: str) -> str:
     return "-" if score is None else f"{score[matcher]['accuracy']:.1f}"
 
 
+def _columns(systems: Dict[str, dict]) -> List[tuple]:
+    """``(set, modality)`` pairs that some system has a number for, by set, T2T first
+    (a speaker-disjoint set, ``test_*_unseen``, has S2T only)."""
+    sets = sorted({s for per in systems.values() for s in per})
+    return [(s, m) for s in sets for m in ("text", "speech") if any(m in per.get(s, {}) for per in systems.values())]
+
+
 def render_table2(summary: dict, matcher: str) -> str:
     """Table 2 analogue: T2T/S2T accuracy per test set for each system."""
     systems = summary["systems"]
     sets = sorted({s for per in systems.values() for s in per})
-    head = "| System | " + " | ".join(f"{s} {MODALITY_NAMES[m]}" for s in sets for m in ("text", "speech")) + " |"
-    sep = "|---|" + "---:|" * (2 * len(sets))
+    cols = _columns(systems)
+    head = "| System | " + " | ".join(f"{s} {MODALITY_NAMES[m]}" for s, m in cols) + " |"
+    sep = "|---|" + "---:|" * len(cols)
     rows = [head, sep]
     for tag, per in systems.items():
-        cells = [_acc(per.get(s, {}).get(m), matcher) for s in sets for m in ("text", "speech")]
+        cells = [_acc(per.get(s, {}).get(m), matcher) for s, m in cols]
         rows.append(f"| {system_names(summary).get(tag, tag)} | " + " | ".join(cells) + " |")
     n = {s: next(iter(per[s].values()))["n"] for per in systems.values() for s in per}
     note = ", ".join(f"{s}: {n[s]} questions" for s in sets)
@@ -171,12 +179,11 @@ def render_rank_ablation(summary: dict, matcher: str) -> str:
     ranks = lora_ranks(summary)
     names = system_names(summary)
     per_rank = {tag: summary["systems"][tag] for _, tag in ranks}
-    sets = sorted({s for per in per_rank.values() for s in per})
-    head = ("| Rank | System | " + " | ".join(f"{s} {MODALITY_NAMES[m]}" for s in sets for m in ("text", "speech"))
-            + " |")
-    rows = [head, "|---:|---|" + "---:|" * (2 * len(sets))]
+    cols = _columns(per_rank)
+    head = "| Rank | System | " + " | ".join(f"{s} {MODALITY_NAMES[m]}" for s, m in cols) + " |"
+    rows = [head, "|---:|---|" + "---:|" * len(cols)]
     for rank, tag in ranks:
-        cells = [_acc(per_rank[tag].get(s, {}).get(m), matcher) for s in sets for m in ("text", "speech")]
+        cells = [_acc(per_rank[tag].get(s, {}).get(m), matcher) for s, m in cols]
         rows.append(f"| {rank} | {names.get(tag, tag)} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + f"\n\nMatcher: `{matcher}`.\n"
 
