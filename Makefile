@@ -10,6 +10,7 @@ install:
 	SPEECHIMP_VENV=$(abspath $(VENV)) tools/install.sh
 
 demo: install
+	tools/install_voices.sh
 	cd egs2/speechimp && ./run.sh
 
 test: install

@@ -25,6 +25,7 @@ def _run(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
         "--datadir", str(tmp / "data"), "--dumpdir", str(tmp / "dump"), "--expdir", str(tmp / "exp"),
         "--results_md", str(tmp / "RESULTS.md"),
         "--train_args", "--max_epoch 1 --num_iters_per_epoch 2 --batch_size 2 --scheduler_conf total_steps=2",
+        "--train_configs", " ".join(f"conf/train_{t}.yaml" for t in ("full", "layerlr", "lora", "impanchor")),
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -69,7 +70,9 @@ def test_all_stages_produce_their_outputs(recipe_run):
     for sys_ in ("full", "cascade"):
         assert json.loads((tmp / f"exp/{sys_}/decode_test_webq_unseen_speech/score.json").read_text())["n"] == 6
     assert not (tmp / "exp/full/decode_test_webq_unseen_text").exists()
-    assert "test_webq_unseen S2T" in (tmp / "RESULTS.md").read_text()
+    md = (tmp / "RESULTS.md").read_text()
+    assert "test_webq_unseen S2T" in md
+    assert re.search(r"demo, train source instructions, (flite|espeak) voices", md)  # what spoke the data
     for n in range(1, 6):
         assert f"Stage {n}:" in p.stderr
 

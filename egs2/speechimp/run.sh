@@ -57,12 +57,12 @@ model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained model
 importance_config=conf/importance.yaml  # importance scoring (stage 3) and analysis (stage 6) options
 
 # ---- Training (stage 4) -----------------------------------------------------------------------
-train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml conf/train_impanchor.yaml"
-                         # space-separated; tag = file name minus train_ and .yaml. Full-FT, the
-                         # paper's two mitigations (eq. 3 layer-wise lr, LoRA) and ours
-                         # (importance-weighted anchoring); layerlr and impanchor read stage 3's
-                         # $expdir/importance/base. LoRA rank ablation (Table 3): add
-                         # conf/train_lora_r16.yaml conf/train_lora_r24.yaml (train_lora is r 8)
+train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml"
+                         # space-separated; tag = file name minus train_ and .yaml: Full-FT and the
+                         # paper's two mitigations (eq. 3 layer-wise lr, LoRA); layerlr reads stage 3's
+                         # $expdir/importance/base. Ours (importance-weighted anchoring, not in the
+                         # default: it costs 5 min): add conf/train_impanchor.yaml. LoRA rank ablation
+                         # (Table 3): add conf/train_lora_r16.yaml conf/train_lora_r24.yaml (lora is r 8)
 ngpu=0                   # GPUs per training job (0 = CPU)
 nproc=1                  # processes per training job; > 1 runs torchrun (gloo on CPU)
 train_args=""            # extra options for espnet_ext.bin.speechllm_train
@@ -252,6 +252,15 @@ stage5() {
 }
 
 # ---- stage 6: scoring and RESULTS.md --------------------------------------------------------
+# what spoke the data (recorded in RESULTS.md): the demo manifest's voice family and train source
+data_description() {
+  local m=$datadir/$train_set/demo_manifest.json
+  if [ "$data_source" = demo ] && [ -f "$m" ]; then
+    echo "demo, train source $(conf_get "$m" train_source), $(conf_get "$m" voices) voices"
+  else
+    echo "$data_source"
+  fi
+}
 stage6() {
   local t0=$SECONDS systems="noft" conf trained=""
   [ "$cascade" = true ] && systems+=" cascade"
@@ -283,7 +292,7 @@ stage6() {
     --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     --meta "command=./run.sh $run_args" \
     --meta "all commands of this exp dir=$(sed 's/^cd [^&]*&& //' "$expdir/run.sh.cmd" | paste -sd ';' -)" \
-    --meta "model_preset=$model_preset" \
+    --meta "model_preset=$model_preset" --meta "data=$(data_description)" \
     --meta "preset=$preset (adaptor_warmup=$adaptor_warmup, transcription_mix=$transcription_mix)"
   log "wrote $results_md"
 }
