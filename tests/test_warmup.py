@@ -162,6 +162,24 @@ def test_word_list_and_sentences_are_deterministic(tiny_llm_dir: Path) -> None:
     assert s == make_sentences(words, cfg) and all(2 <= len(x.split()) <= 3 for x in s)
 
 
+def test_response_sentences_come_from_the_train_responses_only() -> None:
+    from espnet_ext.data.alignment import alignment_texts, response_sentences
+    from espnet_ext.data.instructions import load_instructions, split_instructions
+
+    sentences = response_sentences()
+    split = split_instructions(load_instructions())
+    train_text = " ".join(i.response for i in split["train"])
+    assert len(sentences) > 300 and len(set(sentences)) == len(sentences)
+    assert all(s in train_text and len(s.split()) >= 3 for s in sentences)
+    dev_only = [i.response.split(". ")[0] for i in split["dev"]]
+    assert not any(d in sentences for d in dev_only)  # the warm-up's dev stays held out
+    cfg = AlignmentSetConfig(num_utts=len(sentences) + 2, num_valid=1, source="responses")
+    texts = alignment_texts([], cfg)
+    assert texts[: len(sentences)] == sentences and texts[-2:] == sentences[:2]  # then again, next voice
+    with pytest.raises(ValueError, match="source"):
+        AlignmentSetConfig(source="books")
+
+
 def test_warmup_job_end_to_end(tmp_path: Path, tiny_llm_dir: Path, tiny_whisper_dir: Path) -> None:
     """Alignment set (espeak + tiny Whisper) → warm-up job → adaptor.pth, and a rerun skips."""
     pytest.importorskip("espeakng_loader")
