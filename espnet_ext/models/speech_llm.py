@@ -121,17 +121,21 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         return list(self.llm.embed(torch.cat(pieces)).split(lengths))
 
     def prompt_embeddings(
-        self, tasks: List[int], answers: Optional[List[torch.Tensor]] = None
-    ) -> Tuple[torch.Tensor, Dict[int, torch.Tensor], List[torch.Tensor]]:
-        """The prefix, each used task's suffix and each answer, embedded in one lookup.
+        self, tasks: List[int], answers: Optional[List[torch.Tensor]] = None,
+        questions: Optional[List[torch.Tensor]] = None,
+    ) -> Tuple[torch.Tensor, Dict[int, torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
+        """The prefix, each used task's suffix, each answer and each text question
+        (T2T), embedded in one lookup.
 
-        Returns ``(prefix (Prefix, Hidden), {task: suffix (Suffix, Hidden)}, [answer_i])``.
+        Returns ``(prefix (Prefix, Hidden), {task: suffix (Suffix, Hidden)}, [answer_i],
+        [question_i])``.
         """
         used = sorted(set(tasks))
-        answers = answers or []
-        pieces = [self.prefix_ids] + [getattr(self, f"task_suffix_ids_{t}") for t in used] + list(answers)
-        table = self.embed_pieces(pieces)
-        return table[0], dict(zip(used, table[1 : 1 + len(used)])), table[1 + len(used):]
+        answers, questions = list(answers or []), list(questions or [])
+        suffix_ids = [getattr(self, f"task_suffix_ids_{t}") for t in used]
+        table = self.embed_pieces([self.prefix_ids] + suffix_ids + answers + questions)
+        n = 1 + len(used) + len(answers)
+        return table[0], dict(zip(used, table[1 : 1 + len(used)])), table[1 + len(used) : n], table[n:]
 
     def build_inputs(
         self,
@@ -140,7 +144,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         left_pad: bool = False,
         include_prefix: bool = True,
         tasks: Optional[List[int]] = None,
-        embedded: Optional[Tuple[torch.Tensor, Dict[int, torch.Tensor], List[torch.Tensor]]] = None,
+        embedded: Optional[tuple] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
         """Assemble ``[prefix][middle][suffix][answer]`` per sample and pad.
 
@@ -152,7 +156,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         caller already has them (else they are computed here).
         """
         tasks = tasks if tasks is not None else [0] * len(middles)
-        prefix, suffixes, answer_embs = embedded or self.prompt_embeddings(tasks, answers)
+        prefix, suffixes, answer_embs, _ = embedded or self.prompt_embeddings(tasks, answers)
         head = [prefix] if include_prefix else []
         seqs, prompt_lens = [], []
         for i, mid in enumerate(middles):
@@ -228,18 +232,13 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         answers = [answer[i, : answer_lengths[i]] for i in range(len(answer))]
         tasks = self.task_indices(task, len(answers))
         with self.autocast():
-            if modality == "text":  # the questions join the one embedding lookup of the batch
-                if text is None:
-                    raise ValueError("modality 'text' needs the question transcript ('text')")
-                questions = [text[i, : text_lengths[i]] for i in range(len(text))]
-                prefix, suffixes, pieces = self.prompt_embeddings(tasks, answers + questions)
-                embedded = (prefix, suffixes, pieces[: len(answers)])
-                middles = pieces[len(answers):]
-            else:
-                middles = self.placeholder_embeddings(
-                    modality, text, text_lengths, speech, speech_lengths, enc_feats, enc_feats_lengths
-                )
-                embedded = self.prompt_embeddings(tasks, answers)
+            # T2T: the questions join the batch's one embedding lookup
+            questions = ([text[i, : text_lengths[i]] for i in range(len(text))]
+                         if modality == "text" and text is not None else None)
+            embedded = self.prompt_embeddings(tasks, answers, questions)
+            middles = embedded[3] if questions is not None else self.placeholder_embeddings(
+                modality, text, text_lengths, speech, speech_lengths, enc_feats, enc_feats_lengths
+            )
             if self.share_prompt_prefix:
                 x, mask, prompt_lens = self.build_inputs(
                     middles, answers, include_prefix=False, tasks=tasks, embedded=embedded)
@@ -292,16 +291,18 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         middles = self.placeholder_embeddings(modality, **inputs)
         tasks = self.task_indices(task, len(middles))
         extra = {}
+        embedded = self.prompt_embeddings(tasks)
         if self.share_prompt_prefix:
             # [prefix][pad][middle][suffix]: the prefix comes from the shared cache, the
             # padding sits after it (masked), positions follow the attention mask
-            x, mask, _ = self.build_inputs(middles, left_pad=True, include_prefix=False, tasks=tasks)
-            extra["cache"] = self.prefix_cache(len(middles))
-            prefix = self.llm.embed(self.prefix_ids)[None].expand(len(middles), -1, -1)
+            x, mask, _ = self.build_inputs(middles, left_pad=True, include_prefix=False, tasks=tasks,
+                                           embedded=embedded)
+            extra["cache"] = self.prefix_cache(len(middles), prefix=embedded[0])
+            prefix = embedded[0][None].expand(len(middles), -1, -1)
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
             mask = torch.cat([mask.new_ones(len(middles), prefix.shape[1]), mask], dim=1)
         else:
-            x, mask, _ = self.build_inputs(middles, left_pad=True, tasks=tasks)
+            x, mask, _ = self.build_inputs(middles, left_pad=True, tasks=tasks, embedded=embedded)
         out = self.llm.model.generate(
             inputs_embeds=x,
             attention_mask=mask,
