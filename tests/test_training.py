@@ -4,6 +4,9 @@ The dumps (``tiny_dumps``) come from conftest.py, the run helpers from helpers.p
 
 from __future__ import annotations
 
+import shutil
+
+import pytest
 import torch
 from helpers import load_state, run_train, train_cmd, train_config
 
@@ -32,19 +35,46 @@ def test_train_then_decode(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path)
 
 
 def test_resume_after_interruption_equals_unbroken_run(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path):
-    conf = train_config(tmp_path, tiny_llm_dir, tiny_whisper_dir)
+    """Stopped after epoch 2 of 3, resumed: equal to the unbroken run.  The same stop
+    with a truncated checkpoint.pth (a kill during ESPnet's write) falls back to the kept
+    checkpoint.prev.pth, trains epoch 2 again, and ends equal too."""
+    conf = train_config(tmp_path, tiny_llm_dir, tiny_whisper_dir, max_epoch=3,
+                        scheduler_conf={"total_steps": 9, "warmup_ratio": 0.2})
     unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
     run_train(train_cmd(tiny_dumps, conf, unbroken))
-    # "interrupted" after epoch 1: the same run stopped at max_epoch 1 ...
-    run_train(train_cmd(tiny_dumps, conf, resumed, "--max_epoch", "1"))
-    assert not (resumed / "2epoch.pth").exists()
+    # "interrupted" after epoch 2: the same run stopped at max_epoch 2 ...
+    run_train(train_cmd(tiny_dumps, conf, resumed, "--max_epoch", "2"))
+    assert not (resumed / "3epoch.pth").exists()
+    prev = load_state(resumed / "checkpoint.prev.pth")  # the epoch-1 state, kept
+    assert prev["reporter"]["epoch"] == 1 and load_state(resumed / "checkpoint.pth")["reporter"]["epoch"] == 2
+    assert not list(resumed.glob(".*.tmp"))  # no temporary file left behind
+    truncated = tmp_path / "truncated"
+    shutil.copytree(resumed, truncated, symlinks=True)
+    ckpt = truncated / "checkpoint.pth"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     # ... then restarted with --resume true continues from checkpoint.pth
     p = run_train(train_cmd(tiny_dumps, conf, resumed, "--resume", "true"))
-    assert "2/2epoch started" in p.stderr and "1/2epoch started" not in p.stderr
-    a, b = load_state(unbroken / "2epoch.pth"), load_state(resumed / "2epoch.pth")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    assert "3/3epoch started" in p.stderr and "2/3epoch started" not in p.stderr
+    q = run_train(train_cmd(tiny_dumps, conf, truncated, "--resume", "true"))
+    assert "skipping a damaged checkpoint" in q.stderr and str(ckpt) in q.stderr
+    assert "2/3epoch started" in q.stderr and "1/3epoch started" not in q.stderr
+    a = load_state(unbroken / "3epoch.pth")
+    for other in (resumed, truncated):
+        b = load_state(other / "3epoch.pth")
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), (other.name, k)
+
+
+def test_resume_refuses_when_no_checkpoint_loads(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path):
+    conf = train_config(tmp_path, tiny_llm_dir, tiny_whisper_dir, max_epoch=1)
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "checkpoint.pth").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(AssertionError) as e:
+        run_train(train_cmd(tiny_dumps, conf, out, "--resume", "true"))
+    assert "CheckpointError" in str(e.value) and "no loadable checkpoint" in str(e.value)
+    assert (out / "checkpoint.pth").read_bytes() == b"PK\x03\x04 truncated"  # left for the user
 
 
 def test_torchrun_two_gloo_processes(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path):

@@ -16,6 +16,11 @@ a small fixed probe set:
   ``iter_time``.  Under DDP this assumes every rank runs the same number of iterations
   (ESPnet's sharded batches do).
 
+Training state is crash-safe (:mod:`espnet_ext.train.checkpoint`): every ``torch.save``
+of the run is atomic, the previous ``checkpoint.pth`` is kept as ``checkpoint.prev.pth``,
+and ``--resume true`` falls back to it, naming the damaged file, when the newest one does
+not load.
+
 Every probe also writes ``<output_dir>/importance_probe/{epoch<N>,step<N>}.json`` with the
 per-layer distribution.  It leaves the training trajectory bit-identical (see
 :mod:`espnet_ext.train.probe`).  ESPnet's DeepSpeed path refuses any trainer class
@@ -27,13 +32,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+from pathlib import Path
 from typing import Optional
 
+import espnet2.main_funcs.average_nbest_models as _espnet_averaging  # noqa: E402
+import espnet2.train.trainer as _espnet_trainer  # noqa: E402
 from espnet2.train.trainer import TrainerOptions  # noqa: E402  (imported by the shim already)
 from espnet2.utils.build_dataclass import build_dataclass  # noqa: E402
 from espnet2.utils.nested_dict_action import NestedDictAction  # noqa: E402
 
+from espnet_ext.train.checkpoint import (  # noqa: E402
+    PREVIOUS,
+    CheckpointError,
+    atomic_trainer_saves,
+    check_archive,
+    loadable_checkpoint,
+)
 from espnet_ext.utils.espnet_compat import Trainer  # first: ESPnet's imports need its shim
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -75,6 +93,35 @@ class SpeechLLMTrainer(Trainer):
             probe_conf = build_from_conf(ProbeConfig, dict(conf), "importance_probe_conf")
             cls._probe = (key, ImportanceProbe(probe_conf, options.output_dir))
         return cls._probe[1]
+
+    @classmethod
+    def run(cls, *args, **kwargs) -> None:
+        """ESPnet's ``Trainer.run`` with atomic ``torch.save`` (see the module docstring)."""
+        with atomic_trainer_saves([_espnet_trainer, _espnet_averaging]):
+            super().run(*args, **kwargs)
+
+    @classmethod
+    def resume(cls, checkpoint, *args, **kwargs) -> None:
+        """Resume from the newest loadable of ``checkpoint.pth`` / ``checkpoint.prev.pth``.
+
+        A damaged newest file is named in the log and skipped; when none loads, a
+        :class:`~espnet_ext.train.checkpoint.CheckpointError` names every file and why.
+        """
+        path, skipped = loadable_checkpoint(Path(checkpoint).parent)
+        for why in skipped:
+            logger.warning("skipping a damaged checkpoint: %s", why)
+        if path is None:
+            raise CheckpointError(f"{checkpoint}: no checkpoint to resume from")
+        try:
+            Trainer.resume(path, *args, **kwargs)
+        except Exception as e:  # the archive opened, but its content does not load
+            prev = path.with_name(PREVIOUS)
+            if path.name == PREVIOUS or check_archive(prev) is not None:
+                raise CheckpointError(f"{path}: cannot resume from it ({type(e).__name__}: {e})") from e
+            logger.warning("%s does not load (%s: %s); resuming from %s", path, type(e).__name__, e, prev)
+            Trainer.resume(prev, *args, **kwargs)
+        if path.name == PREVIOUS:
+            logger.warning("resumed from the previous checkpoint %s; the epoch after it is trained again", path)
 
     @classmethod
     def train_one_epoch(cls, model, iterator, optimizers, schedulers, scaler, reporter, summary_writer,
