@@ -6,6 +6,12 @@ sorted by their LLM prompt length so each batch wastes little padding, and gener
 uses the KV cache and stops at the end-of-turn token (``max_new_tokens`` caps it).
 Under ``torch.distributed`` each rank decodes every ``world_size``-th batch and rank 0
 gathers and writes the results.
+
+A killed decode resumes where it stopped: each rank appends every finished batch to a
+journal (``output_dir/.hyp.partial.rank<R>.jsonl``, flushed and fsynced per batch, headed
+by the model stamp and the batching), and a rerun with the same model and options skips
+the batches it holds; a torn last line is ignored.  The batches themselves are the same
+on a rerun, so the hypotheses are too.  The journals are removed once ``hyp`` is written.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Literal, Optional
+from typing import IO, Dict, List, Literal, Optional
 
 import torch
 import yaml
@@ -43,6 +50,7 @@ class DecodeReport:
     batch_size: int
     max_new_tokens: int
     world_size: int
+    n_resumed_batches: int = 0  # batches taken from a killed run's journal
 
     @property
     def seconds_per_utt(self) -> float:
@@ -83,6 +91,45 @@ def is_decoded(output_dir: str | Path, stamp: dict) -> bool:
     return has_stamp(Path(output_dir) / "decode_report.json", stamp, required=[Path(output_dir) / "hyp"])
 
 
+class BatchJournal:
+    """Append-only record of the decoded batches of one rank (see the module docstring)."""
+
+    def __init__(self, path: Path, header: dict) -> None:
+        self.path = path
+        self.done: Dict[int, dict] = {}
+        header = json.loads(json.dumps(header))
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # a torn last line has no "\n"
+            try:
+                records = [json.loads(line) for line in lines]
+            except json.JSONDecodeError:
+                records = []
+            if records and records[0] == header:
+                self.done = {r["batch"]: r for r in records[1:]}
+            elif records:
+                logger.info("%s is from another model or options; decoding from the start", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f: IO = open(path, "w", encoding="utf-8")
+        self._write(header)
+        for r in self.done.values():
+            self._write(r)
+
+    def _write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def add(self, batch: int, hyps: Dict[str, str], n_tokens: int) -> None:
+        record = {"batch": batch, "hyps": hyps, "n_tokens": n_tokens}
+        self.done[batch] = record
+        self._write(record)
+
+    def close(self, remove: bool) -> None:
+        self._f.close()
+        if remove:
+            self.path.unlink(missing_ok=True)
+
+
 def decode_dump_dir(
     model: ESPnetSpeechLLM,
     data_dir: str | Path,
@@ -101,27 +148,43 @@ def decode_dump_dir(
     batches = list(dump_batches(data_dir, preprocessor_for(model), modality, batch_size,
                                 with_answer=False, device=device))
     tok = model.llm.tokenizer
-    hyps: Dict[str, str] = {}
-    n_tokens = 0
+    journal = BatchJournal(Path(output_dir) / f".hyp.partial.rank{rank}.jsonl",
+                           {"stamp": stamp, "data_dir": str(data_dir), "modality": modality, "batch_size": batch_size,
+                            "max_new_tokens": max_new_tokens, "world_size": world, "n_batches": len(batches)})
+    n_resumed = len(journal.done)
+    if n_resumed:
+        logger.info("%s: resuming; %d batches already decoded by a killed run", output_dir, n_resumed)
     start = time.perf_counter()
-    for ids, tensors in tqdm(batches[rank::world], desc=f"decode {data_dir.name} {modality}",
-                             unit="batch", disable=rank != 0):
-        outs = model.generate(modality, max_new_tokens=max_new_tokens, **tensors)
-        for u, out in zip(ids, outs):
-            n_tokens += len(out)
-            hyps[u] = " ".join(tok.decode(out, skip_special_tokens=True).split())
+    try:
+        for index in tqdm(range(rank, len(batches), world), desc=f"decode {data_dir.name} {modality}",
+                          unit="batch", disable=rank != 0):
+            if index in journal.done:
+                continue
+            ids, tensors = batches[index]
+            outs = model.generate(modality, max_new_tokens=max_new_tokens, **tensors)
+            journal.add(index, {u: " ".join(tok.decode(out, skip_special_tokens=True).split())
+                                for u, out in zip(ids, outs)}, sum(len(out) for out in outs))
+    except BaseException:
+        journal.close(remove=False)  # what is decoded stays for the rerun
+        raise
     seconds = time.perf_counter() - start
+    hyps = {u: h for r in journal.done.values() for u, h in r["hyps"].items()}
+    n_tokens = sum(r["n_tokens"] for r in journal.done.values())
     if dist:
         gathered: List[Optional[dict]] = [None] * world
         torch.distributed.all_gather_object(gathered, {"hyps": hyps, "n": n_tokens, "s": seconds})
         hyps = {k: v for g in gathered for k, v in g["hyps"].items()}
         n_tokens = sum(g["n"] for g in gathered)
         seconds = max(g["s"] for g in gathered)
-    report = DecodeReport(str(data_dir), modality, len(hyps), n_tokens, seconds, batch_size, max_new_tokens, world)
+    report = DecodeReport(str(data_dir), modality, len(hyps), n_tokens, seconds, batch_size, max_new_tokens, world,
+                          n_resumed)
     if rank == 0:
         out = Path(output_dir)
         with atomic_open(out / "hyp") as f:
             f.writelines(f"{u} {hyps[u]}\n" for u in sorted(hyps))
         atomic_write_text(out / "decode_report.json", json.dumps(
             {**asdict(report), "seconds_per_utt": report.seconds_per_utt, "stamp": stamp}, indent=2) + "\n")
+    if dist:
+        torch.distributed.barrier()  # hyp is written before any rank drops its journal
+    journal.close(remove=True)
     return report
