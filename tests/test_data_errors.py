@@ -6,6 +6,7 @@ dump (with tiny random models), config composition and the atomic writers.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 from espnet_ext.data.audio import fit_to_window, load_audio, write_wav
 from espnet_ext.data.kaldi_dir import DataError, read_kaldi_dir, read_table
 from espnet_ext.tasks.compose import compose_train_config
-from espnet_ext.utils.atomic import atomic_dir, atomic_open, atomic_write_text
+from espnet_ext.utils.atomic import DiskFullError, atomic_dir, atomic_open, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -382,6 +383,45 @@ def test_atomic_open_keeps_old_file_on_error(tmp_path):
     with atomic_open(target, "wb") as f:
         f.write(b"new\n")
     assert target.read_bytes() == b"new\n" and sorted(os.listdir(tmp_path)) == ["hyp"]
+
+
+def test_disk_full_names_the_output_and_keeps_the_old_one(tmp_path):
+    def no_space():
+        return OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "hyp"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(DiskFullError, match="no space left on the device while writing") as e:
+        with atomic_open(target) as f:
+            f.write("half")
+            raise no_space()
+    assert str(target) in str(e.value) and e.value.errno == errno.ENOSPC
+    assert target.read_text() == "old\n" and sorted(os.listdir(tmp_path)) == ["hyp"]
+    with atomic_dir(tmp_path / "dump") as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(DiskFullError, match=str(tmp_path / "dump")):
+        with atomic_dir(tmp_path / "dump") as tmp:
+            raise no_space()
+    assert (tmp_path / "dump" / "a").read_text() == "1" and sorted(os.listdir(tmp_path)) == ["dump", "hyp"]
+
+
+def test_dump_disk_full_keeps_the_previous_dump(tmp_path, tiny_kaldi_dir, dump_parts, monkeypatch):
+    import kaldiio
+
+    from espnet_ext.data.dump import dump_encoder_features
+
+    out = tmp_path / "dump"
+    dump_encoder_features(tiny_kaldi_dir, out, **dump_parts)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def full(self, key, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(kaldiio.WriteHelper, "__setitem__", full)
+    with pytest.raises(DiskFullError, match=str(out)):
+        dump_encoder_features(tiny_kaldi_dir, out, **dump_parts)  # a rewrite (the function always rewrites)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
 def test_atomic_dir_keeps_old_dir_on_error(tmp_path):

@@ -1,12 +1,15 @@
 """Atomic file outputs: write to a temporary name beside the target, then rename.
 
 Every stage of the recipe writes through these helpers so that an interrupted or
-failed job never leaves a half-written file under its final name.
+failed job never leaves a half-written file under its final name.  A full disk
+(``ENOSPC``) raises :class:`DiskFullError`, which names the output and says that its
+previous version is intact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -14,6 +17,19 @@ from pathlib import Path
 from typing import IO, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
+
+
+class DiskFullError(OSError):
+    """``ENOSPC`` while writing an output; the previous version of it is intact."""
+
+
+def _disk_full(e: BaseException, path: Path) -> BaseException:
+    """``e`` as a :class:`DiskFullError` naming ``path`` when it is ENOSPC, else ``e``."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC and not isinstance(e, DiskFullError):
+        err = DiskFullError(errno.ENOSPC, f"no space left on the device while writing {path}; its previous "
+                            "version (if any) is intact. Free space and rerun the same command")
+        return err
+    return e
 
 
 def _umask() -> int:
@@ -40,10 +56,13 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str | None = "utf-8")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        err = _disk_full(e, path)
+        if err is e:
+            raise
+        raise err from e
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
@@ -72,6 +91,9 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        err = _disk_full(e, path)
+        if err is e:
+            raise
+        raise err from e
