@@ -6,10 +6,13 @@ temporary data/dump/exp root, then checks the outputs and that re-running is a n
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,6 +121,142 @@ def test_rerun_is_idempotent(recipe_run):
 def test_unknown_option_is_rejected(tmp_path):
     p = subprocess.run(["./run.sh", "--no_such_option", "1"], cwd=RECIPE, capture_output=True, text=True)
     assert p.returncode != 0 and "no_such_option" in p.stderr
+
+
+def _quick(*args: str) -> subprocess.CompletedProcess:
+    """run.sh with options that start no job (a stage range after parsing, or one stage's checks)."""
+    return subprocess.run(["./run.sh", *args], cwd=RECIPE, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+
+
+NO_STAGES = ("--stage", "99", "--stop_stage", "98")  # parses the options, takes the lock, runs nothing
+
+
+def _hold_lock(exp: Path) -> int:
+    fd = os.open(exp / ".run.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_exp_dir_in_use_is_refused_naming_the_holder(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / ".run.lock.info").write_text("pid=1234\nhost=otherhost\nstart=2026-12-02T01:00:00Z\n"
+                                        "command=./run.sh --stage 4\n")
+    fd = _hold_lock(exp)
+    try:
+        p = _quick(*NO_STAGES, "--expdir", str(exp))
+        assert p.returncode == 1
+        assert (f"run.sh: {exp}/ is in use by pid 1234 on host otherhost since 2026-12-02T01:00:00Z "
+                "(./run.sh --stage 4); wait for it or use another --expdir") in p.stderr, p.stderr
+        assert not (exp / "run.sh.cmd").exists()  # the refused run left no trace
+        assert _quick("--help", "--expdir", str(exp)).returncode == 0  # --help takes no lock
+    finally:
+        os.close(fd)
+    # free again (as after the holder died): taken over, the info file names the new holder
+    p = _quick(*NO_STAGES, "--expdir", str(exp))
+    assert p.returncode == 0, p.stderr
+    info = dict(line.split("=", 1) for line in (exp / ".run.lock.info").read_text().splitlines())
+    assert info["pid"] != "1234" and info["host"] == socket.gethostname()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["start"])
+    assert info["command"] == f"./run.sh {' '.join(NO_STAGES)} --expdir {exp}"
+    assert [p.name for p in exp.glob(".run.lock.info*")] == [".run.lock.info"]  # no temp file left
+
+
+def test_exp_dir_lock_of_a_killed_run_is_taken_over(tmp_path):
+    exp = tmp_path / "exp"
+    p = _quick(*NO_STAGES, "--expdir", str(exp))  # a finished run's info file stays behind
+    assert p.returncode == 0, p.stderr
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)", str(exp / ".run.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        p = _quick(*NO_STAGES, "--expdir", str(exp))
+        assert p.returncode == 1 and "is in use by pid" in p.stderr
+        # the pid in the info file is gone (the run that wrote it finished): a job still holds the dir
+        assert "that run.sh has exited; a job it started still runs and holds the lock" in p.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    p = _quick(*NO_STAGES, "--expdir", str(exp))  # the kernel released the killed holder's lock
+    assert p.returncode == 0, p.stderr
+
+
+def _fake_stage2(tmp: Path) -> list:
+    """What stage 2 leaves (empty stand-ins) under tmp; the options that point run.sh at them."""
+    exp, dump = tmp / "exp", tmp / "dump"
+    for d in ("llm", "whisper"):
+        (exp / "pretrained" / d).mkdir(parents=True)
+    (exp / "pretrained" / "model.yaml").write_text("")
+    for s in ("train", "dev", "test_llamaq", "test_webq", "test_llamaq_unseen", "test_webq_unseen"):
+        (dump / s).mkdir(parents=True)
+        (dump / s / "enc_feats.scp").write_text("")
+    return ["--expdir", str(exp), "--dumpdir", str(dump), "--datadir", str(tmp / "data")]
+
+
+def _needs(stage: int, path: Path | str, made_by: int, what: str = "") -> str:
+    return (f"run.sh: stage {stage} needs {path}{f' ({what})' if what else ''}, which stage {made_by} "
+            f"writes; run ./run.sh --stage {made_by} --stop_stage {made_by} first (same options)")
+
+
+@pytest.mark.parametrize("stage, need", [(3, "pretrained/model.yaml"), (4, "pretrained/llm"),
+                                         (5, "pretrained/model.yaml"), (6, "pretrained/model.yaml")])
+def test_stage_before_stage2_names_what_it_needs(tmp_path, stage, need):
+    """The new user's case: --stage 4 on a fresh exp dir (was HFValidationError about pretrained/llm)."""
+    exp = tmp_path / "exp"
+    p = _quick("--stage", str(stage), "--stop_stage", str(stage), "--train_configs", "conf/train_layerlr.yaml",
+               "--expdir", str(exp), "--dumpdir", str(tmp_path / "dump"), "--datadir", str(tmp_path / "data"))
+    assert p.returncode == 1
+    assert _needs(stage, exp / need, 2) in p.stderr, p.stderr
+    assert "==== Stage" not in p.stderr  # nothing started
+
+
+def test_stage4_needs_the_outputs_its_options_ask_for(tmp_path):
+    opts = _fake_stage2(tmp_path)
+    exp, dump = tmp_path / "exp", tmp_path / "dump"
+    four = ("--stage", "4", "--stop_stage", "4")
+    p = _quick(*four, *opts)  # preset quick: the adaptor warm-up
+    assert p.returncode == 1 and _needs(4, exp / "warmup/adaptor.pth", 2, "--adaptor_warmup true") in p.stderr
+    p = _quick(*four, *opts, "--preset", "full", "--transcription_mix", "5")
+    assert p.returncode == 1
+    assert _needs(4, dump / "train_mix/enc_feats.scp", 2, "--transcription_mix 5") in p.stderr, p.stderr
+    # Layer-LR reads stage 3's report (the path its composed config names); Full-FT does not
+    p = _quick(*four, *opts, "--preset", "full", "--train_configs", "conf/train_full.yaml conf/train_layerlr.yaml")
+    assert p.returncode == 1
+    assert _needs(4, exp / "importance/base/summary.json", 3,
+                  "layer_lr_conf.importance_report of conf/train_layerlr.yaml") in p.stderr, p.stderr
+    assert "==== Stage" not in p.stderr and not (exp / "full" / "train.log").exists()
+
+
+def test_stage5_and_stage6_need_the_earlier_stages(tmp_path):
+    opts = _fake_stage2(tmp_path)
+    exp = tmp_path / "exp"
+    five, six = ("--stage", "5", "--stop_stage", "5"), ("--stage", "6", "--stop_stage", "6")
+    p = _quick(*five, *opts)  # the cascade transcribes stage 1's audio
+    assert p.returncode == 1 and _needs(5, tmp_path / "data/test_llamaq/wav.scp", 1) in p.stderr, p.stderr
+    p = _quick(*five, *opts, "--cascade", "false", "--train_configs", "conf/train_full.yaml conf/train_lora.yaml")
+    assert p.returncode == 1 and _needs(5, exp / "full/config.yaml", 4) in p.stderr, p.stderr
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1 and _needs(6, exp / "importance/base/summary.json", 3) in p.stderr, p.stderr
+    (exp / "importance/base").mkdir(parents=True)
+    (exp / "importance/base/summary.json").write_text("{}")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1 and _needs(6, exp / "lora/config.yaml", 4) in p.stderr, p.stderr
+    (exp / "lora").mkdir()
+    for f in ("config.yaml", "valid.loss.best.pth"):
+        (exp / "lora" / f).write_text("")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1
+    assert _needs(6, exp / "noft/decode_test_llamaq_text/hyp", 5) in p.stderr, p.stderr
+    for s in ("test_llamaq", "test_webq"):
+        (exp / "noft" / f"decode_{s}_text").mkdir(parents=True)
+        (exp / "noft" / f"decode_{s}_text" / "hyp").write_text("")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1
+    assert _needs(6, exp / "lora/decode_test_llamaq_speech/hyp", 5) in p.stderr, p.stderr
+    assert "==== Stage" not in p.stderr
 
 
 OPTIONS = {"stage", "stop_stage", "preset", "datadir", "dumpdir", "expdir", "results_md", "data_source",

@@ -254,6 +254,51 @@ def test_run_local_num_threads_and_unknown_option(tmp_path):
     assert p.returncode != 0 and "--bogus" in p.stderr
 
 
+PY_FAILURE = ("echo loading; echo 'Traceback (most recent call last):' >&2; "
+              "echo '  File \"train.py\", line 3, in <module>' >&2; "
+              "echo \"ValueError: conf/train_full.yaml: unknown key 'optim_cnf'\" >&2; exit 1")
+
+
+def test_run_local_failing_job_shows_the_exception_line(tmp_path):
+    p = run([RUN_LOCAL, "exp/full/train.log", "bash", "-c", PY_FAILURE], cwd=tmp_path)
+    assert p.returncode == 1
+    assert p.stderr.endswith("run_local.sh: job 1 failed (1 / 1); see log exp/full/train.log\n"
+                             "  ValueError: conf/train_full.yaml: unknown key 'optim_cnf'\n"), p.stderr
+    assert "File" not in p.stderr and "loading" not in p.stderr
+
+
+def test_run_local_failing_job_without_exception_shows_its_last_lines(tmp_path):
+    p = run([RUN_LOCAL, "x.log", "bash", "-c", "echo a; echo b; echo; echo '  c'; echo d; exit 2"],
+            cwd=tmp_path)
+    assert p.returncode == 1
+    # the last 3 non-empty lines of the job's output, not the launcher's "# ..." footer
+    assert p.stderr.endswith("see log x.log\n  b\n    c\n  d\n"), p.stderr
+    p = run([RUN_LOCAL, "quiet.log", "false"], cwd=tmp_path)  # no output: the log line alone
+    assert p.returncode == 1 and p.stderr == "run_local.sh: job 1 failed (1 / 1); see log quiet.log\n"
+
+
+def test_run_local_failing_torchrun_job_shows_the_worker_error(tmp_path):
+    body = ("[ JOB = 1 ] && exit 0; echo '[rank0]: Traceback (most recent call last):'; "
+            "echo '[rank0]: torch.OutOfMemoryError: CUDA out of memory (job JOB)'; "
+            "echo 'Traceback (most recent call last):'; "
+            "echo 'torch.distributed.elastic.multiprocessing.errors.ChildFailedError: '; echo ====; exit 1")
+    p = run([RUN_LOCAL, "JOB=1:3", "log/t.JOB.log", "bash", "-c", body], cwd=tmp_path)
+    assert p.returncode == 1
+    assert p.stderr.endswith("2 / 3 jobs failed; e.g. see log log/t.2.log\n"
+                             "  [rank0]: torch.OutOfMemoryError: CUDA out of memory (job 2)\n"), p.stderr
+
+
+def test_die_failed_with_a_missing_or_empty_log(tmp_path):
+    lib = shlex.quote(str(UTILS / "launcher_lib.sh"))
+    script = f". {lib}\njobvar= first=1 last=2 failed=(2) logspec=$1\ndie_failed"
+    p = bash(script, "gone/x.log", cwd=tmp_path)
+    assert p.returncode == 1
+    assert p.stderr == "snippet: job 2 failed (1 / 2); see log gone/x.log\n  (no log gone/x.log)\n"
+    (tmp_path / "empty.log").write_text("")
+    p = bash(script, "empty.log", cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr == "snippet: job 2 failed (1 / 2); see log empty.log\n"
+
+
 # --------------------------------------------------------------------------------------
 # run_slurm.sh with a fake sbatch
 # --------------------------------------------------------------------------------------
@@ -328,6 +373,14 @@ def test_run_slurm_single_job_success(tmp_path, fake_sbatch):
     check_header_footer(read_log(tmp_path / "one.log"), 0)
     assert (tmp_path / "out.txt").read_text() == "a  b\n"
     assert "--array" not in calls.read_text()
+
+
+def test_run_slurm_failing_job_shows_the_exception_line(tmp_path, fake_sbatch):
+    env, _ = fake_sbatch
+    p = run([RUN_SLURM, "exp/full/train.log", "bash", "-c", PY_FAILURE], cwd=tmp_path, env=env)
+    assert p.returncode == 1
+    assert p.stderr.endswith("see log exp/full/train.log\n"
+                             "  ValueError: conf/train_full.yaml: unknown key 'optim_cnf'\n"), p.stderr
 
 
 def test_run_slurm_without_sbatch_fails_clearly(tmp_path):

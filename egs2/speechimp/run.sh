@@ -108,12 +108,71 @@ case $adaptor_warmup in
 esac
 
 mkdir -p "$expdir"
+
+# ---- one run per exp dir at a time ------------------------------------------------------------
+# An exclusive flock(1) lock on $expdir/.run.lock, held on fd 9 until this run ends (taken after
+# option parsing, so --help and bad options never wait for it). Every job this run starts
+# inherits fd 9, which is intended: a job still running after its run.sh was killed keeps the
+# dir busy. The kernel releases the lock when the last process holding it exits, so a killed
+# run leaves no stale lock: the next run simply takes it over and overwrites .run.lock.info
+# (the holder's pid, host, start time and command line, shown to whoever finds the dir busy).
+lock_expdir() {
+  local lock=$expdir/.run.lock info=$expdir/.run.lock.info
+  if ! command -v flock >/dev/null 2>&1; then
+    echo "run.sh: warning: flock (util-linux) not found; $expdir is not locked against" \
+      "concurrent runs" >&2
+    return 0
+  fi
+  exec 9>>"$lock"
+  if ! flock -n 9; then
+    local holder="another run (no details in $info)" pid host since cmd
+    if [ -s "$info" ]; then
+      pid=$(sed -n 's/^pid=//p' "$info"); host=$(sed -n 's/^host=//p' "$info")
+      since=$(sed -n 's/^start=//p' "$info"); cmd=$(sed -n 's/^command=//p' "$info")
+      holder="pid ${pid:-?} on host ${host:-?} since ${since:-?} (${cmd:-?})"
+      # its run.sh gone but the lock still held: a job it started is still running
+      if [ "$host" = "$HOSTNAME" ] && [ -n "$pid" ] &&
+         ! kill -0 "$pid" 2>/dev/null && ! ps -p "$pid" >/dev/null 2>&1; then
+        holder+=" [that run.sh has exited; a job it started still runs and holds the lock]"
+      fi
+    fi
+    echo "run.sh: ${expdir%/}/ is in use by $holder; wait for it or use another --expdir" >&2
+    exit 1
+  fi
+  local tmp=$info.tmp.$$  # one writer: the lock holder
+  printf 'pid=%s\nhost=%s\nstart=%s\ncommand=%s\n' "$$" "$HOSTNAME" "$(date -u +%FT%TZ)" \
+    "${0//$'\n'/ } ${run_args//$'\n'/ }" >"$tmp"
+  mv -f "$tmp" "$info"
+}
+lock_expdir
+
 stage_times=$expdir/stage_times.tsv
 # a re-runnable record of how this experiment was produced
 printf '%s\n' "cd $(pwd) && $0 $run_args" >>"$expdir/run.sh.cmd"
 
 tag_of() { local b; b=$(basename "$1" .yaml); echo "${b#train_}"; }
 all_sets() { echo "$train_set $valid_set $test_sets $unseen_test_sets"; }
+
+# require_outputs STAGE MADE_BY WHAT PATH...: stage STAGE reads PATH..., which stage MADE_BY
+# writes (WHAT, when not empty, says what they are, or the option that asks for them): die
+# naming the first missing one and the stage to run, before the stage starts any job.
+require_outputs() {
+  local stage=$1 made_by=$2 what=$3 p
+  shift 3
+  for p in "$@"; do
+    [ -e "$p" ] && continue
+    echo "run.sh: stage $stage needs $p${what:+ ($what)}, which stage $made_by writes;" \
+      "run ./run.sh --stage $made_by --stop_stage $made_by first (same options)" >&2
+    exit 1
+  done
+}
+# require_dumps STAGE SET...: stage 2's dump dir of each SET (written whole or not at all)
+require_dumps() {
+  local stage=$1 s scps=()
+  shift
+  for s in "$@"; do scps+=("$dumpdir/$s/enc_feats.scp"); done
+  require_outputs "$stage" 2 "" "${scps[@]}"
+}
 
 # ---- stage 1: data --------------------------------------------------------------------------
 stage1() {
@@ -162,6 +221,8 @@ stage2() {
 
 # ---- stage 3: importance of the base LLM (eq. 2) and its validation (Table 1) --------------
 stage3() {
+  require_outputs 3 2 "" "$expdir/pretrained/model.yaml"
+  require_dumps 3 "$train_set" "$valid_set"
   stage_header 3 "$dumpdir/$train_set (text) -> $expdir/importance/base"
   ${train_cmd} "$expdir/importance/base/score.log" python -m espnet_ext.bin.importance_score \
     --config "$importance_config" --model_config "$expdir/pretrained/model.yaml" \
@@ -171,6 +232,18 @@ stage3() {
 
 # ---- stage 4: stage-1 training, one run per training config --------------------------------
 stage4() {
+  local train_dump=$dumpdir/$train_set
+  [ "$transcription_mix" -gt 0 ] && train_dump=$dumpdir/${train_set}_mix
+  require_outputs 4 2 "" "$expdir/pretrained/llm" "$expdir/pretrained/whisper"
+  require_dumps 4 "$valid_set"
+  if [ "$transcription_mix" -gt 0 ]; then
+    require_outputs 4 2 "--transcription_mix $transcription_mix" "$train_dump/enc_feats.scp" \
+      "$train_dump/task"
+  else
+    require_dumps 4 "$train_set"
+  fi
+  [ "$adaptor_warmup" = true ] &&
+    require_outputs 4 2 "--adaptor_warmup true" "$expdir/warmup/adaptor.pth"
   # every system's config first (one validation pass: fails before any training starts)
   local pairs=() conf
   for conf in $train_configs; do
@@ -179,12 +252,21 @@ stage4() {
   done
   python -m espnet_ext.bin.compose_config --preset "$model_preset" --recipe_preset "$preset_file" \
     --pretrained_dir "$expdir/pretrained" --expdir "$expdir" "${pairs[@]}"
+  # the importance report a system's composed config names (Layer-LR, ImpAnchor): stage 3's
+  local key report
+  for conf in $train_configs; do
+    for key in layer_lr_conf anchor_conf; do
+      report=$(conf_get "$expdir/$(tag_of "$conf")/train.yaml" "$key.importance_report" 2>/dev/null) ||
+        continue
+      [ -n "$report" ] || continue
+      require_outputs 4 3 "$key.importance_report of $conf" "$report/summary.json"
+    done
+  done
   for conf in $train_configs; do
     local tag; tag=$(tag_of "$conf")
     local dir=$expdir/$tag
     stage_header 4 "$conf + $model_preset -> $dir"
-    local data=() train_dump=$dumpdir/$train_set
-    [ "$transcription_mix" -gt 0 ] && train_dump=$dumpdir/${train_set}_mix
+    local data=()
     for part in "enc_feats.scp,enc_feats,kaldi_ark" "text,text,text" "answer,answer,text"; do
       data+=(--train_data_path_and_name_and_type "$train_dump/$part"
              --valid_data_path_and_name_and_type "$dumpdir/$valid_set/$part")
@@ -228,11 +310,26 @@ decode_system() {
     "${io[@]}" $decode_args
 }
 stage5() {
-  stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_text"
-  local decode_bs decode_mnt ckpt
+  local decode_bs decode_mnt ckpt conf s
   decode_bs=$(conf_get "$decode_config" batch_size)
   decode_mnt=$(conf_get "$decode_config" max_new_tokens)
   ckpt=$(conf_get "$decode_config" inference_model)
+  # No-FT decodes text only; the cascade and the trained systems also speech (+ unseen sets)
+  require_outputs 5 2 "" "$expdir/pretrained/model.yaml"
+  # shellcheck disable=SC2086
+  if [ "$cascade" = true ] || [[ $train_configs = *[![:space:]]* ]]; then
+    require_dumps 5 $test_sets $unseen_test_sets
+  else
+    require_dumps 5 $test_sets
+  fi
+  if [ "$cascade" = true ]; then
+    require_outputs 5 2 "" "$expdir/pretrained/whisper"
+    for s in $test_sets $unseen_test_sets; do require_outputs 5 1 "" "$datadir/$s/wav.scp"; done
+  fi
+  for conf in $train_configs; do
+    require_outputs 5 4 "" "$expdir/$(tag_of "$conf")/config.yaml" "$expdir/$(tag_of "$conf")/$ckpt"
+  done
+  stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_text"
   mkdir -p "$expdir/noft"
   decode_system noft text "$expdir/pretrained/model.yaml"
   if [ "$cascade" = true ]; then
@@ -266,6 +363,24 @@ stage6() {
   [ "$cascade" = true ] && systems+=" cascade"
   for conf in $train_configs; do trained+=" $(tag_of "$conf")"; done
   systems+="$trained"
+  local ckpt tag s hyps=()
+  ckpt=$(conf_get "$decode_config" inference_model)
+  require_outputs 6 2 "" "$expdir/pretrained/model.yaml"
+  # shellcheck disable=SC2086
+  require_dumps 6 "$train_set" "$valid_set" $test_sets $unseen_test_sets
+  require_outputs 6 3 "" "$expdir/importance/base/summary.json"
+  for tag in $trained; do
+    require_outputs 6 4 "" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
+  done
+  # what stage 5 decodes with the same options: No-FT T2T, cascade S2T, trained T2T + S2T
+  for s in $test_sets; do hyps+=("$expdir/noft/decode_${s}_text/hyp"); done
+  for tag in ${systems#noft}; do
+    for s in $test_sets $unseen_test_sets; do hyps+=("$expdir/$tag/decode_${s}_speech/hyp"); done
+  done
+  for tag in $trained; do
+    for s in $test_sets; do hyps+=("$expdir/$tag/decode_${s}_text/hyp"); done
+  done
+  require_outputs 6 5 "" "${hyps[@]}"
   stage_header 6 "$expdir/{$(echo "$systems" | tr ' ' ,)}/decode_* -> $results_md"
   local args=()
   for tag in $systems; do
@@ -278,8 +393,6 @@ stage6() {
   ${train_cmd} "$expdir/log/score.log" python -m espnet_ext.bin.score_qa "${args[@]}"
   # textual importance of every trained system on the base report's utterances, its shift,
   # rank clustering and parameter changes (Fig. 1-4); redone only when inputs changed
-  local ckpt
-  ckpt=$(conf_get "$decode_config" inference_model)
   stage_header 6 "$expdir/{$(echo $trained | tr ' ' ,)}/$ckpt ->" \
     "$expdir/importance/<tag>, $expdir/results/{analysis.json,figures}"
   ${train_cmd} "$expdir/log/importance_analyze.log" python -m espnet_ext.bin.importance_analyze \

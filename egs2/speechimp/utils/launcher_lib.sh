@@ -123,14 +123,52 @@ collect_status() {
   done
 }
 
-# die_failed: name the log of every failed job (see collect_status) on stderr and die.
-die_failed() {
-  local total=$((last - first + 1)) i
-  if ((${#failed[@]} == 1)); then
-    die "job ${failed[0]} failed (1 / $total); see log $(subst "${failed[0]}" "$logspec")"
+# log_excerpt LOG: the lines of a failed job's LOG most likely to say why, indented, on stdout:
+# the last Python exception line ("ValueError: ...", "[rank0]: ..."-prefixed ones too; torchrun's
+# own ChildFailedError is passed over) after the last "Traceback", or anywhere when there is
+# none; without one, the last 3 non-empty lines of the job's output (the launcher's "# ..."
+# header and footer left out). Lines are cut at 300 characters. Nothing for an empty log; a
+# note for a missing or unreadable one.
+log_excerpt() {
+  local log=$1
+  if [[ ! -r $log ]]; then
+    printf '  (no log %s)\n' "$log"
+    return 0
   fi
-  for i in "${failed[@]}"; do
-    printf '%s: failed: %s\n' "$prog" "$(subst "$i" "$logspec")" >&2
-  done
-  die "${#failed[@]} / $total jobs failed; e.g. see log $(subst "${failed[0]}" "$logspec")"
+  awk '
+    function cut(s) { return length(s) > 300 ? substr(s, 1, 300) "..." : s }
+    { sub(/\r$/, "") }
+    NR == 1 && /^# / { next }                  # the launcher header: command line,
+    /^# Started at / || /^#$/ { next }         # start time, separator
+    /^# Accounting: time=/ || /^# Ended \(code / { next }  # and footer
+    /^(\[[a-z]*[0-9]+\]: ?)?Traceback / { prev = exc; exc = "" }
+    /^(\[[a-z]*[0-9]+\]: ?)?[A-Za-z_][A-Za-z0-9_.]*(Error|Exception)([^A-Za-z0-9_].*)?:/ {
+      # torchrun reports a failed worker with its own ChildFailedError: keep the worker error
+      exc = (/ChildFailedError/ && prev != "") ? prev : $0
+    }
+    /[^ \t]/ { l1 = l2; l2 = l3; l3 = $0; n++ }
+    END {
+      if (exc != "") { print "  " cut(exc); exit }
+      if (n >= 3) print "  " cut(l1)
+      if (n >= 2) print "  " cut(l2)
+      if (n >= 1) print "  " cut(l3)
+    }
+  ' "$log" 2>/dev/null || true
+}
+
+# die_failed: name the log of every failed job (see collect_status) on stderr, show the first
+# one's error lines (log_excerpt) and die.
+die_failed() {
+  local total=$((last - first + 1)) i log
+  log=$(subst "${failed[0]}" "$logspec")
+  if ((${#failed[@]} == 1)); then
+    printf '%s: job %s failed (1 / %s); see log %s\n' "$prog" "${failed[0]}" "$total" "$log" >&2
+  else
+    for i in "${failed[@]}"; do
+      printf '%s: failed: %s\n' "$prog" "$(subst "$i" "$logspec")" >&2
+    done
+    printf '%s: %s / %s jobs failed; e.g. see log %s\n' "$prog" "${#failed[@]}" "$total" "$log" >&2
+  fi
+  log_excerpt "$log" >&2
+  exit 1
 }
