@@ -1,7 +1,7 @@
 # speechimp: the two commands of the README, plus helpers.
 #   make demo   # install (once) + the whole recipe on the built-in offline demo
 #   make test   # install (once) + the linter + the test suite
-.PHONY: install demo test clean-demo
+.PHONY: install demo test fault-trials clean-demo
 
 VENV ?= tools/venv
 PY := $(VENV)/bin/python
@@ -16,6 +16,10 @@ demo: install
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
+
+# SIGKILL trials of the training, decoding and dump jobs (several minutes; not in make test)
+fault-trials: install
+	$(PY) tests/fault_trials.py --trials 8 --seed 0
 
 clean-demo:
 	cd egs2/speechimp && rm -rf data dump exp
