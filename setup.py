@@ -17,7 +17,7 @@ def _requirements(name: str) -> list:
 
 # tools/requirements.txt minus the test-only tools; espeakng-loader stays a runtime
 # requirement: the built-in offline demo (the default data source) speaks its questions with it
-_TEST_ONLY = ("pytest", "ruff")
+_TEST_ONLY = ("pytest", "ruff", "hypothesis")
 _runtime = [r for r in _requirements("requirements.txt") if not r.startswith(_TEST_ONLY)]
 
 setup(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 
 from espnet_ext.data.kaldi_dir import DataError
@@ -113,6 +115,11 @@ def test_parse_number_words_stops_at_ill_formed_sequences() -> None:
         ("one, two", "1, 2"),
         ("forty-two thousand", "42000"),
         ("no numbers here", "no numbers here"),
+        ("nineteen eighty-four", "1984"),  # a year in two pairs
+        ("twenty twenty-one", "2021"),
+        ("the twenty-first century", "the twenty-first century"),  # ordinals stay
+        ("ninety-ninth", "ninety-ninth"),
+        ("a twenty-one-year-old", "a 21-year-old"),
     ],
 )
 def test_words_to_digits(text: str, expected: str) -> None:
@@ -197,3 +204,27 @@ def test_score_predictions_names_missing_ids() -> None:
         score_predictions({"u1": "a"}, {"u1": []}, "contain")
     with pytest.raises(ValueError, match="unknown matcher"):
         score_predictions({"u1": "a"}, {"u1": ["a"]}, "exact")
+
+
+# Decisions pinned: each matcher stays faithful to its public convention, and what that
+# means for the cases users trip over.
+@pytest.mark.parametrize(
+    "prediction, reference, dpr, vita",
+    [
+        # DPR NFD-normalises; VITA-Audio's substring test normalises nothing but case
+        (unicodedata.normalize("NFD", "São Paulo"), "São Paulo", True, False),
+        ("São Paulo", "São Paulo", True, True),
+        # a curly apostrophe and an en dash are other characters than ' and - in both
+        ("the cat\u2019s toy", "cat's", False, False),
+        ("from 1939-1945", "1939\u20131945", False, False),
+        # digits vs number words: DPR never converts; contain's number test does, and
+        # drops digit-group commas from the prediction
+        ("one thousand", "1,000", False, True),
+        ("1,000 people", "one thousand", False, True),
+        ("it was 1984", "Nineteen Eighty-Four", False, True),
+        ("the 21st century", "twenty-first", False, False),  # ordinals are not converted
+    ],
+)
+def test_matcher_conventions_pinned(prediction: str, reference: str, dpr: bool, vita: bool) -> None:
+    assert has_answer(prediction, [reference]) is dpr
+    assert contain(prediction, [reference]) is vita

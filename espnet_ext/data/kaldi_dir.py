@@ -59,6 +59,8 @@ class Utterance:
             raise DataError(f"utterance {self.utt_id}{where}: empty answer")
         if not self.wav.strip():
             raise DataError(f"utterance {self.utt_id}{where}: empty wav.scp entry")
+        if "\n" in self.wav or "\r" in self.wav:
+            raise DataError(f"utterance {self.utt_id}{where}: wav.scp entry {self.wav!r} spans several lines")
 
 
 def _one_line(s: str) -> str:

@@ -17,7 +17,11 @@ so every table names the matcher it used.
     The VITA-Audio convention: the prediction is lower-cased; in each reference the
     punctuation except apostrophes becomes spaces; the reference matches when every
     one of its words is a *substring* of the prediction.  Failing that, number words are
-    turned into digits ("twenty one" -> "21") in both and the test is repeated.
+    turned into digits ("twenty one" -> "21", see :func:`words_to_digits`) in both, and
+    digit-group commas are dropped from the prediction ("1,000" -> "1000"), and the
+    test is repeated.  Nothing else is normalised: no Unicode normalisation (a composed
+    "São" does not contain a decomposed one), and a curly apostrophe or an en dash is
+    not its ASCII look-alike.
 
 Deliberate guard (both matchers): a reference that has no tokens / words at all (e.g.
 ``"?"``) matches nothing, instead of matching every prediction vacuously.
@@ -113,6 +117,10 @@ def has_answer(prediction: str, references: Sequence[str]) -> bool:
 _WORD_RE = re.compile(r"[a-z]+")
 # Words of one number may be joined by spaces or a hyphen ("twenty-one", "twenty one").
 _JOIN_RE = re.compile(r"\s+|\s*-\s*")
+# A number hyphenated to an ordinal is an ordinal ("twenty-first", "ninety-ninth").
+_ORDINAL_TAIL_RE = re.compile(r"-(?:first|second|third|[a-z]+th)\b")
+# Digit-group commas ("1,000,000"), dropped before the number test of ``contain``.
+_DIGIT_GROUP_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 
 def _parse_below_100(words: Sequence[str], i: int) -> Optional[Tuple[int, int]]:
@@ -172,8 +180,10 @@ def words_to_digits(text: str) -> str:
 
     "twenty-one apples and three hundred and five pears" -> "21 apples and 305 pears";
     "seven" -> "7"; "someone" is untouched (whole words only).  Bare "hundred" or
-    "thousand" without a leading number is left as a word.  Ordinals ("first") and
-    fractions are not converted.
+    "thousand" without a leading number is left as a word.  A year said in two pairs
+    becomes one number ("nineteen eighty-four" -> "1984", "twenty twenty" -> "2020").
+    Ordinals and fractions are not converted, nor is the number of a hyphenated ordinal
+    ("twenty-first" stays; "twenty-one-year-old" -> "21-year-old").
     """
     matches = list(_WORD_RE.finditer(text))
     if not any(m.group() in NUMBER_WORDS for m in matches):
@@ -194,11 +204,19 @@ def words_to_digits(text: str) -> str:
             if nxt.group() not in NUMBER_WORDS and nxt.group() != "and":
                 break
             run.append(nxt)
-        parsed = parse_number_words([m.group() for m in run])
+        words = [m.group() for m in run]
+        parsed = parse_number_words(words)
         if parsed is None:  # a bare "hundred"/"thousand": keep the word
             i += 1
             continue
         value, n_used = parsed
+        if 10 <= value <= 99 and n_used < len(words):  # a year in two pairs: "nineteen eighty-four"
+            second = parse_number_words(words, n_used)
+            if second is not None and 10 <= second[0] <= 99:
+                value, n_used = value * 100 + second[0], second[1]
+        if _ORDINAL_TAIL_RE.match(text, run[n_used - 1].end()):  # "twenty-first": an ordinal
+            i += n_used
+            continue
         out.append(text[pos : run[0].start()])
         out.append(str(value))
         pos = run[n_used - 1].end()
@@ -238,7 +256,7 @@ def contain(prediction: str, references: Sequence[str]) -> bool:
     ref_words = [_reference_words(r) for r in references]
     if any(_all_words_in(words, pred) for words in ref_words):
         return True
-    pred_digits = words_to_digits(pred)
+    pred_digits = words_to_digits(_DIGIT_GROUP_RE.sub("", pred))
     return any(
         _all_words_in(words_to_digits(" ".join(words)).split(), pred_digits) for words in ref_words
     )
