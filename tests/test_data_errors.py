@@ -438,3 +438,56 @@ def test_atomic_dir_keeps_old_dir_on_error(tmp_path):
     with atomic_dir(target) as tmp:  # a successful rewrite replaces the whole dir
         (tmp / "c").write_text("3")
     assert sorted(os.listdir(target)) == ["c"] and sorted(os.listdir(tmp_path)) == ["dump"]
+
+
+def test_a_damaged_feature_archive_is_named(tmp_path, tiny_kaldi_dir, dump_parts):
+    from espnet_ext.data.dump import check_feature_archive, dump_encoder_features
+
+    out = tmp_path / "dump"
+    dump_encoder_features(tiny_kaldi_dir, out, **dump_parts)
+    scp, ark = out / "enc_feats.scp", out / "enc_feats.ark"
+    check_feature_archive(scp)  # intact
+    ark.write_bytes(ark.read_bytes()[:-7])  # the last matrix cut short
+    with pytest.raises(DataError, match="cannot be read") as e:
+        check_feature_archive(scp)
+    assert str(ark) in str(e.value) and "rebuild" in str(e.value)
+    ark.write_bytes(ark.read_bytes()[:20])  # cut before the last offset
+    with pytest.raises(DataError, match="past the end of the file"):
+        check_feature_archive(scp)
+    ark.unlink()
+    with pytest.raises(DataError, match="is missing"):
+        check_feature_archive(scp)
+    scp.write_text("utt1 no-offset-here\n")
+    with pytest.raises(DataError, match=r"enc_feats.scp:1: utterance utt1"):
+        check_feature_archive(scp)
+
+
+def test_dump_features_redoes_a_damaged_dump(tmp_path, tiny_kaldi_dir, tiny_whisper_dir, tiny_llm_dir):
+    from espnet_ext.bin.dump_features import main
+    from espnet_ext.data.dump import check_feature_archive
+
+    out = tmp_path / "dump"
+    args = ["--whisper", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir), "--data_dir", str(tiny_kaldi_dir),
+            "--out_dir", str(out)]
+    main(args)
+    good = (out / "enc_feats.ark").read_bytes()
+    (out / "enc_feats.ark").write_bytes(good[: len(good) // 2])
+    main(args)  # the report says finished, the archive says otherwise: redone
+    check_feature_archive(out / "enc_feats.scp")
+    assert (out / "enc_feats.ark").read_bytes() == good
+
+
+def test_training_refuses_a_damaged_dump_before_espnet_starts(tmp_path, tiny_kaldi_dir, dump_parts):
+    from espnet_ext.bin.speechllm_train import feature_scps, main
+    from espnet_ext.data.dump import dump_encoder_features
+
+    out = tmp_path / "dump"
+    dump_encoder_features(tiny_kaldi_dir, out, **dump_parts)
+    ark = out / "enc_feats.ark"
+    ark.write_bytes(ark.read_bytes()[:-7])
+    cmd = ["--train_data_path_and_name_and_type", f"{out}/enc_feats.scp,enc_feats,kaldi_ark",
+           "--train_data_path_and_name_and_type", f"{out}/text,text,text"]
+    assert feature_scps(cmd) == [f"{out}/enc_feats.scp"]
+    with pytest.raises(DataError, match=str(ark)):
+        main(cmd + ["--output_dir", str(tmp_path / "exp")])
+    assert not (tmp_path / "exp").exists()

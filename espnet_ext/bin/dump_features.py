@@ -10,7 +10,7 @@ Usage:
         --data_dir data/dev --out_dir dump/dev
 
 Writes ``enc_feats.{ark,scp}``, ESPnet shape files and copies of the Kaldi files (see
-``espnet_ext.data.dump``).  A finished dump is not redone unless ``--overwrite true``.
+``espnet_ext.data.dump``).  A finished dump is not redone unless ``--overwrite true``, or its archive is damaged.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     setup_logging()
     from transformers import AutoTokenizer
 
-    from espnet_ext.data.dump import dump_encoder_features, read_dump_report
+    from espnet_ext.data.dump import check_feature_archive, dump_encoder_features, read_dump_report
     from espnet_ext.data.kaldi_dir import DataError
     from espnet_ext.models.encoder import WhisperSpeechEncoder
     from espnet_ext.models.llm import ChatPrompt
@@ -57,6 +57,12 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     todo = []
     for data_dir, out_dir in zip(args.data_dir, args.out_dir):
         if read_dump_report(out_dir) is not None and not args.overwrite:
+            try:
+                check_feature_archive(f"{out_dir}/enc_feats.scp")
+            except DataError as e:  # finished once, damaged since (a truncated ark): redo it
+                logging.warning("%s; redoing it", e)
+                todo.append((data_dir, out_dir))
+                continue
             logging.info("%s already dumped; skipping (--overwrite true to redo)", out_dir)
         else:
             todo.append((data_dir, out_dir))

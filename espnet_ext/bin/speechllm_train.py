@@ -12,7 +12,8 @@ on CPU).  ``--print_config`` shows every option with its default.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import sys
+from typing import List, Optional, Sequence
 
 from espnet_ext.tasks.speech_llm import SpeechLLMTask
 
@@ -21,7 +22,20 @@ def get_parser():
     return SpeechLLMTask.get_parser()
 
 
+def feature_scps(cmd: Sequence[str]) -> List[str]:
+    """The ``kaldi_ark`` feature scps among the ``--*_data_path_and_name_and_type`` options."""
+    scps = []
+    for flag, value in zip(cmd, cmd[1:]):
+        if flag.endswith("_data_path_and_name_and_type") and value.endswith(",kaldi_ark"):
+            scps.append(value.split(",")[0])
+    return scps
+
+
 def main(cmd: Optional[Sequence[str]] = None) -> None:
+    from espnet_ext.data.dump import check_feature_archive
+
+    for scp in feature_scps(list(sys.argv[1:] if cmd is None else cmd)):
+        check_feature_archive(scp)  # a damaged dump: a clear error before ESPnet starts
     SpeechLLMTask.main(cmd=cmd)
 
 

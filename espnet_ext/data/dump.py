@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -136,3 +137,41 @@ def read_dump_report(out_dir: str | Path) -> Optional[dict]:
     """The ``dump_report.json`` of a finished dump, or ``None``."""
     p = Path(out_dir) / "dump_report.json"
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def check_feature_archive(scp: str | Path) -> None:
+    """Raise :class:`DataError` when the archive behind a feature ``scp`` is damaged.
+
+    Cheap: per archive it checks that the file exists, that every offset lies inside
+    it, and reads the matrix stored last (a truncated archive fails there).  The error
+    names the archive and the utterance, and says how to rebuild the dump.
+    """
+    import kaldiio
+
+    scp = Path(scp)
+    if not scp.is_file():
+        raise DataError(f"missing file {scp} (run the feature dump, recipe stage 2)")
+    last: Dict[str, Tuple[int, str]] = {}  # archive -> (largest offset, its utterance)
+    for lineno, line in enumerate(scp.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        uid, _, where = line.partition(" ")
+        ark, sep, offset = where.strip().rpartition(":")
+        if not sep or not offset.isdigit():
+            raise DataError(f"{scp}:{lineno}: utterance {uid}: expected '<ark path>:<offset>', got {where!r}")
+        if int(offset) >= last.get(ark, (-1, ""))[0]:
+            last[ark] = (int(offset), uid)
+    redo = "the dump is damaged; rebuild it (recipe stage 2 redoes a damaged dump)"
+    for ark, (offset, uid) in last.items():
+        if not Path(ark).is_file():
+            raise DataError(f"{scp}: utterance {uid}: its archive {ark} is missing; {redo}")
+        if offset >= Path(ark).stat().st_size:
+            raise DataError(f"{ark}: utterance {uid} starts at byte {offset}, past the end of the file "
+                            f"(truncated); {redo}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # kaldiio warns before raising
+                kaldiio.load_mat(f"{ark}:{offset}")
+        except Exception as e:  # kaldiio raises ValueError, EOFError, struct.error ...
+            raise DataError(f"{ark}: the features of utterance {uid} cannot be read ({type(e).__name__}: {e}); "
+                            f"{redo}") from e

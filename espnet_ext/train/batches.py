@@ -14,6 +14,7 @@ from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from espnet_ext.data.dump import check_feature_archive
 from espnet_ext.data.kaldi_dir import read_table
 from espnet_ext.train.collate import PadCollate
 from espnet_ext.train.preprocess import SpeechLLMPreprocessor
@@ -51,6 +52,8 @@ def dump_batches(
     missing = [u for u in ids if u not in texts]
     if missing:
         raise KeyError(f"{dump_dir}: unknown utterance id(s) {missing[:3]}")
+    if modality == "speech":
+        check_feature_archive(dump_dir / "enc_feats.scp")
     feats = kaldiio.load_scp(str(dump_dir / "enc_feats.scp")) if modality == "speech" else None
     ids.sort(key=lambda u: (int(shape[u]), u))
     collate = PadCollate()

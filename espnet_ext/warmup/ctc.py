@@ -183,10 +183,12 @@ def load_examples(dump_dir: str | Path, tokenizer) -> List[WarmupExample]:
     """Read ``text`` and ``enc_feats.scp`` of a dump dir (recipe stage 2 layout)."""
     import kaldiio
 
+    from espnet_ext.data.dump import check_feature_archive
     from espnet_ext.data.kaldi_dir import read_table
 
     dump_dir = Path(dump_dir)
     texts = read_table(dump_dir / "text")
+    check_feature_archive(dump_dir / "enc_feats.scp")
     feats = kaldiio.load_scp(str(dump_dir / "enc_feats.scp"))
     return [
         WarmupExample(u, torch.from_numpy(np.array(feats[u], dtype=np.float32)),
