@@ -379,6 +379,26 @@ def test_recipe_presets_set_the_step_budget(tmp_path):
     assert (merged["max_epoch"], merged["scheduler_conf"]["total_steps"]) == (3, 120)
 
 
+def test_recipe_preset_lr_scale_keeps_each_strategys_ratio(tmp_path):
+    preset = tmp_path / "strong.yaml"
+    preset.write_text("lr_scale: 10\ntrain: {}\n")
+    rates = {}
+    for name in ("train_full", "train_lora", "train_layerlr"):
+        merged = compose_train_config(CONF / "model/tiny_random.yaml", CONF / f"{name}.yaml", tmp_path / f"{name}.yaml",
+                                      recipe_preset=preset)
+        own = load_train_config(CONF / f"{name}.yaml")
+        assert merged["optim_conf"]["lr"] == pytest.approx(10 * own["optim_conf"]["lr"])
+        assert merged["adaptor_lr"] == own["adaptor_lr"]
+        assert "lr x 10" in (tmp_path / f"{name}.yaml").read_text().splitlines()[0]
+        rates[name] = merged["optim_conf"]["lr"]
+    assert rates["train_lora"] / rates["train_full"] == pytest.approx(10)
+    for bad in ("0", "-1", "true", "ten"):
+        preset.write_text(f"lr_scale: {bad}\n")
+        with pytest.raises(ValueError, match=f"{preset}: lr_scale must be a positive number"):
+            compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml", tmp_path / "x.yaml",
+                                 recipe_preset=preset)
+
+
 def test_recipe_preset_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  max_epoch: 5\n")

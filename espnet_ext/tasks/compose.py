@@ -84,7 +84,10 @@ def compose_train_config(
     ``recipe_preset`` (``conf/preset/<name>.yaml``) contributes its ``train:`` section,
     merged over every training config (the preset's step budget); with the
     ``warmupcosinelr`` scheduler, ``scheduler_conf.total_steps`` must then equal
-    ``max_epoch × num_iters_per_epoch``.
+    ``max_epoch × num_iters_per_epoch``.  Its optional ``lr_scale`` (an ADDITION to the
+    paper's recipe) multiplies every system's ``optim_conf.lr`` after the merge, so each
+    strategy keeps its own rate relative to the others (LoRA 10× Full-FT, eq. 3's ratios);
+    ``adaptor_lr`` is left alone.
 
     Without ``train_config`` the output describes the pretrained base model alone
     (``exp/pretrained/model.yaml``: the No-FT system and the stage-3 importance model).
@@ -99,10 +102,15 @@ def compose_train_config(
     p = load_yaml(preset)
     t = load_train_config(train_config, valid) if train_config is not None else {}
     overlay: Dict[str, Any] = {}
+    lr_scale = 1.0
     if recipe_preset is not None and train_config is not None:
-        overlay = load_yaml(recipe_preset).get("train") or {}
+        recipe = load_yaml(recipe_preset)
+        overlay = recipe.get("train") or {}
         if not isinstance(overlay, dict):
             raise ValueError(f"{recipe_preset}: 'train' must be a mapping of training options")
+        lr_scale = recipe.get("lr_scale", 1.0)
+        if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not lr_scale > 0:
+            raise ValueError(f"{recipe_preset}: lr_scale must be a positive number, got {lr_scale!r}")
     overlay_name = f"{recipe_preset} (train:)"
     # every file of the training config's base chain was checked by load_train_config
     for path, conf, extra in ((preset, p, PRESET_ONLY_KEYS), (overlay_name, overlay, ())):
@@ -110,6 +118,11 @@ def compose_train_config(
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {unknown}")
     merged = merge_configs(merge_configs({k: v for k, v in p.items() if k not in PRESET_ONLY_KEYS}, t), overlay)
+    if lr_scale != 1.0:
+        optim_conf = dict(merged.get("optim_conf") or {})
+        if "lr" not in optim_conf:
+            raise ValueError(f"{train_config}: lr_scale of {recipe_preset} needs optim_conf.lr")
+        merged["optim_conf"] = {**optim_conf, "lr": float(optim_conf["lr"]) * lr_scale}
     system = system_of(train_config, merged) if train_config is not None else None
     merged.pop("system", None)
     if merged.get("scheduler") == "warmupcosinelr":
@@ -131,6 +144,8 @@ def compose_train_config(
     sources = f"{preset} + {train_config}" if train_config is not None else str(preset)
     if overlay:
         sources += f" + {overlay_name}"
+    if lr_scale != 1.0:
+        sources += f" (optim_conf.lr x {lr_scale:g}, lr_scale of {recipe_preset})"
     header = f"# composed from {sources} by espnet_ext.bin.compose_config\n"
     atomic_write_text(out, header + yaml.safe_dump(merged, sort_keys=False))
     if system is not None:
