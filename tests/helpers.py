@@ -297,3 +297,136 @@ def make_alpaca(root: Path, as_dict: bool = False) -> Path:
     else:
         ds.save_to_disk(str(root), num_shards=2)
     return root
+
+
+# --------------------------------------------------------------------------------------
+# bad-input fixtures for the four corpus converters (any row, any layout)
+# --------------------------------------------------------------------------------------
+#: corpus → (split, audio column, question column(s), answer column) of the hub schema
+CORPUS_SCHEMA: Dict[str, Tuple[str, str, Tuple[str, ...], str]] = {
+    "voiceassistant": ("train", "question_audio", ("question",), "answer"),
+    "spoken_alpaca": ("train", "input_audio", ("speech_input", "instruction", "input"), "output"),
+    "llama_questions": ("test", "audio", ("question",), "answer"),
+    "web_questions": ("test", "audio", ("question",), "answers"),
+}
+
+
+def wav_bytes(samples: np.ndarray, sr: int, subtype: str = "FLOAT",
+              header_rate: Optional[int] = None) -> bytes:
+    """WAV bytes of ``samples`` (float WAV keeps NaN/Inf); ``header_rate`` overwrites the
+    sample rate written in the header (and the byte rate), to fake a broken file."""
+    buf = io.BytesIO()
+    sf.write(buf, samples, sr, format="WAV", subtype=subtype)
+    data = bytearray(buf.getvalue())
+    if header_rate is not None:
+        block_align = int.from_bytes(data[32:34], "little")
+        data[24:28] = header_rate.to_bytes(4, "little")
+        data[28:32] = (header_rate * block_align % 2**32).to_bytes(4, "little")
+    return bytes(data)
+
+
+def decoded_audio(array: Any, sampling_rate: Any) -> Dict[str, Any]:
+    """An HF ``Audio`` cell in its decoded ``{array, sampling_rate}`` form."""
+    return {"bytes": None, "path": None, "array": np.asarray(array).tolist(),
+            "sampling_rate": sampling_rate}
+
+
+def corpus_rows(corpus: str, n: int = 3) -> Dict[str, list]:
+    """``n`` good rows of ``corpus`` in its hub schema; audio is 16 kHz WAV ``{bytes, path}``."""
+    audio = [hf_audio(audio_bytes(16000, freq=300 + 50 * i)) for i in range(n)]
+    questions = [f"Question number {i}?" for i in range(n)]
+    answers = [f"Answer {i}" for i in range(n)]
+    if corpus == "voiceassistant":
+        return {"split_name": ["ultrachat"] * n, "index": [str(i) for i in range(n)],
+                "round": ["0"] * n, "question": [f"<USER>: {q}" for q in questions],
+                "answer": answers, "answer_snac": ["# 1 2 #"] * n, "question_audio": audio}
+    if corpus == "spoken_alpaca":
+        return {"instruction": questions, "input": [""] * n, "output": answers,
+                "speech_input": questions, "input_audio": audio,
+                "output_audio": [hf_audio(audio_bytes(16000, 0.1)) for _ in range(n)]}
+    if corpus == "llama_questions":
+        return {"question": questions, "answer": answers, "audio": audio}
+    if corpus == "web_questions":
+        return {"url": [f"http://www.freebase.com/view/en/x{i}" for i in range(n)],
+                "question": questions, "answers": [[a, f"{a} (alt)"] for a in answers],
+                "audio": audio}
+    raise ValueError(corpus)
+
+
+def _audio_type(values: Sequence[Any]) -> pa.DataType:
+    """``{bytes, path}``, plus ``array``/``sampling_rate`` when some row is decoded."""
+    fields = [("bytes", pa.binary()), ("path", pa.string())]
+    dicts = [v for v in values if isinstance(v, dict)]
+    arrays = [v["array"] for v in dicts if v.get("array") is not None]
+    if arrays:
+        typ = pa.array(arrays).type
+        fields.append(("array", pa.list_(pa.float32()) if typ == pa.list_(pa.null()) else typ))
+    rates = [v["sampling_rate"] for v in dicts if v.get("sampling_rate") is not None]
+    if rates:
+        fields.append(("sampling_rate",
+                       pa.float64() if any(isinstance(r, float) for r in rates) else pa.int64()))
+    return pa.struct(fields)
+
+
+def corpus_table(columns: Dict[str, list], audio_cols: Sequence[str]) -> pa.Table:
+    """A table of hub-schema columns: strings, lists of strings, and ``Audio`` structs (whose
+    type grows ``array``/``sampling_rate`` fields when a row holds a decoded value)."""
+    arrays, fields = [], []
+    for name, values in columns.items():
+        if name in audio_cols:
+            typ = _audio_type(values)
+        elif any(isinstance(v, list) for v in values):
+            typ = pa.list_(pa.string())
+        else:
+            typ = pa.string()
+        arrays.append(pa.array(values, type=typ))
+        fields.append(pa.field(name, typ))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def write_arrow_dataset(folder: Path, table: pa.Table, n_shards: int = 1,
+                        split: Optional[str] = None) -> Path:
+    """A ``save_to_disk`` Dataset folder: ``data-XXXXX-of-YYYYY.arrow`` IPC streams (rows
+    split as evenly as ``datasets`` does) + ``state.json`` (+ ``dataset_info.json``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, table.num_rows, n_shards + 1).round().astype(int)
+    names = []
+    for k in range(n_shards):
+        name = f"data-{k:05d}-of-{n_shards:05d}.arrow"
+        with pa.OSFile(str(folder / name), "wb") as sink:
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table.slice(bounds[k], bounds[k + 1] - bounds[k]))
+        names.append(name)
+    state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": "0" * 16,
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+             "_output_all_columns": False, "_split": split}
+    (folder / "state.json").write_text(json.dumps(state, indent=2))
+    (folder / "dataset_info.json").write_text(json.dumps({"citation": "", "features": {}}))
+    return folder
+
+
+def write_corpus(root: Path, corpus: str, columns: Dict[str, list],
+                 layout: str = "hub") -> Path:
+    """Write ``columns`` of ``corpus`` as a local copy and return its root.
+
+    ``layout``: ``hub`` — as published (parquet ``data/<split>-00000-of-00001.parquet``,
+    one shard, row groups of 2; spoken-alpaca: a ``save_to_disk`` Dataset of two Arrow
+    shards, rows ``[0, 2)`` and ``[2, n)`` for ``n = 3``); ``dataset`` — a ``save_to_disk``
+    Dataset of two shards saved with its split; ``dataset_dict`` — a ``save_to_disk``
+    DatasetDict holding that split as a two-shard Dataset.
+    """
+    split, audio_col, _, _ = CORPUS_SCHEMA[corpus]
+    audio_cols = [c for c in (audio_col, "output_audio") if c in columns]
+    table = corpus_table(columns, audio_cols)
+    if layout == "hub" and corpus != "spoken_alpaca":
+        path = root / "data" / f"{split}-00000-of-00001.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, row_group_size=2)
+    elif layout in ("hub", "dataset"):
+        write_arrow_dataset(root, table, 2, split if layout == "dataset" else None)
+    elif layout == "dataset_dict":
+        write_arrow_dataset(root / split, table, 2, split)
+        (root / "dataset_dict.json").write_text(json.dumps({"splits": [split]}))
+    else:
+        raise ValueError(layout)
+    return root

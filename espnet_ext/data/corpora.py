@@ -50,16 +50,23 @@ Common conventions:
 * Audio columns are Hugging Face ``Audio`` values: a ``{bytes, path}`` struct (bytes may
   hold WAV/FLAC/OGG/MP3; ``path`` may stand instead of bytes, relative to the shard's
   folder or ``src``), raw bytes, a path string, or the decoded ``{array,
-  sampling_rate}`` form.  Audio is mixed to mono, resampled to 16 kHz (soxr) and written
+  sampling_rate}`` form (1-D, or 2-D ``(channels, samples)`` / ``(samples, channels)`` with
+  at most 8 channels).  Audio is mixed to mono, resampled to 16 kHz (soxr) and written
   with :func:`espnet_ext.data.audio.write_wav` (atomic).  ``wav.scp`` holds absolute paths.
 * ``max_utts`` draws a seeded random subset (``random.Random(seed).sample``) of the kept
   rows before any audio is read; the same corpus, split, filter and seed always give the
   same ids.  Skipped rows of the subset are not replaced.
-* Bad rows — missing, corrupt, empty or non-finite audio, empty question, empty answer —
-  raise :class:`DataError` naming the corpus, the shard file, the row and the utterance
-  id, unless ``skip_bad_utts`` is set: then each is logged and counted by reason in the
-  :class:`ConversionReport`.  Audio longer than ``max_seconds`` is never an error: it is
-  always skipped and counted (``too_long``).
+* Bad rows — missing, corrupt, empty or non-finite audio, a sampling rate outside
+  1-768 kHz or not an integer, a decoded array of another shape, empty question (a
+  VoiceAssistant question of markers alone is empty), empty answer (Web Questions: every
+  reference blank) — raise :class:`DataError` naming the corpus, the shard file, the row
+  and the utterance id, unless ``skip_bad_utts`` is set: then each is logged and counted
+  by reason in the :class:`ConversionReport`.  Audio longer than ``max_seconds`` is never
+  an error: it is always skipped and counted (``too_long``).  When no row is left, the
+  conversion fails naming the corpus, split and source.
+* Bad sources — a missing path or split, a malformed ``state.json`` /
+  ``dataset_dict.json``, a listed shard or split folder that is missing, a parquet or
+  Arrow shard that cannot be read — raise :class:`DataError` naming the file or folder.
 * Atomic and idempotent: the Kaldi directory is written in one step at the end
   (:func:`write_kaldi_dir`), so a failed conversion leaves no (or the previous, complete)
   directory.  WAVs are written atomically; those written before a failure may remain but
@@ -105,6 +112,11 @@ _SPLIT_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _ID_DIGITS = 6
 _META_BATCH = 8192
 _AUDIO_BATCH = 64
+#: sampling rates outside this range (Hz) are taken for a broken header or cell
+_MIN_SR, _MAX_SR = 1_000, 768_000
+#: a 2-D decoded array is (channels, samples) or (samples, channels) with at most this many
+#: channels; anything else (e.g. a feature matrix) is not audio
+_MAX_CHANNELS = 8
 
 # ``<USER>:``-style dialogue markers (VoiceAssistant-400K writes history into the question)
 _MARKER_RE = re.compile(r"<\s*/?\s*(user|assistant|system|human|gpt|bot)\s*>\s*:?", re.IGNORECASE)
@@ -177,15 +189,41 @@ class Shard:
     base_dirs: Tuple[Path, ...]  # where relative audio paths are looked up
 
 
+def _read_json_object(path: Path, what: str) -> Dict[str, Any]:
+    """The JSON object in ``path``; :class:`DataError` naming ``path`` when it is not one."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DataError(f"{path}: not a datasets {what} (unreadable JSON: {e})") from e
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: not a datasets {what} (a JSON {type(value).__name__}, "
+                        "not an object)")
+    return value
+
+
+def _state_shard_names(state: Path) -> List[str]:
+    """The shard file names a ``save_to_disk`` ``state.json`` lists under ``_data_files``."""
+    what = "save_to_disk state file"
+    files = _read_json_object(state, what).get("_data_files")
+    if not isinstance(files, list):
+        raise DataError(f"{state}: not a datasets {what} (_data_files is {files!r}, "
+                        "not a list of {'filename': ...})")
+    names = []
+    for k, entry in enumerate(files):
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise DataError(f"{state}: not a datasets {what} (_data_files[{k}] is {entry!r}, "
+                            "not {'filename': <shard file name>})")
+        names.append(name)
+    return names
+
+
 def _arrow_dataset_shards(folder: Path, root: Path) -> List[Shard]:
     """Shards of one ``save_to_disk`` Dataset folder, in ``state.json`` order."""
     names: List[str] = []
     state = folder / "state.json"
     if state.is_file():
-        try:
-            names = [d["filename"] for d in json.loads(state.read_text())["_data_files"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{state}: not a datasets save_to_disk state file ({e})") from e
+        names = _state_shard_names(state)
     if not names:
         names = sorted(p.name for p in folder.glob("*.arrow"))
     if not names:
@@ -221,15 +259,19 @@ def find_shards(src: str | Path, split: str) -> List[Shard]:
     if src.is_file():
         return [_single_file(src)]
     if (src / "dataset_dict.json").is_file():
-        try:
-            splits = list(json.loads((src / "dataset_dict.json").read_text())["splits"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{src / 'dataset_dict.json'}: unreadable ({e})") from e
+        dd_json = src / "dataset_dict.json"
+        splits = _read_json_object(dd_json, "DatasetDict file").get("splits")
+        if not isinstance(splits, list) or not all(isinstance(x, str) for x in splits):
+            raise DataError(f"{dd_json}: not a datasets DatasetDict file (splits is {splits!r}, "
+                            "not a list of split names)")
         if split not in splits:
             raise DataError(f"{src}: no split {split!r} in this DatasetDict (splits: {splits})")
+        if not (src / split).is_dir():
+            raise DataError(f"{src / split}: split {split!r} is listed in {dd_json} but its "
+                            "folder does not exist")
         return _arrow_dataset_shards(src / split, src)
     if (src / "state.json").is_file():
-        saved = json.loads((src / "state.json").read_text()).get("_split")
+        saved = _read_json_object(src / "state.json", "save_to_disk state file").get("_split")
         if saved and saved != split:
             raise DataError(f"{src}: this saved Dataset is split {saved!r}, not {split!r}")
         return _arrow_dataset_shards(src, src)
@@ -260,11 +302,24 @@ def find_shards(src: str | Path, split: str) -> List[Shard]:
     return chosen
 
 
+#: what pyarrow raises for a damaged file (ArrowInvalid, ArrowIOError = OSError, ...)
+_READ_ERRORS = (pa.ArrowException, OSError)
+
+
+def _unreadable(shard: Shard, e: BaseException) -> DataError:
+    what = "parquet file" if shard.kind == "parquet" else "Arrow shard"
+    return DataError(f"{shard.path}: cannot read this {what} ({type(e).__name__}: {e}); "
+                     "is it damaged or incompletely copied?")
+
+
 def _shard_schema(shard: Shard) -> pa.Schema:
-    if shard.kind == "parquet":
-        return pq.read_schema(shard.path)
-    with pa.memory_map(str(shard.path), "r") as source:
-        return _open_ipc(source)[0]
+    try:
+        if shard.kind == "parquet":
+            return pq.read_schema(shard.path)
+        with pa.memory_map(str(shard.path), "r") as source:
+            return _open_ipc(source)[0]
+    except _READ_ERRORS as e:
+        raise _unreadable(shard, e) from e
 
 
 def _open_ipc(source: pa.NativeFile) -> Tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -293,6 +348,15 @@ def _iter_batches(
         i = bisect.bisect_left(wanted, start)
         return i < len(wanted) and wanted[i] < stop
 
+    try:
+        yield from _iter_shard_batches(shard, columns, has_wanted, batch_size)
+    except _READ_ERRORS as e:
+        raise _unreadable(shard, e) from e
+
+
+def _iter_shard_batches(
+    shard: Shard, columns: Sequence[str], has_wanted: Callable[[int, int], bool], batch_size: int
+) -> Iterator[Tuple[int, pa.RecordBatch]]:
     if shard.kind == "parquet":
         pf = pq.ParquetFile(shard.path)
         try:
@@ -339,9 +403,13 @@ def has_history(question: Optional[str]) -> bool:
     """Whether a VoiceAssistant question carries earlier dialogue turns.
 
     True when it holds an assistant-side marker (``<ASSISTANT>``, ``<GPT>``, ``<BOT>``) or
-    more than one user-side marker (``<USER>``, ``<HUMAN>``).
+    more than one user-side marker (``<USER>``, ``<HUMAN>``), and some text besides the
+    markers: a question made only of markers holds no turns at all (it is a bad row,
+    ``empty_question``, not a later turn).
     """
-    q = question or ""
+    q = question if isinstance(question, str) else _as_text(question)
+    if not strip_markers(q):
+        return False
     return bool(_REPLY_MARKER_RE.search(q)) or len(_USER_MARKER_RE.findall(q)) > 1
 
 
@@ -464,18 +532,11 @@ def _decode(value: Any, base_dirs: Sequence[Path], where: str) -> Tuple[np.ndarr
 
     if array is not None:
         try:
-            wav = np.asarray(array, dtype=np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow → Inf, caught below
+                wav = np.asarray(array, dtype=np.float32)
         except (TypeError, ValueError) as e:
             raise _BadRow("corrupt_audio", f"{where}: audio array is not numeric ({e})") from e
-        if not isinstance(sr, (int, np.integer)) or sr <= 0:
-            raise _BadRow("corrupt_audio", f"{where}: audio array without a valid sampling_rate")
-        if wav.ndim == 1:
-            wav = wav[:, None]
-        elif wav.ndim == 2 and wav.shape[0] <= 8 < wav.shape[1]:
-            wav = wav.T  # (channels, samples), as datasets returns multi-channel audio
-        elif wav.ndim != 2:
-            raise _BadRow("corrupt_audio", f"{where}: audio array has shape {wav.shape}")
-        sr = int(sr)
+        wav = _samples_by_channels(wav, where)
     elif data is not None and len(data) > 0:
         wav, sr = _read_audio_bytes(data, where)
     elif path:
@@ -488,18 +549,57 @@ def _decode(value: Any, base_dirs: Sequence[Path], where: str) -> Tuple[np.ndarr
                 f"{where}: audio has no bytes and its path {path!r} was not found "
                 f"(looked in {[str(c) for c in candidates]})",
             )
-        wav, sr = _read_audio_bytes(hit.read_bytes(), where)
+        try:
+            data = hit.read_bytes()
+        except OSError as e:
+            raise _BadRow("missing_audio", f"{where}: cannot read audio file {hit} ({e})") from e
+        wav, sr = _read_audio_bytes(data, where)
     elif data is not None:
         raise _BadRow("empty_audio", f"{where}: audio bytes are empty")
     else:
         raise _BadRow("missing_audio", f"{where}: no audio")
 
+    sr = _sampling_rate(sr, where)  # decoded files too: a header can hold any rate
     if wav.shape[0] == 0 or wav.size == 0:
         raise _BadRow("empty_audio", f"{where}: audio has no samples")
-    mono = wav.mean(axis=1) if wav.ndim == 2 else wav
-    if not np.isfinite(mono).all():
+    if not np.isfinite(wav).all():  # before mixing, so that +Inf and -Inf cannot cancel
         raise _BadRow("corrupt_audio", f"{where}: audio contains NaN/Inf samples")
-    return mono.astype(np.float32, copy=False), int(sr)
+    mono = wav.mean(axis=1) if wav.ndim == 2 else wav
+    return mono.astype(np.float32, copy=False), sr
+
+
+def _sampling_rate(value: Any, where: str) -> int:
+    """``value`` as a plausible sampling rate in Hz (an integer, or an integral float)."""
+    sr: Optional[int] = None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        sr = int(value)
+    elif isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        sr = int(value)
+    if sr is None or not _MIN_SR <= sr <= _MAX_SR:
+        raise _BadRow("corrupt_audio", f"{where}: invalid sampling rate {value!r} (expected an "
+                                       f"integer number of Hz in [{_MIN_SR}, {_MAX_SR}])")
+    return sr
+
+
+def _samples_by_channels(wav: np.ndarray, where: str) -> np.ndarray:
+    """A decoded array as ``(samples, channels)``.
+
+    1-D is mono; 2-D is ``(channels, samples)`` (what ``datasets`` returns for
+    multi-channel audio) or ``(samples, channels)``, with at most :data:`_MAX_CHANNELS`
+    channels and more samples than channels.  Other shapes are a bad row.
+    """
+    if wav.ndim == 1:
+        return wav[:, None]
+    if wav.ndim == 2 and wav.size:
+        rows, cols = wav.shape
+        if rows <= _MAX_CHANNELS and rows < cols:
+            return wav.T
+        if cols <= _MAX_CHANNELS and cols < rows:
+            return wav
+    elif wav.ndim == 2:
+        return wav.reshape(0, 1)  # no samples: reported as empty audio
+    raise _BadRow("corrupt_audio", f"{where}: audio array has shape {wav.shape}; expected "
+                                   f"(samples,) or (channels <= {_MAX_CHANNELS}, samples)")
 
 
 # --------------------------------------------------------------------------- conversion
@@ -539,11 +639,15 @@ def _first_turn_rows(shards: Sequence[Shard], corpus: str) -> Tuple[int, List[in
 def _count_rows(shards: Sequence[Shard]) -> List[int]:
     counts = []
     for shard in shards:
-        if shard.kind == "parquet":
-            counts.append(pq.ParquetFile(shard.path).metadata.num_rows)
-        else:
-            with pa.memory_map(str(shard.path), "r") as source:
-                counts.append(sum(b.num_rows for b in _open_ipc(source)[1]))
+        try:
+            if shard.kind == "parquet":
+                with pq.ParquetFile(shard.path) as pf:
+                    counts.append(pf.metadata.num_rows)
+            else:
+                with pa.memory_map(str(shard.path), "r") as source:
+                    counts.append(sum(b.num_rows for b in _open_ipc(source)[1]))
+        except _READ_ERRORS as e:
+            raise _unreadable(shard, e) from e
     return counts
 
 
@@ -740,7 +844,10 @@ def convert_corpus(
                               max_seconds, skip_bad_utts)
     utts = converter.convert_all(_selected_rows(shards, shard_rows, columns_of, selected), report)
     if not utts:
-        raise DataError(f"{name}: no usable utterances for {out_dir} ({report.summary()})")
+        raise DataError(
+            f"{name}: no usable utterances in split {split!r} of {src} for {out_dir} "
+            f"({report.summary()})"
+        )
     report.n_written = write_kaldi_dir(out_dir, utts)
     return report
 
