@@ -87,8 +87,9 @@ def utterances(draw):
     utts = []
     for i in range(n):
         spk = draw(_IDS)
-        utts.append(Utterance(utt_id=f"{spk}-{i}{draw(_IDS)}", spk=spk, wav=draw(st.text(min_size=0, max_size=12)),
-                              text=draw(st.text(max_size=30)), answers=draw(st.lists(st.text(max_size=10), max_size=3))))
+        utts.append(Utterance(utt_id=f"{spk}-{i}{draw(_IDS)}", spk=spk, wav=draw(st.text(max_size=12)),
+                              text=draw(st.text(max_size=30)),
+                              answers=draw(st.lists(st.text(max_size=10), max_size=3))))
     return utts
 
 
@@ -124,8 +125,8 @@ def test_read_kaldi_dir_on_random_files_raises_only_data_errors(tmp_path_factory
 
 
 # ---- the config composer --------------------------------------------------------------
-_YAML_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                            lambda children: st.lists(children, max_size=3)
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+_YAML_VALUES = st.recursive(_SCALARS, lambda children: st.lists(children, max_size=3)
                             | st.dictionaries(st.text(max_size=6), children, max_size=3), max_leaves=8)
 
 
