@@ -20,6 +20,7 @@ the end is the one quoted in the README.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -95,6 +96,19 @@ def compare_dump(a: Path, b: Path) -> List[str]:
     return diffs
 
 
+def compare_importance(a: Path, b: Path) -> List[str]:
+    from safetensors.torch import load_file
+
+    if not (b / "scores.safetensors").is_file():
+        return ["scores.safetensors missing"]
+    sa, sb = load_file(a / "scores.safetensors"), load_file(b / "scores.safetensors")
+    diffs = [k for k in sa if k not in sb or not (sa[k] - sb[k]).abs().max() <= 1e-6 * (1 + sa[k].abs().max())]
+    ta, tb = a / "table1.json", b / "table1.json"
+    if not tb.is_file() or json.loads(ta.read_text()).get("table") != json.loads(tb.read_text()).get("table"):
+        diffs.append("table1.json")
+    return diffs
+
+
 def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
     conf = train_config(root, llm, whisper, max_epoch=5, num_iters_per_epoch=4,
                         scheduler_conf={"total_steps": 20, "warmup_ratio": 0.2})
@@ -121,6 +135,12 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
                      "--data_dir", str(root / "data/dev"), "--out_dir", str(out / "dev"),
                      "--downsample_rate", "5", "--batch_size", "2"]
 
+    def importance(out: Path) -> List[str]:
+        return py + ["espnet_ext.bin.importance_score", "--config", str(REPO / "conf/importance.yaml"),
+                     "--model_config", str(ref_model / "config.yaml"), "--model_file", str(ref_model / "5epoch.pth"),
+                     "--data_dir", str(root / "dump/train"), "--eval_dir", str(root / "dump/dev"),
+                     "--output_dir", str(out)]
+
     return [
         Job("training (ESPnet Trainer, --resume true)", train,
             lambda a, b: compare_states(a, b, ["5epoch.pth", "checkpoint.pth"])),
@@ -128,6 +148,7 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
             lambda a, b: compare_files(a, b, ["s2t/hyp", "t2t/hyp"])),
         Job("feature dump (stage 2)", dump,
             lambda a, b: compare_dump(a / "train", b / "train") + compare_dump(a / "dev", b / "dev")),
+        Job("importance scoring + Table 1 (stages 3, 6)", importance, compare_importance),
     ]
 
 
