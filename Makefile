@@ -17,7 +17,7 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
-# SIGKILL trials of the training, decoding, feature-dump and importance jobs (~8 min on 2 cores; not in make test)
+# SIGKILL trials of the training, decoding, feature-dump, importance and warm-up jobs (~10 min on 2 cores; not in make test)
 fault-trials: install
 	$(PY) tests/fault_trials.py --trials 8 --seed 0
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -141,6 +143,16 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
                      "--data_dir", str(root / "dump/train"), "--eval_dir", str(root / "dump/dev"),
                      "--output_dir", str(out)]
 
+    warmup_conf = root / "warmup.yaml"
+    warmup_conf.write_text(yaml.safe_dump({
+        "warmup_conf": {"steps": 40, "batch_size": 4, "warmup_steps": 4, "eval_every": 10, "checkpoint_every": 5},
+        "alignment_conf": {"num_utts": 0}}))
+
+    def warmup(out: Path) -> List[str]:
+        return py + ["espnet_ext.bin.adaptor_warmup", "--config", str(warmup_conf),
+                     "--model_config", str(ref_model / "config.yaml"), "--train_dump", str(root / "dump/train"),
+                     "--valid_dump", str(root / "dump/dev"), "--output_dir", str(out)]
+
     return [
         Job("training (ESPnet Trainer, --resume true)", train,
             lambda a, b: compare_states(a, b, ["5epoch.pth", "checkpoint.pth"])),
@@ -149,6 +161,7 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
         Job("feature dump (stage 2)", dump,
             lambda a, b: compare_dump(a / "train", b / "train") + compare_dump(a / "dev", b / "dev")),
         Job("importance scoring + Table 1 (stages 3, 6)", importance, compare_importance),
+        Job("adaptor CTC warm-up (stage 2)", warmup, lambda a, b: compare_states(a, b, ["adaptor.pth"])),
     ]
 
 
@@ -179,6 +192,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8, help="SIGKILL trials per job")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="", help="keep the trial dirs here (default: a temp dir)")
+    p.add_argument("--jobs", default="", help="only the jobs whose name contains this text")
     args = p.parse_args()
     from espnet_ext.convert.tiny import build_tiny_llm, build_tiny_whisper
 
@@ -190,7 +204,7 @@ def main() -> None:
         build_tiny_whisper(whisper)
         build_tiny_dumps(root, llm, whisper)
     rng = random.Random(args.seed)
-    jobs = build_jobs(root, llm, whisper)
+    jobs = [j for j in build_jobs(root, llm, whisper) if args.jobs in j.name]
     for job in jobs:
         ref = root / f"ref_{jobs.index(job)}"
         shutil.rmtree(ref, ignore_errors=True)
