@@ -121,3 +121,14 @@ def test_the_trainer_saves_through_the_patch():
 
     for m in (trainer, averaging):
         assert m.torch is torch and "torch.save(" in Path(m.__file__).read_text()
+
+
+def test_a_damaged_checkpoint_is_not_kept_as_the_previous_one(tmp_path):
+    """After resuming from checkpoint.prev.pth past a damaged checkpoint.pth, the next save
+    must not turn the damaged file into the kept previous one."""
+    path = tmp_path / ck.CHECKPOINT
+    _save(path, 1.0)
+    _save(path, 2.0)
+    _truncate(path)
+    _save(path, 3.0)
+    assert _value(path) == 3.0 and _value(tmp_path / ck.PREVIOUS) == 1.0

@@ -108,11 +108,10 @@ class BatchJournal:
                 self.done = {r["batch"]: r for r in records[1:]}
             elif records:
                 logger.info("%s is from another model or options; decoding from the start", path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f: IO = open(path, "w", encoding="utf-8")
-        self._write(header)
-        for r in self.done.values():
-            self._write(r)
+        # the kept records (a torn last line dropped) rewritten atomically, then appended to
+        with atomic_open(path) as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in [header, *self.done.values()])
+        self._f: IO = open(path, "a", encoding="utf-8")
 
     def _write(self, record: dict) -> None:
         self._f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -55,8 +55,11 @@ class CheckpointError(RuntimeError):
 
 
 def _keep_previous(path: Path) -> None:
-    """Hard-link ``path`` to its ``.prev`` name (atomically replacing an older one)."""
-    if path.name != CHECKPOINT or not path.is_file():
+    """Hard-link ``path`` to its ``.prev`` name (atomically replacing an older one).
+
+    A damaged ``path`` (the run resumed from ``.prev`` past it) is not kept: ``.prev``
+    stays the last good checkpoint."""
+    if path.name != CHECKPOINT or not path.is_file() or check_archive(path) is not None:
         return
     prev = path.with_name(PREVIOUS)
     tmp = path.with_name(f".{PREVIOUS}.{os.getpid()}.tmp")
