@@ -36,11 +36,13 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     setup_logging()
+    from espnet_ext.utils.devices import job_device
     from espnet_ext.warmup.ctc import load_warmup_settings, run_warmup_job
 
+    device = job_device(args.device)
     warmup_conf, alignment_conf = load_warmup_settings(args.config)
     summary = run_warmup_job(args.model_config, args.train_dump, args.valid_dump, args.output_dir,
-                             warmup_conf, alignment_conf, args.align_dump, args.device)
+                             warmup_conf, alignment_conf, args.align_dump, device)
     logging.info("warm-up done: %s", summary)
 
 

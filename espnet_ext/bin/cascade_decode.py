@@ -44,8 +44,10 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     setup_logging()
     from espnet_ext.inference.cascade import ASR_REPORT, load_asr, transcribe_set
     from espnet_ext.inference.decode import decode_dump_dir, is_decoded, load_model, model_stamp
+    from espnet_ext.utils.devices import job_device
     from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
+    device = job_device(args.device)
     out = Path(args.output_dir)
     whisper = file_identity(Path(args.whisper_dir) / "model.safetensors", content=False)
     sets = []
@@ -57,7 +59,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
 
     todo = [s for s in sets if not has_stamp(s[2] / ASR_REPORT, s[4])]
     if todo:
-        model, processor = load_asr(args.whisper_dir, args.device)
+        model, processor = load_asr(args.whisper_dir, device)
         for data_dir, dump_dir, asr_dir, _, asr_stamp in todo:
             transcribe_set(model, processor, data_dir, dump_dir, asr_dir, args.asr_batch_size, asr_stamp)
         del model
@@ -71,7 +73,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
             jobs.append((asr_dir, dec_dir, stamp))
     if not jobs:
         return
-    llm = load_model(args.config, None, args.device)
+    llm = load_model(args.config, None, device)
     for asr_dir, dec_dir, stamp in jobs:
         r = decode_dump_dir(llm, asr_dir, dec_dir, "text", args.batch_size, args.max_new_tokens, stamp=stamp)
         logging.info("%s: %d utts in %.1f s (%.3f s/utt)", dec_dir, r.n_utts, r.seconds, r.seconds_per_utt)

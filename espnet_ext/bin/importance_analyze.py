@@ -39,9 +39,12 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     setup_logging()
     from espnet_ext.analysis.analyze import run_analysis
+    from espnet_ext.utils.devices import init_distributed, job_device
 
+    device = job_device(args.device)
+    init_distributed(device)  # under torchrun every rank scores a share of the batches
     run_analysis(args.exp_dir, args.systems.split(), args.config, args.base_model_config, args.data_dir,
-                 args.eval_dir, args.checkpoint, args.out_dir, args.device, args.overwrite == "true")
+                 args.eval_dir, args.checkpoint, args.out_dir, device, args.overwrite == "true")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 from typing import Optional, Sequence
 
 from espnet_ext.utils.logs import setup_logging
@@ -36,7 +35,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", required=True, help="dump dir the scoring subset is drawn from")
     p.add_argument("--eval_dir", default=None, help="held-out dump dir for the Table-1 perplexities")
     p.add_argument("--output_dir", required=True, help="report dir")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda (under torchrun: cuda:$LOCAL_RANK on every rank), cuda:N")
     p.add_argument("--overwrite", choices=["true", "false"], default="false", help="redo a finished report")
     return p
 
@@ -44,11 +44,11 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     setup_logging()
-    import torch
 
     from espnet_ext.analysis.score import is_scored, report_stamp, run_importance
     from espnet_ext.analysis.settings import load_importance_config
     from espnet_ext.inference.decode import load_model
+    from espnet_ext.utils.devices import init_distributed, job_device
 
     settings = load_importance_config(args.config)
     scoring, deactivation = settings.scoring, settings.deactivation
@@ -62,9 +62,9 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         logging.info("%s already scored from the same model and options; skipping (--overwrite true "
                      "to redo)", args.output_dir)
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        torch.distributed.init_process_group(backend="gloo" if args.device == "cpu" else "nccl")
-    model = load_model(args.model_config, args.model_file, args.device)
+    device = job_device(args.device)
+    init_distributed(device)
+    model = load_model(args.model_config, args.model_file, device)
     run_importance(
         model, args.data_dir, args.output_dir, scoring, deactivation if args.eval_dir else None,
         args.eval_dir, provenance={"model_config": args.model_config, "model_file": args.model_file,

@@ -45,6 +45,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     from espnet_ext.models.encoder import WhisperSpeechEncoder
     from espnet_ext.models.llm import task_prompts_from_conf
     from espnet_ext.utils.conf import load_yaml
+    from espnet_ext.utils.devices import job_device
     from espnet_ext.warmup.ctc import load_warmup_settings
 
     _, align_conf = load_warmup_settings(args.config)
@@ -57,7 +58,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     if "transcribe" not in prompts:
         raise SystemExit(f"{args.model_config}: llm_conf.task_prompts has no 'transcribe' prompt")
     encoder = WhisperSpeechEncoder(enc_conf["model_name_or_path"], pad_to_30s=enc_conf.get("pad_to_30s", False))
-    build_alignment_dump(args.align_dump, tokenizer, encoder.to(args.device), align_conf)
+    build_alignment_dump(args.align_dump, tokenizer, encoder.to(job_device(args.device)), align_conf)
     overhead = {name: len(p.prefix) + len(p.suffix) for name, p in prompts.items()}
     k = int(model["adaptor_conf"]["downsample_rate"])
     write_transcription_mix(args.train_dump, f"{args.align_dump}/train", args.out_dir, tokenizer, overhead, k)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Optional, Sequence
 
 from espnet_ext.utils.logs import setup_logging
@@ -36,8 +35,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16, help="utterances per generate() call")
     p.add_argument("--max_new_tokens", type=int, default=64,
                    help="cap on answer length (LLaMA-Omni: 256; short-answer QA needs far fewer)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    p.add_argument("--dist_backend", default="gloo", help="torch.distributed backend under torchrun")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda (under torchrun: cuda:$LOCAL_RANK on every rank), cuda:N")
     p.add_argument("--overwrite", choices=["true", "false"], default="false",
                    help="redo output dirs whose hyp was decoded with the same model and options")
     return p
@@ -57,6 +56,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
 
     from espnet_ext.inference.decode import decode_dump_dir, is_decoded, load_model, model_stamp
     from espnet_ext.models.lora import merge_lora_for_inference
+    from espnet_ext.utils.devices import init_distributed, job_device
 
     jobs = [(d, o, m, model_stamp(args.config, args.model_file, m, args.max_new_tokens))
             for d, o, m in zip(args.data_dir, args.output_dir, args.modality)]
@@ -66,9 +66,9 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
             logging.info("%s already decoded with this model; skipping (--overwrite true to redo)", j[1])
     if not todo:
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        torch.distributed.init_process_group(backend=args.dist_backend)
-    model = load_model(args.config, args.model_file, args.device)
+    device = job_device(args.device)  # under torchrun each rank decodes its share of the batches
+    init_distributed(device)
+    model = load_model(args.config, args.model_file, device)
     n_merged = merge_lora_for_inference(model)
     if n_merged:
         logging.info("merged %d LoRA layers into their base weights for decoding", n_merged)

@@ -81,7 +81,7 @@ class AsrFrontEnd:
     tokenizer: object
 
 
-def load_asr(whisper_dir: str | Path, device: str = "cpu") -> Tuple[object, AsrFrontEnd]:
+def load_asr(whisper_dir: str | Path, device: str | torch.device = "cpu") -> Tuple[object, AsrFrontEnd]:
     """``(WhisperForConditionalGeneration, AsrFrontEnd)`` of a Whisper folder (stage 2)."""
     from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
 

@@ -58,7 +58,7 @@ class DecodeReport:
 
 
 def load_model(
-    config: str | Path, model_file: Optional[str | Path] = None, device: str = "cpu"
+    config: str | Path, model_file: Optional[str | Path] = None, device: str | torch.device = "cpu"
 ) -> ESPnetSpeechLLM:
     """An exp dir's model (``config.yaml`` + checkpoint) or, without a checkpoint, the
     model a training YAML describes (pretrained LLM, untrained adaptor: the No-FT baseline)."""
