@@ -218,6 +218,122 @@ def test_shared_prompt_prefix_is_exact(make_speech_llm):
     assert float(prefix_rows.abs().sum()) > 0
 
 
+#: the answers of the mixed-task batch (the second is a transcription target)
+QA_ROWS = ["Two plus three is 5.", "How many days are in a week?", "Mars is the red planet."]
+
+
+def _mixed_task_speech_batch(model):
+    """Three S2T samples (cached-feature lengths 23/37/11 → 4/7/2 adaptor steps, so the
+    batch is padded) with the ``qa`` and ``transcribe`` instructions mixed."""
+    from espnet_ext.train.batches import preprocessor_for
+
+    pre = preprocessor_for(model)
+    rows = [("a", QA_ROWS[0], "qa", 23), ("b", QA_ROWS[1], "transcribe", 37), ("c", QA_ROWS[2], "qa", 11)]
+    g = torch.Generator().manual_seed(3)
+    samples = []
+    for uid, answer, task, frames in rows:
+        s = pre(uid, {"answer": json.dumps([answer]), "task": task})
+        s["enc_feats"] = torch.randn(frames, 32, generator=g).numpy()
+        samples.append((uid, s))
+    return PadCollate(0.0, -1)(samples)[1]
+
+
+def _loss_logits_grads(model, batch, share: bool, precision: str):
+    """One forward + backward: ``(loss, answer-position logits (fp32), {name: grad})``."""
+    model.share_prompt_prefix, model.mixed_precision = share, precision
+    model.zero_grad(set_to_none=True)
+    seen = {}
+    real_logits = model.llm.logits
+
+    def capture(hidden):
+        out = real_logits(hidden)
+        seen["logits"], seen["dtype"] = out.detach().float(), out.dtype
+        return out
+
+    model.llm.logits = capture
+    try:
+        loss = model(**batch, modality="speech")[0].reshape(())
+        loss.backward()
+    finally:
+        del model.llm.logits
+    assert seen["dtype"] == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), seen["logits"], grads
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_shared_prompt_prefix_under_bf16_with_tasks_and_lora(make_speech_llm, lora):
+    """The shared prefix cache with mixed task suffixes, a LoRA-wrapped LLM and bf16
+    autocast (the paper presets on a GPU): the same loss, logits and gradients as the
+    prefix recomputed per sample.
+
+    fp32: equal up to float rounding (loss 1e-6, gradients rtol 1e-4, as the plain test).
+    bf16 tolerances, from what bf16 itself does to the computation (ε = 2^-7, the bf16
+    spacing at 1; measured over 13 seeds on the dev CPU in brackets):
+
+    * logits within 4 bf16 ULPs at their magnitude (4 · 2^(e-7) for 2^e ≤ max|z| <
+      2^(e+1)): the cached run computes the prefix at batch 1 and attends over
+      [cache; new] keys, so its bf16 roundings fall differently; each bf16 logit is
+      itself ~1 ULP from the fp32 one [max 2 ULPs apart];
+    * loss within 2 · max|Δlogits| + 1e-6: per token, cross-entropy moves by at most
+      |Δz_target| + |Δlogsumexp z| ≤ 2 max|Δz|, and the loss is computed in fp32 from the
+      bf16 logits, so this is a bound, not an estimate;
+    * gradients, all trainable tensors together: the cached bf16 gradient is no further
+      from the fp32 gradient than 1.25× the per-sample bf16 gradient is [0.94-1.11]; the
+      cache adds no error of its own beyond bf16's;
+    * gradients, per tensor: cached and per-sample bf16 gradients differ by at most
+      2^-4 = 8ε of the tensor's gradient norm [≤ 2.1e-2].  The cached run sums each
+      prefix key/value gradient over the batch in bf16 and the two uses of a weight's
+      bf16 copy (prefix pass, batch pass) in bf16 too, where the per-sample run reduces
+      in fp32 inside one matmul, so a tensor whose gradient a few entries dominate can
+      carry ~2× bf16's own error there (each bf16 gradient is up to 2e-2 from fp32).
+
+    A real cache defect (a wrong position, mask or task suffix) changes the loss itself,
+    far beyond these bounds.
+    """
+    extra = ["--lora_conf", "{r: 4, dropout: 0.0}"] if lora else []
+    model = make_speech_llm(*extra, encoder=False).train()
+    if lora:  # peft initialises B = 0: the adapter would be a no-op with zero grad for A
+        torch.manual_seed(5)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.05)
+    batch = _mixed_task_speech_batch(model)
+    assert batch["task"][:, 0].tolist() == [0, 1, 0] and model.tasks == ["qa", "transcribe"]
+    runs = {(share, prec): _loss_logits_grads(model, batch, share, prec)
+            for share in (False, True) for prec in ("none", "bf16")}
+    names = list(runs[(False, "none")][2])
+    if lora:
+        assert names and all("lora_" in n or n.startswith("adaptor.") for n in names)
+        assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    else:
+        assert any(".layers." in n for n in names)
+    for n in names:  # every trainable tensor, the prefix path included, gets gradient
+        assert float(runs[(False, "none")][2][n].abs().sum()) > 0, n
+
+    # fp32: the reformulation is exact up to float rounding
+    (l_u, z_u, g_u), (l_c, z_c, g_c) = runs[(False, "none")], runs[(True, "none")]
+    torch.testing.assert_close(l_c, l_u, rtol=0, atol=1e-6)
+    torch.testing.assert_close(z_c, z_u, rtol=1e-5, atol=1e-6)
+    for n in names:
+        torch.testing.assert_close(g_c[n], g_u[n], rtol=1e-4, atol=1e-6, msg=n)
+
+    # bf16 (autocast ran: the bf16 loss is not the fp32 one)
+    g_fp32 = g_u
+    (lb_u, zb_u, gb_u), (lb_c, zb_c, gb_c) = runs[(False, "bf16")], runs[(True, "bf16")]
+    assert float(lb_u) != float(l_u)
+    ulp = 2.0 ** (math.floor(math.log2(float(zb_u.abs().max()))) - 7)
+    torch.testing.assert_close(zb_c, zb_u, rtol=0, atol=4 * ulp)
+    dz = float((zb_c - zb_u).abs().max())
+    assert abs(float(lb_c) - float(lb_u)) <= 2 * dz + 1e-6
+    flat = lambda g: torch.cat([g[n].flatten() for n in names])  # noqa: E731
+    err_cached, err_plain = float((flat(gb_c) - flat(g_fp32)).norm()), float((flat(gb_u) - flat(g_fp32)).norm())
+    assert 0 < err_plain and err_cached <= 1.25 * err_plain, (err_cached, err_plain)
+    for n in names:
+        assert float((gb_c[n] - gb_u[n]).norm()) <= 2.0 ** -4 * float(g_fp32[n].norm()), n
+
+
 def test_mixed_precision_modes(make_speech_llm):
     from espnet_ext.utils.precision import autocast_dtype
 
@@ -237,6 +353,24 @@ def test_mixed_precision_modes(make_speech_llm):
     assert bf16_loss.item() != fp32_loss.item()  # autocast really ran
     torch.testing.assert_close(bf16_loss, fp32_loss, rtol=0.02, atol=0.0)
 
+
+
+def test_raw_speech_under_bf16_autocast_runs_the_encoder_in_fp32(make_speech_llm):
+    """The frozen encoder runs outside the LLM's autocast: raw speech under bf16 gives the
+    loss of its fp32 encoder outputs (what stage 2 caches) under bf16, on any device."""
+    model = make_speech_llm("--model_conf", "mixed_precision=bf16")
+    _, batch = text_batch(model)
+    del batch["text"], batch["text_lengths"]
+    torch.manual_seed(0)
+    lengths = torch.tensor([16000, 12000])
+    speech = 0.1 * torch.randn(2, 16000)
+    speech[1, 12000:] = 0.0
+    with torch.no_grad():
+        raw = model(**batch, speech=speech, speech_lengths=lengths, modality="speech")[0]
+        feats, feats_lengths = model.encoder(speech, lengths)
+        cached = model(**batch, enc_feats=feats, enc_feats_lengths=feats_lengths, modality="speech")[0]
+    assert feats.dtype == torch.float32
+    torch.testing.assert_close(raw, cached, rtol=0, atol=0)
 
 # --------------------------------------------------------------------------------------
 # generation

@@ -509,6 +509,17 @@ def test_conf_get_errors_name_the_file_and_key(tmp_path):
     assert p.returncode == 2 and "usage: conf_get FILE KEY" in p.stderr
 
 
+def test_conf_get_default_for_a_missing_key_only(tmp_path):
+    f = shlex.quote(str(tmp_path / "c.yaml"))
+    (tmp_path / "c.yaml").write_text("a:\n  b: true\nnull_map:\nlist: [1]\n")
+    p = bash(f". {CONF_GET}\n" + "".join(f'echo "<$(conf_get {f} {k} false)>"\n'
+                                          for k in ("a.b", "a.c", "nope", "null_map.x")), env=PY_ENV)
+    assert p.returncode == 0 and p.stdout.splitlines() == ["<true>", "<false>", "<false>", "<false>"], p.stderr
+    for key, msg in (("a.b.c", "no key a.b.c"), ("list", "list is a list, not a single value")):
+        p = bash(f". {CONF_GET}\nx=$(conf_get {f} {key} false)\necho NOT_REACHED", env=PY_ENV)
+        assert p.returncode == 1 and p.stderr.strip() == f"conf_get: {tmp_path / 'c.yaml'}: {msg}", p.stderr
+
+
 # --------------------------------------------------------------------------------------
 # help.sh
 # --------------------------------------------------------------------------------------

@@ -63,9 +63,14 @@ train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml
                          # $expdir/importance/base. Ours (importance-weighted anchoring, not in the
                          # default: it costs 5 min): add conf/train_impanchor.yaml. LoRA rank ablation
                          # (Table 3): add conf/train_lora_r16.yaml conf/train_lora_r24.yaml (lora is r 8)
-ngpu=0                   # GPUs per training job (0 = CPU)
-nproc=1                  # processes per training job; > 1 runs torchrun (gloo on CPU)
+ngpu=0                   # GPUs of every model job (stages 2-6; 0 = CPU): --device cuda; > 1 runs
+                         # torchrun, one process per GPU (NCCL): training, importance, decoding and
+                         # the cascade are sharded across them; the feature dump and warm-up use one
+nproc=1                  # with --ngpu 0: processes per sharded job; > 1 runs torchrun (gloo)
 train_args=""            # extra options for espnet_ext.bin.speechllm_train
+train_sharding=""        # FSDP2-sharded training (needs > 1 process: --ngpu > 1 or --nproc > 1), e.g.
+                         # "engine=fsdp2" (bf16 compute, fp32 shards); empty = ESPnet's DDP. For the 8B
+                         # preset's Full-FT; checkpoints: checkpoint.dcp/ + the usual <N>epoch.pth
 
 # ---- Decoding (stage 5) -----------------------------------------------------------------------
 decode_config=conf/decode.yaml  # batch size, max_new_tokens, model checkpoint to use
@@ -106,6 +111,35 @@ case $adaptor_warmup in
   true|false) ;;
   *) echo "run.sh: --adaptor_warmup must be true or false, got '$adaptor_warmup'" >&2; exit 1;;
 esac
+for _opt in ngpu nproc; do
+  case ${!_opt} in
+    ''|*[!0-9]*) echo "run.sh: --$_opt must be a whole number, got '${!_opt}'" >&2; exit 1;;
+  esac
+done
+unset _opt
+[ "$nproc" -ge 1 ] || { echo "run.sh: --nproc must be at least 1, got '$nproc'" >&2; exit 1; }
+
+# ---- devices and launchers of the model jobs (stages 2-6) ---------------------------------
+# --ngpu N > 0: every job computes on --device cuda (under torchrun each rank takes
+# cuda:$LOCAL_RANK) and the sharded jobs (training, importance scoring, decoding, the cascade,
+# the analysis) run N processes, one per GPU, under torchrun (NCCL); --ngpu 0: the CPU, and
+# --nproc processes (> 1: torchrun, gloo). The feature dump and the warm-up run one process.
+if [ "$ngpu" -gt 0 ]; then
+  if [ "$nproc" -gt 1 ] && [ "$nproc" -ne "$ngpu" ]; then
+    echo "run.sh: --nproc $nproc with --ngpu $ngpu: on GPUs a job runs one process per GPU" \
+      "(--ngpu processes); leave --nproc at 1" >&2
+    exit 1
+  fi
+  device=cuda job_nproc=$ngpu
+  gpu_cmd="${cuda_cmd} --gpu $ngpu"      # a sharded job: all the GPUs
+  gpu1_cmd="${cuda_cmd} --gpu 1"         # a one-process job: one GPU
+else
+  device=cpu job_nproc=$nproc
+  gpu_cmd=${train_cmd} gpu1_cmd=${train_cmd}
+fi
+# the launcher of a sharded job, followed by the module name: python -m, or torchrun -m
+sharded=(python -m)
+[ "$job_nproc" -gt 1 ] && sharded=(torchrun --standalone --nproc_per_node "$job_nproc" -m)
 
 mkdir -p "$expdir"
 
@@ -195,27 +229,35 @@ stage2() {
   # the base model (No-FT system, stage-3 importance) as a task config
   python -m espnet_ext.bin.compose_config --preset "$model_preset" \
     --out "$expdir/pretrained/model.yaml" --pretrained_dir "$expdir/pretrained"
-  local k
+  local k pad
   k=$(conf_get "$model_preset" adaptor_conf.downsample_rate)
+  # LLaMA-Omni's 30 s padding (3000 mel frames -> 1500 encoder frames) when the preset asks
+  pad=$(conf_get "$model_preset" encoder_conf.pad_to_30s false)
+  case $pad in
+    true|false) ;;
+    *) echo "run.sh: $model_preset: encoder_conf.pad_to_30s must be true or false, got '$pad'" >&2
+       exit 1;;
+  esac
   local io=() s
   for s in $(all_sets); do io+=(--data_dir "$datadir/$s" --out_dir "$dumpdir/$s"); done
-  ${train_cmd} "$expdir/log/dump_features.log" python -m espnet_ext.bin.dump_features \
+  ${gpu1_cmd} "$expdir/log/dump_features.log" python -m espnet_ext.bin.dump_features \
     --whisper "$expdir/pretrained/whisper" --llm "$expdir/pretrained/llm" "${io[@]}" \
-    --downsample_rate "$k" --long_audio "$long_audio" --skip_bad_utts "$skip_bad_utts"
+    --downsample_rate "$k" --pad_to_30s "$pad" --long_audio "$long_audio" \
+    --skip_bad_utts "$skip_bad_utts" --device "$device"
   if [ "$transcription_mix" -gt 0 ]; then
     log "transcription mix (addition to the paper's recipe):" \
       "$transcription_mix utterances -> $dumpdir/${train_set}_mix"
-    ${train_cmd} "$expdir/log/mix_transcription.log" python -m espnet_ext.bin.mix_transcription \
+    ${gpu1_cmd} "$expdir/log/mix_transcription.log" python -m espnet_ext.bin.mix_transcription \
       --config "$warmup_config" --model_config "$expdir/pretrained/model.yaml" \
       --num_utts "$transcription_mix" --train_dump "$dumpdir/$train_set" \
-      --align_dump "$dumpdir/align_mix" --out_dir "$dumpdir/${train_set}_mix"
+      --align_dump "$dumpdir/align_mix" --out_dir "$dumpdir/${train_set}_mix" --device "$device"
   fi
   if [ "$adaptor_warmup" = true ]; then
     log "adaptor warm-up (addition to the paper's recipe): $dumpdir/$train_set -> $expdir/warmup"
-    ${train_cmd} "$expdir/log/adaptor_warmup.log" python -m espnet_ext.bin.adaptor_warmup \
+    ${gpu1_cmd} "$expdir/log/adaptor_warmup.log" python -m espnet_ext.bin.adaptor_warmup \
       --config "$warmup_config" --model_config "$expdir/pretrained/model.yaml" \
       --train_dump "$dumpdir/$train_set" --valid_dump "$dumpdir/$valid_set" \
-      --align_dump "$dumpdir/align" --output_dir "$expdir/warmup"
+      --align_dump "$dumpdir/align" --output_dir "$expdir/warmup" --device "$device"
   fi
 }
 
@@ -224,10 +266,10 @@ stage3() {
   require_outputs 3 2 "" "$expdir/pretrained/model.yaml"
   require_dumps 3 "$train_set" "$valid_set"
   stage_header 3 "$dumpdir/$train_set (text) -> $expdir/importance/base"
-  ${train_cmd} "$expdir/importance/base/score.log" python -m espnet_ext.bin.importance_score \
+  ${gpu_cmd} "$expdir/importance/base/score.log" "${sharded[@]}" espnet_ext.bin.importance_score \
     --config "$importance_config" --model_config "$expdir/pretrained/model.yaml" \
     --data_dir "$dumpdir/$train_set" --eval_dir "$dumpdir/$valid_set" \
-    --output_dir "$expdir/importance/base"
+    --output_dir "$expdir/importance/base" --device "$device"
 }
 
 # ---- stage 4: stage-1 training, one run per training config --------------------------------
@@ -273,17 +315,19 @@ stage4() {
     done
     [ "$transcription_mix" -gt 0 ] &&
       data+=(--train_data_path_and_name_and_type "$train_dump/task,task,text")
-    local launcher=(python -m espnet_ext.bin.speechllm_train)
-    if [ "$nproc" -gt 1 ]; then
-      local backend=gloo; [ "$ngpu" -gt 0 ] && backend=nccl
-      launcher=(torchrun --standalone --nproc_per_node "$nproc" -m espnet_ext.bin.speechllm_train
+    # ESPnet under torchrun: one process per GPU, each with --ngpu 1 (its cuda:$LOCAL_RANK)
+    local launcher=(python -m espnet_ext.bin.speechllm_train) train_ngpu=$ngpu
+    if [ "$job_nproc" -gt 1 ]; then
+      local backend=gloo; [ "$ngpu" -gt 0 ] && backend=nccl train_ngpu=1
+      launcher=("${sharded[@]}" espnet_ext.bin.speechllm_train
                 --multiprocessing_distributed false --dist_backend "$backend")
     fi
-    local cmd=("${launcher[@]}" --config "$dir/train.yaml" --output_dir "$dir" --ngpu "$ngpu"
+    local cmd=("${launcher[@]}" --config "$dir/train.yaml" --output_dir "$dir" --ngpu "$train_ngpu"
                --resume true "${data[@]}"
                --train_shape_file "$train_dump/llm_len.speech"
                --valid_shape_file "$dumpdir/$valid_set/llm_len.speech")
     [ "$adaptor_warmup" = true ] && cmd+=(--init_param "$expdir/warmup/adaptor.pth::adaptor")
+    [ -n "$train_sharding" ] && cmd+=(--sharding_conf "$train_sharding")
     # shellcheck disable=SC2206
     cmd+=($train_args)
     printf '%q ' "${cmd[@]}" >"$dir/train.sh.cmd"; echo >>"$dir/train.sh.cmd"
@@ -305,12 +349,13 @@ decode_system() {
   done
   local model=(); [ -n "$model_file" ] && model=(--model_file "$model_file")
   # shellcheck disable=SC2086
-  ${decode_cmd} "$expdir/$tag/decode.log" python -m espnet_ext.bin.speechllm_inference \
+  ${decode_job_cmd} "$expdir/$tag/decode.log" "${sharded[@]}" espnet_ext.bin.speechllm_inference \
     --config "$config" "${model[@]}" --batch_size "$decode_bs" --max_new_tokens "$decode_mnt" \
-    "${io[@]}" $decode_args
+    --device "$device" "${io[@]}" $decode_args
 }
 stage5() {
-  local decode_bs decode_mnt ckpt conf s
+  local decode_bs decode_mnt ckpt conf s decode_job_cmd=${decode_cmd}
+  [ "$ngpu" -gt 0 ] && decode_job_cmd=${gpu_cmd}
   decode_bs=$(conf_get "$decode_config" batch_size)
   decode_mnt=$(conf_get "$decode_config" max_new_tokens)
   ckpt=$(conf_get "$decode_config" inference_model)
@@ -337,9 +382,10 @@ stage5() {
     local sets=() s
     for s in $test_sets $unseen_test_sets; do sets+=(--data_dir "$datadir/$s" --dump_dir "$dumpdir/$s"); done
     mkdir -p "$expdir/cascade"
-    ${decode_cmd} "$expdir/cascade/decode.log" python -m espnet_ext.bin.cascade_decode \
+    ${decode_job_cmd} "$expdir/cascade/decode.log" "${sharded[@]}" espnet_ext.bin.cascade_decode \
       --whisper_dir "$expdir/pretrained/whisper" --config "$expdir/pretrained/model.yaml" \
-      --output_dir "$expdir/cascade" --batch_size "$decode_bs" --max_new_tokens "$decode_mnt" "${sets[@]}"
+      --output_dir "$expdir/cascade" --batch_size "$decode_bs" --max_new_tokens "$decode_mnt" \
+      --device "$device" "${sets[@]}"
   fi
   for conf in $train_configs; do
     local tag; tag=$(tag_of "$conf")
@@ -395,10 +441,10 @@ stage6() {
   # rank clustering and parameter changes (Fig. 1-4); redone only when inputs changed
   stage_header 6 "$expdir/{$(echo $trained | tr ' ' ,)}/$ckpt ->" \
     "$expdir/importance/<tag>, $expdir/results/{analysis.json,figures}"
-  ${train_cmd} "$expdir/log/importance_analyze.log" python -m espnet_ext.bin.importance_analyze \
+  ${gpu_cmd} "$expdir/log/importance_analyze.log" "${sharded[@]}" espnet_ext.bin.importance_analyze \
     --config "$importance_config" --exp_dir "$expdir" --systems "$trained" \
     --base_model_config "$expdir/pretrained/model.yaml" --data_dir "$dumpdir/$train_set" \
-    --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt"
+    --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt" --device "$device"
   python -m espnet_ext.bin.make_results --exp_dir "$expdir" --systems "$systems" \
     --stage_times "$stage_times" --running_stage "6=$((SECONDS - t0))" --out_md "$results_md" \
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \

@@ -10,7 +10,9 @@ Usage:
 
 Writes ``<output_dir>/asr_<set>/`` (the transcripts as a text dump, ``asr_report.json``
 with the WER) and ``<output_dir>/decode_<set>_speech/hyp``.  Both steps are stamped and
-skipped when their inputs are unchanged.
+skipped when their inputs are unchanged.  Works under ``torchrun`` (``--device cuda``: each
+rank on cuda:$LOCAL_RANK): each rank transcribes and answers a share of the batches, rank 0
+writes the outputs, which equal a one-process run's.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr_batch_size", type=int, default=16, help="utterances per Whisper generate() call")
     p.add_argument("--batch_size", type=int, default=16, help="utterances per LLM generate() call")
     p.add_argument("--max_new_tokens", type=int, default=64, help="cap on the LLM's answer length")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda (under torchrun: cuda:$LOCAL_RANK on every rank), cuda:N")
     return p
 
 
@@ -42,12 +45,15 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     if len(args.data_dir) != len(args.dump_dir):
         raise SystemExit("give one --dump_dir per --data_dir")
     setup_logging()
+    import torch
+
     from espnet_ext.inference.cascade import ASR_REPORT, load_asr, transcribe_set
     from espnet_ext.inference.decode import decode_dump_dir, is_decoded, load_model, model_stamp
-    from espnet_ext.utils.devices import job_device
+    from espnet_ext.utils.devices import init_distributed, job_device
     from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
     device = job_device(args.device)
+    init_distributed(device)  # under torchrun each rank transcribes and decodes its share
     out = Path(args.output_dir)
     whisper = file_identity(Path(args.whisper_dir) / "model.safetensors", content=False)
     sets = []
@@ -71,12 +77,13 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
             logging.info("%s already decoded from the same transcripts; skipping", dec_dir)
         else:
             jobs.append((asr_dir, dec_dir, stamp))
-    if not jobs:
-        return
-    llm = load_model(args.config, None, device)
-    for asr_dir, dec_dir, stamp in jobs:
-        r = decode_dump_dir(llm, asr_dir, dec_dir, "text", args.batch_size, args.max_new_tokens, stamp=stamp)
-        logging.info("%s: %d utts in %.1f s (%.3f s/utt)", dec_dir, r.n_utts, r.seconds, r.seconds_per_utt)
+    if jobs:
+        llm = load_model(args.config, None, device)
+        for asr_dir, dec_dir, stamp in jobs:
+            r = decode_dump_dir(llm, asr_dir, dec_dir, "text", args.batch_size, args.max_new_tokens, stamp=stamp)
+            logging.info("%s: %d utts in %.1f s (%.3f s/utt)", dec_dir, r.n_utts, r.seconds, r.seconds_per_utt)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -4,13 +4,19 @@
 Usage:
     python -m espnet_ext.bin.dump_features --whisper exp/pretrained/whisper \\
         --llm exp/pretrained/llm --data_dir data/train --out_dir dump/train \\
-        [--long_audio truncate|reject] [--skip_bad_utts true] [--pad_to_30s false]
+        [--long_audio truncate|reject] [--skip_bad_utts true] [--pad_to_30s false] [--device cuda]
     # several sets in one job (the encoder is loaded once)
     python -m espnet_ext.bin.dump_features ... --data_dir data/train --out_dir dump/train \
         --data_dir data/dev --out_dir dump/dev
 
 Writes ``enc_feats.{ark,scp}``, ESPnet shape files and copies of the Kaldi files (see
-``espnet_ext.data.dump``).  A finished dump is not redone unless ``--overwrite true``, or its archive is damaged.
+``espnet_ext.data.dump``).  A finished dump is not redone unless ``--overwrite true``, its archive is
+damaged, or it was made with another ``--pad_to_30s`` or ``--downsample_rate`` (its ``dump_report.json``
+records both).
+
+``--pad_to_30s true`` is LLaMA-Omni's input path: every utterance is padded to 30 s, i.e. 3000 mel
+frames → 1500 encoder frames → ``1500 // k`` adaptor embeddings (300 at k = 5), and the shape
+files count that many speech positions for every utterance.
 """
 
 from __future__ import annotations
@@ -33,12 +39,15 @@ def get_parser() -> argparse.ArgumentParser:
                    help="Kaldi-style input dir (data/<set>; repeatable)")
     p.add_argument("--out_dir", action="append", required=True, help="output dump dir per --data_dir")
     p.add_argument("--downsample_rate", type=int, default=5, help="adaptor k (LLaMA-Omni: 5)")
-    p.add_argument("--pad_to_30s", type=str2bool, default=False, help="faithful LLaMA-Omni 30 s padding")
+    p.add_argument("--pad_to_30s", type=str2bool, default=False,
+                   help="LLaMA-Omni's 30 s padding: 1500 encoder frames for every utterance (the model "
+                        "preset's encoder_conf.pad_to_30s)")
     p.add_argument("--long_audio", choices=["truncate", "reject"], default="truncate",
                    help="audio longer than the encoder window (30 s)")
     p.add_argument("--skip_bad_utts", type=str2bool, default=False, help="skip and report bad utterances")
     p.add_argument("--batch_size", type=int, default=16, help="utterances per encoder batch")
     p.add_argument("--overwrite", type=str2bool, default=False, help="redo a finished dump")
+    p.add_argument("--device", default="cpu", help="torch device of the encoder: cpu, cuda, cuda:N")
     return p
 
 
@@ -47,16 +56,29 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     setup_logging()
     from transformers import AutoTokenizer
 
-    from espnet_ext.data.dump import check_feature_archive, dump_encoder_features, read_dump_report
+    from espnet_ext.data.dump import (
+        check_feature_archive,
+        dump_encoder_features,
+        dump_options_mismatch,
+        read_dump_report,
+    )
     from espnet_ext.data.kaldi_dir import DataError
     from espnet_ext.models.encoder import WhisperSpeechEncoder
     from espnet_ext.models.llm import ChatPrompt
+    from espnet_ext.utils.devices import job_device
 
     if len(args.data_dir) != len(args.out_dir):
         raise SystemExit("give one --out_dir per --data_dir")
+    device = job_device(args.device)  # a bad --device fails before any work
     todo = []
     for data_dir, out_dir in zip(args.data_dir, args.out_dir):
-        if read_dump_report(out_dir) is not None and not args.overwrite:
+        report = read_dump_report(out_dir)
+        if report is not None and not args.overwrite:
+            other = dump_options_mismatch(report, args.pad_to_30s, args.downsample_rate)
+            if other:  # e.g. a real-length dump where the model preset asks for 30 s padding
+                logging.warning("%s: %s; redoing it", out_dir, other)
+                todo.append((data_dir, out_dir))
+                continue
             try:
                 check_feature_archive(f"{out_dir}/enc_feats.scp")
             except DataError as e:  # finished once, damaged since (a truncated ark): redo it
@@ -70,7 +92,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         return
     tokenizer = AutoTokenizer.from_pretrained(args.llm)
     prompt = ChatPrompt.from_tokenizer(tokenizer)
-    encoder = WhisperSpeechEncoder(args.whisper, pad_to_30s=args.pad_to_30s)
+    encoder = WhisperSpeechEncoder(args.whisper, pad_to_30s=args.pad_to_30s).to(device)
     for data_dir, out_dir in todo:
         try:
             dump_encoder_features(

@@ -12,13 +12,16 @@ Usage:
 
 Several ``--data_dir``/``--output_dir`` pairs may be given, with one ``--modality`` for
 all of them or one per pair (T2T and S2T of a system in one call); the model is loaded once.
-Works under ``torchrun`` (each rank decodes a share; rank 0 writes ``hyp``).
+Works under ``torchrun`` (each rank decodes a share; rank 0 writes ``hyp``).  An output dir
+is redone when the model, the options or its input (the dump's ``enc_feats.scp`` for speech,
+``text`` for text, e.g. a dump redone with ``--pad_to_30s``) changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Optional, Sequence
 
 from espnet_ext.utils.logs import setup_logging
@@ -57,9 +60,14 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     from espnet_ext.inference.decode import decode_dump_dir, is_decoded, load_model, model_stamp
     from espnet_ext.models.lora import merge_lora_for_inference
     from espnet_ext.utils.devices import init_distributed, job_device
+    from espnet_ext.utils.stamps import file_identity
 
-    jobs = [(d, o, m, model_stamp(args.config, args.model_file, m, args.max_new_tokens))
-            for d, o, m in zip(args.data_dir, args.output_dir, args.modality)]
+    def stamp_of(data_dir: str, modality: str) -> dict:
+        inputs = Path(data_dir) / ("enc_feats.scp" if modality == "speech" else "text")
+        return {**model_stamp(args.config, args.model_file, modality, args.max_new_tokens),
+                "input": file_identity(inputs, content=False) if inputs.is_file() else None}
+
+    jobs = [(d, o, m, stamp_of(d, m)) for d, o, m in zip(args.data_dir, args.output_dir, args.modality)]
     todo = [j for j in jobs if args.overwrite == "true" or not is_decoded(j[1], j[3])]
     for j in jobs:
         if j not in todo:

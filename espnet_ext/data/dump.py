@@ -7,11 +7,18 @@ of the recipe.  For each data directory this writes a dump directory::
     dump/<set>/text answer utt2spk wav.scp   # copies, restricted to the kept utterances
     dump/<set>/enc_feats.ark enc_feats.scp   # (Frames, D_enc) float32 per utterance (kaldiio)
     dump/<set>/llm_len.speech llm_len.text   # LLM sequence length per modality (ESPnet shape files)
-    dump/<set>/dump_report.json              # counts: kept, truncated, skipped (with reasons)
+    dump/<set>/dump_report.json              # counts: kept, truncated, skipped (with reasons),
+                                             # and the options the features depend on
 
 The shape files let ESPnet's ``sorted``/``numel`` batch samplers bucket by the real LLM
 sequence length.  Everything is written into a temporary directory that replaces
 ``dump/<set>`` only when complete.
+
+With ``pad_to_30s`` (LLaMA-Omni's input path) every utterance is padded to the 30 s
+window, so every utterance has the same encoder frame count (1500 for Whisper: 3000 mel
+frames) and ``llm_len.speech`` counts ``1500 // k`` speech positions for each (300 at
+k = 5).  The report records ``pad_to_30s`` and ``downsample_rate``, so a dump made with
+other options is recognised (:func:`dump_options_mismatch`) and redone.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ class DumpReport:
     n_written: int = 0
     n_truncated: int = 0
     skipped: Dict[str, str] = field(default_factory=dict)  # utt id → reason
+    pad_to_30s: bool = False       # every utterance padded to the 30 s encoder window
+    downsample_rate: int = 0       # the adaptor's k behind llm_len.speech
+    encoder_frames: Dict[str, int] = field(default_factory=dict)  # min and max frames written
 
 
 def _shape_lines(ids: List[str], values: Dict[str, int]) -> str:
@@ -74,7 +84,8 @@ def dump_encoder_features(
     import kaldiio
 
     utts = read_kaldi_dir(data_dir)
-    report = DumpReport(data_dir=str(data_dir), n_input=len(utts))
+    report = DumpReport(data_dir=str(data_dir), n_input=len(utts),
+                        pad_to_30s=bool(getattr(encoder, "pad_to_30s", False)), downsample_rate=downsample_rate)
     wavs: Dict[str, np.ndarray] = {}
     for u in utts:
         try:
@@ -99,6 +110,7 @@ def dump_encoder_features(
     order = sorted(wavs, key=lambda k: wavs[k].shape[0])  # length bucketing
     llm_len_speech: Dict[str, int] = {}
     llm_len_text: Dict[str, int] = {}
+    enc_frames: Dict[str, int] = {}
     answer_len = {u.utt_id: len(tokenizer(u.answers[0], add_special_tokens=False)["input_ids"]) + 1 for u in kept}
     with atomic_dir(out_dir) as tmp:
         ark, scp = tmp / "enc_feats.ark", tmp / "enc_feats.scp"
@@ -108,6 +120,7 @@ def dump_encoder_features(
                 feats, lengths = encoder.encode_waveforms([wavs[i] for i in ids])
                 for j, uid in enumerate(ids):
                     writer[uid] = feats[j, : lengths[j]].float().cpu().numpy()
+                    enc_frames[uid] = int(lengths[j])
                     llm_len_speech[uid] = int(lengths[j]) // downsample_rate + prompt_overhead + answer_len[uid]
         # scp lines point at the temporary ark path: rewrite them to the final location
         final_ark = Path(out_dir).resolve() / "enc_feats.ark"
@@ -125,6 +138,7 @@ def dump_encoder_features(
         (tmp / "llm_len.speech").write_text(_shape_lines(ids, llm_len_speech))
         (tmp / "llm_len.text").write_text(_shape_lines(ids, llm_len_text))
         report.n_written = len(kept)
+        report.encoder_frames = {"min": min(enc_frames.values()), "max": max(enc_frames.values())}
         (tmp / "dump_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     logger.info(
         "%s → %s: %d written, %d truncated, %d skipped",
@@ -137,6 +151,22 @@ def read_dump_report(out_dir: str | Path) -> Optional[dict]:
     """The ``dump_report.json`` of a finished dump, or ``None``."""
     p = Path(out_dir) / "dump_report.json"
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def dump_options_mismatch(report: dict, pad_to_30s: bool, downsample_rate: int) -> Optional[str]:
+    """Why a finished dump's ``report`` was made with other options than asked, or ``None``.
+
+    A report without ``pad_to_30s`` predates the record and was made without padding; one
+    without ``downsample_rate`` is not checked for it.
+    """
+    made_pad = bool(report.get("pad_to_30s", False))
+    if made_pad != bool(pad_to_30s):
+        return (f"its features were dumped with pad_to_30s {str(made_pad).lower()}, "
+                f"now pad_to_30s {str(bool(pad_to_30s)).lower()} is asked for")
+    made_k = report.get("downsample_rate")
+    if made_k and int(made_k) != int(downsample_rate):
+        return f"its shape files count downsample_rate {made_k}, now downsample_rate {downsample_rate} is asked for"
+    return None
 
 
 def check_feature_archive(scp: str | Path) -> None:

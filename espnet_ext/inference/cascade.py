@@ -12,6 +12,11 @@ encoder is this Whisper model's encoder, and its LLM is the No-FT LLM.
 3. the No-FT model decodes that dump T2T, exactly as it decodes the true transcripts
    (:func:`espnet_ext.inference.decode.decode_dump_dir`), into ``decode_<set>_speech``:
    the cascade's input is speech.
+
+Under ``torch.distributed`` (``torchrun``) both steps are sharded: each rank transcribes
+every ``world_size``-th batch of the duration-sorted utterances, rank 0 gathers the
+transcripts and writes the ASR dump, and the LLM decode shards its batches the same way.
+The batches do not depend on the number of ranks, so the outputs equal a one-process run's.
 """
 
 from __future__ import annotations
@@ -96,17 +101,26 @@ def load_asr(whisper_dir: str | Path, device: str | torch.device = "cpu") -> Tup
     return model, AsrFrontEnd(WhisperFeatureExtractor.from_pretrained(str(whisper_dir)), tokenizer)
 
 
+def _rank_world() -> Tuple[bool, int, int]:
+    """``(distributed, rank, world size)`` of this process."""
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not dist:
+        return False, 0, 1
+    return True, torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
 @torch.inference_mode()
 def transcribe(model, processor, wav_paths: Dict[str, str], batch_size: int = 16,
-               max_new_tokens: int = 128) -> Dict[str, str]:
-    """Greedy Whisper transcripts of ``utt id → wav path`` (batches sorted by duration)."""
+               max_new_tokens: int = 128, rank: int = 0, world_size: int = 1) -> Dict[str, str]:
+    """Greedy Whisper transcripts of ``utt id → wav path`` (batches sorted by duration); with
+    ``world_size`` > 1 only batches ``rank``, ``rank + world_size``, ... are transcribed."""
     audio = {u: load_audio(p, u) for u, p in wav_paths.items()}
     order = sorted(audio, key=lambda u: (len(audio[u]), u))
     device = next(model.parameters()).device
     # the decoder's prompt (start, language, task tokens) shares its position table
     max_new_tokens = min(max_new_tokens, model.config.max_target_positions - 4)
     out: Dict[str, str] = {}
-    for start in range(0, len(order), batch_size):
+    for start in range(rank * batch_size, len(order), world_size * batch_size):
         ids = order[start:start + batch_size]
         feats = processor.feature_extractor([audio[u] for u in ids], sampling_rate=TARGET_SR,
                                             return_tensors="pt").input_features.to(device)
@@ -143,11 +157,19 @@ def transcribe_set(model, processor, data_dir: str | Path, dump_dir: str | Path,
     if missing:
         raise DataError(f"{data_dir}/wav.scp: no audio for utterance {missing[0]} of {dump_dir}")
     start = time.perf_counter()
-    hyps = transcribe(model, processor, {u: wavs[u] for u in refs}, batch_size)
+    dist, rank, world = _rank_world()
+    hyps = transcribe(model, processor, {u: wavs[u] for u in refs}, batch_size, rank=rank, world_size=world)
+    if dist:  # every rank gets all transcripts; rank 0 writes them
+        gathered: List[Optional[Dict[str, str]]] = [None] * world
+        torch.distributed.all_gather_object(gathered, hyps)
+        hyps = {u: h for g in gathered for u, h in g.items()}
     errors = [word_errors(refs[u], hyps[u]) for u in sorted(refs)]
     report = AsrReport(str(data_dir), len(refs), sum(n for _, n in errors), sum(e for e, _ in errors),
                        sum(1 for e, _ in errors if e), round(time.perf_counter() - start, 3))
-    write_asr_dump(dump_dir, hyps, out_dir, report, stamp)
+    if rank == 0:
+        write_asr_dump(dump_dir, hyps, out_dir, report, stamp)
+    if dist:
+        torch.distributed.barrier()  # the dump is on disk before any rank reads it
     logger.info("%s: %d utterances, WER %.1f %% (%d with an error), %.1f s", data_dir, report.n_utts,
                 report.wer, report.n_utts_with_error, report.seconds)
     return report

@@ -61,7 +61,10 @@ def load_model(
     config: str | Path, model_file: Optional[str | Path] = None, device: str | torch.device = "cpu"
 ) -> ESPnetSpeechLLM:
     """An exp dir's model (``config.yaml`` + checkpoint) or, without a checkpoint, the
-    model a training YAML describes (pretrained LLM, untrained adaptor: the No-FT baseline)."""
+    model a training YAML describes (pretrained LLM, untrained adaptor: the No-FT baseline).
+
+    The untrained adaptor is drawn from the config's ``seed`` (0 by default), the global RNG
+    left untouched: every ``torchrun`` rank and every rerun builds the same No-FT model."""
     if model_file is not None:
         model, _ = SpeechLLMTask.build_model_from_file(config, model_file, device)
     else:
@@ -71,7 +74,9 @@ def load_model(
         unknown = sorted(set(conf) - set(defaults))
         if unknown:
             raise ValueError(f"{config}: unknown config key(s) {unknown}")
-        model = SpeechLLMTask.build_model(argparse.Namespace(**{**defaults, **conf}))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(conf.get("seed", defaults.get("seed", 0)) or 0))
+            model = SpeechLLMTask.build_model(argparse.Namespace(**{**defaults, **conf}))
         model.to(device)
     model.eval()
     return model

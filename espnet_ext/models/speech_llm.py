@@ -102,7 +102,10 @@ class ESPnetSpeechLLM(AbsESPnetModel):
                 raise ValueError("modality 'speech' needs 'enc_feats' or 'speech'")
             if self.encoder is None:
                 raise ValueError("raw 'speech' given but the model has no encoder")
-            enc_feats, enc_feats_lengths = self.encoder(speech, speech_lengths)
+            # the frozen encoder runs in its own precision, outside the LLM's autocast, as in
+            # stage 2's cached features (its numpy feature extractor cannot take bf16 either)
+            with torch.autocast(speech.device.type, enabled=False):
+                enc_feats, enc_feats_lengths = self.encoder(speech, speech_lengths)
         adaptor_dtype = self.adaptor.linear1.weight.dtype
         emb, lengths = self.adaptor(enc_feats.to(adaptor_dtype), enc_feats_lengths)  # (B, T/k, H)
         if bool((lengths <= 0).any()):

@@ -1,0 +1,137 @@
+"""The command lines egs2/speechimp/run.sh gives its model jobs under --ngpu / --nproc.
+
+run.sh runs stages 2-6 with a stand-in virtual environment (``SPEECHIMP_VENV``) whose
+``python`` and ``torchrun`` only record their argv (``python -c``, which utils/conf_get.sh
+uses, runs the real interpreter), so no model is loaded and no GPU is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "egs2" / "speechimp"
+SETS = ("train", "dev", "test_llamaq", "test_webq", "test_llamaq_unseen", "test_webq_unseen")
+MODEL_JOBS = ("dump_features", "importance_score", "speechllm_train", "speechllm_inference",
+              "cascade_decode", "importance_analyze")
+
+STUB = """#!/usr/bin/env bash
+if [ "$(basename "$0")" = python ] && [ "${1:-}" = -c ]; then exec %(python)s "$@"; fi
+{ printf '%%q ' "$(basename "$0")" "$@"; echo; } >>%(log)s
+"""
+
+
+def _stub_venv(tmp: Path) -> Path:
+    venv, log = tmp / "venv", tmp / "calls.log"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".speechimp-installed").write_text("")
+    for name in ("python", "torchrun"):
+        exe = venv / "bin" / name
+        exe.write_text(STUB % {"python": shlex.quote(sys.executable), "log": shlex.quote(str(log))})
+        exe.chmod(0o755)
+    return venv
+
+
+def _fake_earlier_outputs(tmp: Path) -> None:
+    """What stages 1-5 leave (empty stand-ins), so stages 2-6 pass their input checks."""
+    exp, dump, data = tmp / "exp", tmp / "dump", tmp / "data"
+    for d in ("llm", "whisper"):
+        (exp / "pretrained" / d).mkdir(parents=True)
+    (exp / "pretrained" / "model.yaml").write_text("")
+    for s in SETS:
+        (dump / s).mkdir(parents=True)
+        (dump / s / "enc_feats.scp").write_text("")
+        (data / s).mkdir(parents=True)
+        (data / s / "wav.scp").write_text("")
+    (exp / "importance" / "base").mkdir(parents=True)
+    (exp / "importance" / "base" / "summary.json").write_text("{}")
+    (exp / "full").mkdir()
+    for f in ("config.yaml", "valid.loss.best.pth"):
+        (exp / "full" / f).write_text("")
+    for tag, sets, mod in (("noft", SETS[2:4], "text"), ("cascade", SETS[2:], "speech"),
+                           ("full", SETS[2:], "speech"), ("full", SETS[2:4], "text")):
+        for s in sets:
+            (exp / tag / f"decode_{s}_{mod}").mkdir(parents=True, exist_ok=True)
+            (exp / tag / f"decode_{s}_{mod}" / "hyp").write_text("")
+
+
+def _run(tmp: Path, *opts: str) -> subprocess.CompletedProcess:
+    venv = _stub_venv(tmp)
+    _fake_earlier_outputs(tmp)
+    cmd = ["./run.sh", "--stage", "2", "--stop_stage", "6", "--preset", "full",
+           "--train_configs", "conf/train_full.yaml", "--datadir", str(tmp / "data"),
+           "--dumpdir", str(tmp / "dump"), "--expdir", str(tmp / "exp"),
+           "--results_md", str(tmp / "RESULTS.md"), *opts]
+    env = {**os.environ, "SPEECHIMP_VENV": str(venv), "OMP_NUM_THREADS": "1", "cmd_backend": "local"}
+    return subprocess.run(cmd, cwd=RECIPE, capture_output=True, text=True, env=env, timeout=120)
+
+
+def _calls(tmp: Path) -> Dict[str, List[List[str]]]:
+    """module → the argv of every recorded call that runs it (launcher first)."""
+    out: Dict[str, List[List[str]]] = {}
+    for line in (tmp / "calls.log").read_text().splitlines():
+        argv = shlex.split(line)
+        module = argv[argv.index("-m") + 1].rsplit(".", 1)[-1]
+        out.setdefault(module, []).append(argv)
+    return out
+
+
+def _opt(argv: List[str], name: str) -> str:
+    assert argv.count(name) == 1, (name, argv)
+    return argv[argv.index(name) + 1]
+
+
+@pytest.mark.parametrize("ngpu, nproc, launcher, device, backend", [
+    (2, 1, ["torchrun", "--standalone", "--nproc_per_node", "2", "-m"], "cuda", "nccl"),
+    (1, 1, ["python", "-m"], "cuda", None),
+    (0, 2, ["torchrun", "--standalone", "--nproc_per_node", "2", "-m"], "cpu", "gloo"),
+])
+def test_every_model_job_gets_the_device_and_launcher_of_ngpu(tmp_path, ngpu, nproc, launcher, device, backend):
+    p = _run(tmp_path, "--ngpu", str(ngpu), "--nproc", str(nproc),
+             "--model_preset", "conf/model/llama32_1b_whisper_large_v3.yaml")
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    calls = _calls(tmp_path)
+    assert set(MODEL_JOBS) <= set(calls), sorted(calls)
+    assert [len(calls[m]) for m in MODEL_JOBS] == [1, 1, 1, 2, 1, 1]  # 2 decodes: No-FT, Full-FT
+    for module in MODEL_JOBS[1:]:  # the sharded jobs
+        for argv in calls[module]:
+            assert argv[:len(launcher) + 1] == launcher + [f"espnet_ext.bin.{module}"], argv
+            if module != "speechllm_train":
+                assert _opt(argv, "--device") == device, argv
+    # the feature dump: one process on the device, with the preset's 30 s padding
+    dump = calls["dump_features"][0]
+    assert dump[:3] == ["python", "-m", "espnet_ext.bin.dump_features"], dump
+    assert _opt(dump, "--device") == device and _opt(dump, "--pad_to_30s") == "true"
+    # ESPnet under torchrun: one GPU per process
+    train = calls["speechllm_train"][0]
+    assert _opt(train, "--ngpu") == str(1 if ngpu else 0)
+    if backend:
+        assert _opt(train, "--dist_backend") == backend and _opt(train, "--multiprocessing_distributed") == "false"
+    # scoring loads no model
+    assert calls["score_qa"][0][:2] == ["python", "-m"] and "--device" not in calls["score_qa"][0]
+    # the launcher's log header names the GPUs of the sharded jobs
+    assert f"gpu {ngpu if ngpu else 0}," in (tmp_path / "exp/importance/base/score.log").read_text()
+
+
+def test_cpu_default_and_a_preset_without_padding(tmp_path):
+    p = _run(tmp_path, "--stop_stage", "3", "--model_preset", "conf/model/tiny_random.yaml")
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    calls = _calls(tmp_path)
+    dump = calls["dump_features"][0]
+    assert _opt(dump, "--pad_to_30s") == "false" and _opt(dump, "--device") == "cpu"
+    score = calls["importance_score"][0]
+    assert score[:2] == ["python", "-m"] and _opt(score, "--device") == "cpu"
+
+
+def test_nproc_other_than_ngpu_is_refused(tmp_path):
+    p = _run(tmp_path, "--ngpu", "2", "--nproc", "3")
+    assert p.returncode == 1
+    assert "run.sh: --nproc 3 with --ngpu 2: on GPUs a job runs one process per GPU" in p.stderr, p.stderr
+    assert "==== Stage" not in p.stderr and not (tmp_path / "calls.log").exists()
