@@ -197,3 +197,14 @@ def test_combined_verdicts():
     assert _combine([HOLDS, NOISE]) == PARTLY and _combine([HOLDS, FAILS]) == PARTLY
     assert _combine([NOISE, FAILS]) == FAILS  # nothing holds, one is significantly the wrong way
     assert _combine([PARTLY, NOISE]) == PARTLY
+
+
+def test_clustering_claim_needs_the_ratio_above_its_random_null():
+    # seeded random baselines give the null range of the ratio: above 1 is not enough
+    s = _summary()
+    base = s["analysis"]["rank_clustering"]["base"]["all"]
+    base.update({"ratio": 1.1, "null_lo": 0.85, "null_hi": 1.2, "p_null": 0.2, "n_null": 20})
+    claim = next(c for c in paper_claims(s) if c[0].startswith("§2.3.1"))
+    assert claim[2] == FAILS and "null of 20 random masks 0.85-1.20" in claim[1]
+    base.update({"ratio": 1.5, "p_null": 0.0})
+    assert next(c for c in paper_claims(s) if c[0].startswith("§2.3.1"))[2] == HOLDS

@@ -20,7 +20,7 @@ from espnet_ext.importance import threshold as thr
 from espnet_ext.importance.change import analyze_change
 from espnet_ext.importance.deactivate import deactivated, deactivation_masks
 from espnet_ext.importance.params import MODULE_TYPES, effective_weights, lora_layers, select_parameters
-from espnet_ext.importance.report import load_report, write_report
+from espnet_ext.importance.report import load_report, load_summary, write_report
 from espnet_ext.importance.scoring import ImportanceConfig, score_importance
 from espnet_ext.importance.shift import js_divergence, pearson, render_shift_table, shift_metrics
 from espnet_ext.importance.structure import concentration, line_share, random_mask_like, vicinity_map
@@ -185,6 +185,50 @@ def test_bf16_model_accumulates_in_fp32(text_model):
         torch.testing.assert_close(scores[n], (params[n].detach().float() * acc[n]).abs(), rtol=1e-6, atol=0)
 
 
+def test_every_collective_tensor_lives_on_the_parameters_device(text_model, monkeypatch):
+    # NCCL reduces device tensors only.  A tensor made without an explicit device lands on
+    # the process's default device, not the parameters': the batches switch the default
+    # device away (to meta) once they are exhausted, so such a tensor shows up there.
+    import torch.distributed as dist
+
+    seen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: seen.append((t.device, t.dtype)))
+
+    def batches():
+        yield from qa_batches(text_model, 2)
+        torch.set_default_device("meta")
+
+    want = next(text_model.parameters()).device
+    try:
+        res = score_importance(text_model, batches(), ImportanceConfig())
+    finally:
+        torch.set_default_device(None)
+    assert len(seen) == len(res.scores) + 1  # the run statistics + one accumulator per parameter
+    assert {d for d, _ in seen} == {want}, seen[:3]
+    assert (res.n_batches, res.n_utts) == (2, 4)
+
+
+def test_float16_scores_are_refused_and_bfloat16_keeps_tiny_scores(tmp_path):
+    # float16's smallest subnormal is 6e-8: eq. 2 scores below it were flushed to zero
+    with pytest.raises(ValueError, match="score_dtype: float16"):
+        ImportanceConfig(score_dtype="float16")
+    with pytest.raises(ValueError, match="score_dtype"):
+        ImportanceConfig(score_dtype="int8")
+    scores = {"llm.model.model.layers.0.mlp.up_proj.weight": torch.tensor([[3e-9, 1e-8], [5e-5, 2e-2]])}
+    with pytest.raises(ValueError, match="score_dtype: float16"):
+        write_report(tmp_path / "fp16", scores, dtype="float16")
+    assert not (tmp_path / "fp16" / "summary.json").exists()
+    assert ImportanceConfig(score_dtype="bfloat16").score_dtype == "bfloat16"
+    write_report(tmp_path / "bf16", scores, dtype="bfloat16")
+    from espnet_ext.importance.report import load_scores
+
+    got = load_scores(tmp_path / "bf16")
+    name = next(iter(scores))
+    assert bool((got[name] > 0).all())  # nothing flushed to zero
+    torch.testing.assert_close(got[name], scores[name], rtol=2 ** -8, atol=0)  # bf16: 8 significant bits
+
+
 def _dist_worker(rank: int, world: int, llm_dir: str, init_file: str, out: str) -> None:
     import torch.distributed as dist
 
@@ -210,8 +254,16 @@ def test_distributed_scores_equal_single_process(text_model, tiny_llm_dir, tmp_p
         single = score_importance(text_model, batches, ImportanceConfig(accumulate=accumulate))
         dist = torch.load(tmp_path / f"rank0.{accumulate}")
         assert dist["n"][:2] == (5, 10) and dist["n"][2] == pytest.approx(single.mean_loss, rel=1e-6)
+        # the tiny model's median score is ~6e-5 and a quarter of them lie below 1e-5: an
+        # absolute tolerance of 1e-5 would leave Table 1's bottom set unchecked.  Relative,
+        # then; the absolute floor (1e-6 of the matrix's mean score) only covers entries
+        # whose gradient sum cancels to near zero, where summation order decides the digits
         for n, s in single.scores.items():
-            torch.testing.assert_close(dist["scores"][n], s, atol=1e-5, rtol=0)
+            torch.testing.assert_close(dist["scores"][n], s, rtol=1e-4, atol=1e-6 * float(s.mean()))
+        for which in ("bottom", "top"):  # the sets Table 1 zeroes are the same
+            want = deactivation_masks(single.scores, 0.03, which)
+            got = deactivation_masks(dist["scores"], 0.03, which)
+            assert all(torch.equal(got[n], want[n]) for n in want), which
 
 
 # --------------------------------------------------------------------------------------
@@ -260,6 +312,49 @@ def test_deactivation_restores_every_weight_bitwise(text_model, which, scope):
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class _ZeroRecorder(torch.nn.Module):
+    """A stand-in model: one 10×10 weight; every forward records which entries are zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(10, 10))
+        self.seen = []
+
+    def forward(self, x, modality):
+        self.seen.append((modality, frozenset(map(tuple, (self.w == 0).nonzero().tolist()))))
+        loss = (self.w.sum() / 100).reshape(1)
+        return loss, {}, torch.ones(1)
+
+
+def test_table1_rows_use_their_own_modality_masks_and_record_the_share_zeroed():
+    from espnet_ext.importance.deactivate import deactivation_check, render_table1
+
+    model = _ZeroRecorder()
+    params = {"w": model.w}
+    text = torch.arange(100, dtype=torch.float32).reshape(10, 10)  # top 3 %: the last three
+    speech = text.flip(0, 1).clone()  # top 3 %: the first three
+    speech[5] = 0.0  # ties at the bottom: with the 0 at (9, 9), "bottom 3 %" of speech zeroes 11 %
+    out = deactivation_check(model, params, {"text": {"w": text}, "speech": {"w": speech}},
+                             {"text": [{"x": 0}], "speech": [{"x": 0}]}, fraction=0.03)
+    # the speech row's top run zeroed the speech top set, the text row's the text top set
+    runs = [(m, z) for m, z in model.seen if z]
+    assert ("speech", frozenset({(0, 0), (0, 1), (0, 2)})) in runs
+    assert ("text", frozenset({(9, 7), (9, 8), (9, 9)})) in runs
+    assert ("speech", frozenset({(9, 7), (9, 8), (9, 9)})) not in runs
+    assert out["masks_from"] == {"text": "text", "speech": "speech"}
+    z = out["zeroed_fraction"]
+    assert z["text"]["top"] == z["speech"]["top"] == 0.03 and z["text"]["bottom"] == 0.03
+    assert z["speech"]["bottom"] == 0.11  # ties at the threshold
+    assert z["text"]["random"] == z["speech"]["random"] == float(
+        int(deactivation_masks({"w": text}, 0.03, "random")["w"].sum())) / 100
+    assert torch.equal(model.w.detach(), torch.ones(10, 10))  # restored
+    md = render_table1(out["table"], 0.03, "global", z, out["masks_from"])
+    assert "speech row ← speech input" in md and "bottom 11.000%" in md
+    # without a speech report, the speech row falls back to the text masks
+    fallback = deactivation_check(model, params, {"text": {"w": text}}, {"speech": [{"x": 0}]}, fraction=0.03)
+    assert fallback["masks_from"] == {"speech": "text"}
 
 
 def test_per_matrix_scope_takes_the_fraction_of_each_matrix(text_model):
@@ -349,6 +444,48 @@ def test_concentration_of_row_structured_set_beats_random():
     assert line_share(m2, 0.25) == pytest.approx(1 / 4)  # row 0 and column 0 both hold only (0, 0)
 
 
+def test_display_pool_shows_the_share_of_top_weights_per_block():
+    from espnet_ext.importance.structure import display_pool
+
+    m = torch.zeros(512, 512)
+    m[::2, ::2] = 1.0  # one top weight in every 2×2 block: a max pool would show all ones
+    torch.testing.assert_close(display_pool(m, 256), torch.full((256, 256), 0.25))
+    # blocks cut by the border average only the entries that exist: 5×5 into 3×2 blocks
+    small = torch.zeros(5, 5)
+    small[0, 0] = small[4, 4] = 1.0
+    torch.testing.assert_close(display_pool(small, 2), torch.tensor([[1 / 9, 0.0], [0.0, 1 / 4]]))
+
+
+def test_concentration_null_range_and_line_overlap():
+    from espnet_ext.importance.structure import line_overlap, summarize_concentration
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.zeros(200, 300, dtype=torch.bool)
+    rows[torch.randperm(200, generator=gen)[:10]] = True
+    c = concentration(rows, n_null=20, seed=3)
+    assert len(c["null_ratios"]) == 20 and sum(c["null_ratios"]) / 20 == pytest.approx(1.0)
+    assert c["null_lo"] <= 1.0 <= c["null_hi"] < 1.3 and c["ratio"] > c["null_hi"] and c["p_null"] == 0.0
+    rnd = concentration(random_mask_like(rows, seed=99), n_null=20, seed=3)
+    assert rnd["null_lo"] - 0.1 < rnd["ratio"] < rnd["null_hi"] + 0.1 and rnd["p_null"] > 0
+    # the type summary: the null of the mean ratio is the mean of the i-th null ratios
+    summ = summarize_concentration({"llm.model.model.layers.0.mlp.up_proj.weight": c,
+                                    "llm.model.model.layers.1.mlp.up_proj.weight": rnd})["all"]
+    mean_null = [(a + b) / 2 for a, b in zip(c["null_ratios"], rnd["null_ratios"])]
+    assert summ["null_hi"] <= max(mean_null) and summ["n_null"] == 20
+    # line overlap: Δθ in the same rows as the importance vs in other rows / random
+    imp = torch.zeros(200, 300, dtype=torch.bool)
+    imp[:10, :15] = True  # its top 5 % lines: rows 0-9, columns 0-14
+    same = line_overlap(imp.clone(), imp, 0.05, n_null=20)
+    other = torch.zeros_like(imp)
+    other[100:110, 200:215] = True
+    apart = line_overlap(other, imp, 0.05, n_null=20)
+    assert same["overlap"] == 1.0 and same["ratio"] > same["null_hi"] and same["p_null"] == 0.0
+    assert apart["overlap"] == 0.0 and apart["p_null"] == 1.0
+    assert 0.03 < same["random_overlap"] < 0.08  # ≈ line_fraction for random lines
+    with pytest.raises(ValueError, match="one shape"):
+        line_overlap(imp, imp[:, :5])
+
+
 def test_shift_metrics_hand_checked():
     assert js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)
     assert js_divergence([3, 1, 2], [6, 2, 4]) == pytest.approx(0.0, abs=1e-12)  # scale-free
@@ -392,7 +529,8 @@ def _base_report(root: Path, conf: Path, out: Path) -> Path:
     from espnet_ext.analysis.score import run_importance
     from espnet_ext.inference.decode import load_model
 
-    run_importance(load_model(conf), root / "dump" / "train", out, ImportanceConfig(num_utts=4, batch_size=2))
+    run_importance(load_model(conf), root / "dump" / "train", out, ImportanceConfig(num_utts=4, batch_size=2),
+                   provenance={"model_config": str(conf), "model_file": None})
     return out
 
 
@@ -411,13 +549,40 @@ def test_probe_leaves_training_bit_identical(tiny_dumps, tiny_llm_dir, tiny_whis
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
     out = probed / "importance_probe"
-    assert sorted(f.name for f in out.glob("*.json")) == ["epoch1.json", "epoch2.json"] + [
-        f"step{i}.json" for i in range(1, 7)]
+    assert sorted(f.name for f in out.glob("*.json")) == ["base.json", "epoch1.json", "epoch2.json"] + [
+        f"step{i}.json" for i in range(1, 7)]  # base.json: the base model on the probe set, scored once
     rec = json.loads((out / "epoch2.json").read_text())
     assert len(rec["layer_sums"]) == 4 and sum(rec["layer_share"]) == pytest.approx(1.0)
     assert set(rec["shift_vs_base"]) == {"js", "pearson", "peak_move", "mass_ratio"}
     assert "imp_js=" in p.stderr and "valid" in p.stderr  # in ESPnet's epoch log line
     assert not (plain / "importance_probe").exists()
+
+
+def test_probe_shift_compares_the_base_on_the_probe_set(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path):
+    # the base report is scored on train utterances, the probe on dev ones: the reference of
+    # the shift must be the starting model's curve on the probe set, so an unchanged model
+    # shows no shift at all (mass ratio 1, JS 0)
+    from espnet_ext.inference.decode import load_model
+    from espnet_ext.train.probe import ImportanceProbe, ProbeConfig
+
+    conf = train_config(tmp_path, tiny_llm_dir, tiny_whisper_dir)
+    base = _base_report(tiny_dumps, conf, tmp_path / "base")
+    probe = ImportanceProbe(ProbeConfig(data_dir=str(tiny_dumps / "dump" / "dev"), num_utts=3, batch_size=2,
+                                        base_report=str(base)), tmp_path / "exp")
+    model = load_model(conf)
+    with pytest.raises(RuntimeError, match="score_start"):
+        probe.run(model, "step1", 1, 1)
+    probe.score_start(model)
+    scalars = probe.run(model, "step1", 1, 1)
+    assert scalars["imp_mass_ratio"] == pytest.approx(1.0, rel=1e-5)
+    assert scalars["imp_js"] == pytest.approx(0.0, abs=1e-9) and scalars["imp_peak_move"] == 0
+    recorded = json.loads((tmp_path / "exp" / "importance_probe" / "base.json").read_text())
+    assert recorded["n_utts"] == 3 and recorded["layer_sums"] == probe.base_curve
+    assert probe.base_curve != load_summary(base)["layer_sums"]  # not the report's (train) curve
+    # a mistyped base report fails before training, naming the option
+    with pytest.raises(Exception, match="importance_probe_conf.base_report"):
+        ImportanceProbe(ProbeConfig(data_dir=str(tiny_dumps / "dump" / "dev"), base_report=str(tmp_path / "nope")),
+                        tmp_path / "exp2")
 
 
 def _system(exp: Path, tag: str, model_conf: dict, state: dict) -> None:
@@ -468,10 +633,23 @@ def test_analysis_job_figures_numbers_and_results_md(tiny_dumps, tiny_llm_dir, t
     a = run_analysis(exp, ["full", "lora"], imp_yaml, model_yaml, dump / "train", dump / "dev")
     for tag in ("full", "lora"):
         assert set(a["shift"][tag]) == {"js", "pearson", "peak_move", "mass_ratio"}
-    # Table 1 only for systems of deactivation.roles (default: full_ft), with text and speech rows
-    assert list(json.loads((exp / "importance/full/table1.json").read_text())["table"]) == ["text", "speech"]
+    # Table 1 only for systems of deactivation.roles (default: full_ft), with text and speech
+    # rows; the speech row's masks come from a speech-input report of the same utterances
+    t1 = json.loads((exp / "importance/full/table1.json").read_text())
+    assert list(t1["table"]) == ["text", "speech"] and t1["masks_from"] == {"text": "text", "speech": "speech"}
+    assert all(0 < f < 1 for per in t1["zeroed_fraction"].values() for f in per.values())
+    speech_meta = json.loads((exp / "importance/full/speech/summary.json").read_text())["meta"]
+    text_meta = json.loads((exp / "importance/full/summary.json").read_text())["meta"]
+    assert speech_meta["config"]["modality"] == "speech" and speech_meta["n_utts"] == text_meta["n_utts"] == 4
     assert not (exp / "importance/lora/table1.json").exists()
-    assert set(a["rank_clustering"]) == {"base", "full", "lora"}
+    assert not (exp / "importance/lora/speech").exists()
+    # Fig. 1: Full-FT's speech- and text-input importance beside the base's; seeded null ranges
+    assert set(a["rank_clustering"]) == {"base", "full", "lora", "full:speech"}
+    assert a["rank_clustering_names"]["full:speech"] == "Full-FT (speech input)"
+    assert all(k in a["rank_clustering"]["base"]["all"] for k in ("null_lo", "null_hi", "p_null"))
+    assert a["rank_clustering"]["base"]["all"]["n_null"] == 20
+    for tag in ("full", "lora"):  # Δθ's top lines against the base importance's top lines
+        assert {"overlap", "random_overlap", "ratio", "null_hi"} <= set(a["change"][tag]["line_overlap"]["all"])
     assert a["rank_clustering_layers"] == [0, 3] and a["change_layer"] == 1
     # the rank-4 merged update clusters in rows/columns, the dense one does not
     ratio = {t: a["change"][t]["concentration"]["all"]["ratio"] for t in ("full", "lora")}

@@ -180,3 +180,25 @@ def test_committed_results_md_is_generated_from_committed_summary(md, tmp_path):
     # the figures the summary links exist next to it
     for rel in summary.get("analysis", {}).get("figures", {}).values():
         assert (md.parent / rel).is_file(), rel
+
+
+def test_results_md_shows_null_ranges_line_overlap_and_zeroed_shares():
+    # the committed summary plus the fields of the seeded null baselines, the Δθ/importance
+    # line overlap, the speech-input report names and Table 1's exact zeroed shares
+    summary = json.loads((REPO / "egs2" / "speechimp" / "RESULTS.json").read_text())
+    a = summary["analysis"]
+    a["config"]["n_null"] = 20
+    a["rank_clustering"]["base"]["all"].update({"null_lo": 0.9, "null_hi": 1.12, "p_null": 0.0, "n_null": 20})
+    a["rank_clustering"]["full:speech"] = {"all": {"ratio": 2.5, "null_lo": 0.9, "null_hi": 1.1, "p_null": 0.0,
+                                                   "n_matrices": 210}}
+    a["rank_clustering_names"] = {"full:speech": "Full-FT (speech input)"}
+    a["change"]["lora"]["line_overlap"] = {"all": {"overlap": 0.4, "random_overlap": 0.05, "ratio": 8.0,
+                                                   "null_lo": 0.5, "null_hi": 1.6, "p_null": 0.0}}
+    t = summary["table1"]["full"]
+    t["zeroed_fraction"] = {m: {"top": 0.03, "bottom": 0.0312, "random": 0.0299} for m in t["table"]}
+    t["masks_from"] = {m: m for m in t["table"]}
+    md = render_results_md(summary)
+    assert "| all: null 2.5-97.5 % | P(null ≥ all) |" in md and "| 0.90-1.12 | 0.00 |" in md
+    assert "| Full-FT (speech input) | " in md and "mean share of 20 seeded random sets" in md
+    assert "| Δθ lines of | all | all: null 2.5-97.5 % |" in md and "| 8.00 | 0.50-1.60 | 0.00 |" in md
+    assert "speech row ← speech input" in md and "bottom 3.120%" in md

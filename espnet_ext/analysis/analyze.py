@@ -4,16 +4,20 @@ For every trained system ``exp/<tag>`` (``config.yaml`` + checkpoint):
 
 1. textual importance on the same utterances as the base report
    (``exp/importance/<tag>/``, with the Table-1 check for the systems in
-   ``deactivation.roles`` when an eval dir is given), redone
-   only when the model files or options changed;
+   ``deactivation.roles`` when an eval dir is given), plus speech-input importance on the
+   same utterances for the systems in ``analysis.speech_roles`` and for a Table 1 with a
+   speech row (``exp/importance/<tag>/speech/``), redone only when the model files or
+   options changed;
 2. the parameter change against the base model's effective weights (Fig. 4 maps of one
-   layer, row/column concentration of every matrix's top-5 % |Δ|, per-layer ‖Δ‖/‖θ‖);
+   layer, row/column concentration of every matrix's top-5 % |Δ|, the overlap of its top
+   rows/columns with the base importance's, per-layer ‖Δ‖/‖θ‖);
 
 then, over all systems:
 
 3. the layer-wise distribution shift against the base (Fig. 2–3 combined, shift table);
-4. rank clustering of the base importance (Fig. 1 maps of a few layers) and the
-   concentration of every report's top-5 % sets.
+4. rank clustering (Fig. 1 maps of a few layers: the base's textual importance and, as
+   the paper compares on its speech LLM, Full-FT's speech- and text-input importance) and
+   the concentration of every report's top-5 % sets against seeded random baselines.
 
 Outputs in ``out_dir`` (``exp/results``): ``figures/{fig1_rank_clustering,
 fig2_layer_shift_text, fig4_param_change}.png``, ``analysis.json`` (everything RESULTS.md
@@ -31,7 +35,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from espnet_ext.analysis.score import is_scored, report_stamp, run_importance
+from espnet_ext.analysis.score import SPEECH_REPORT, is_scored, report_stamp, run_importance
 from espnet_ext.analysis.settings import AnalysisConfig, load_importance_config
 from espnet_ext.importance.change import analyze_change
 from espnet_ext.importance.params import MODULE_TYPES, effective_weights, num_layers
@@ -60,8 +64,11 @@ DETAIL_FILE = "analysis_detail.json"
 
 def report_concentration(scores: Dict[str, torch.Tensor], conf: AnalysisConfig) -> Dict[str, Dict[str, float]]:
     """Concentration of the top-``top_fraction`` set of every scored matrix."""
-    return {n: matrix_concentration(s, conf.top_fraction, conf.line_fraction, conf.seed)
+    return {n: matrix_concentration(s, conf.top_fraction, conf.line_fraction, conf.seed, conf.n_null)
             for n, s in scores.items() if s.dim() == 2}
+
+
+SPEECH_SUFFIX = ":speech"  # report key of a system's speech-input importance ("full:speech")
 
 
 def run_analysis(
@@ -94,7 +101,9 @@ def run_analysis(
             if not f.exists():
                 raise FileNotFoundError(f"system {tag}: {f} is missing (train it in stage 4)")
         deact = deactivation if eval_dir and infos[tag].role in deactivation.roles else None
-        models[tag] = (cfg, ckpt, deact, report_stamp(cfg, ckpt, scoring, data_dir, deact, eval_dir))
+        speech = infos[tag].role in conf.speech_roles
+        models[tag] = (cfg, ckpt, deact, report_stamp(cfg, ckpt, scoring, data_dir, deact, eval_dir, speech),
+                       speech)
 
     stamp = canonical({
         "systems": list(systems), "reports": {t: m[3] for t, m in models.items()},
@@ -113,22 +122,26 @@ def run_analysis(
     base_model = load_model(base_model_config, None, device)
     base_w = {n: w.cpu() for n, w in effective_weights(base_model, scoring.groups).items()}
     del base_model
+    shapes = {n: w.shape for n, w in base_w.items()}
+    base_scores = load_scores(base_report, expected_shapes=shapes)
     n_layers = num_layers(base_w)
     change_layer = conf.pick_change_layer(n_layers)
     change, change_detail, change_maps = {}, {}, []
-    for tag, (cfg, ckpt, deact, rstamp) in models.items():
+    for tag, (cfg, ckpt, deact, rstamp, speech) in models.items():
         model = load_model(cfg, ckpt, device)
         report = exp_dir / "importance" / tag
         if overwrite or not is_scored(report, rstamp):
             logger.info("scoring %s (%s) -> %s", tag, ckpt, report)
             run_importance(model, data_dir, report, scoring, deact, eval_dir,
-                           provenance={"model_config": str(cfg), "model_file": str(ckpt), "stamp": rstamp})
+                           provenance={"model_config": str(cfg), "model_file": str(ckpt), "stamp": rstamp},
+                           score_speech=speech)
         tuned_w = {n: w.cpu() for n, w in effective_weights(model, scoring.groups).items()}
         del model
-        stats, maps = analyze_change(base_w, tuned_w, change_layer, MODULE_TYPES,
-                                     conf.top_fraction, conf.line_fraction, conf.seed)
+        stats, maps = analyze_change(base_w, tuned_w, change_layer, MODULE_TYPES, conf.top_fraction,
+                                     conf.line_fraction, conf.seed, conf.n_null, base_scores)
         del tuned_w
-        change_detail[tag] = stats.pop("concentration_per_matrix")
+        change_detail[tag] = {"concentration": stats.pop("concentration_per_matrix"),
+                              "line_overlap": stats.pop("line_overlap_per_matrix")}
         change[tag] = stats
         change_maps.append(maps)
 
@@ -140,22 +153,37 @@ def run_analysis(
     plot_layer_shift(curves, fig_dir / FIGURES["fig2"], "Textual importance per layer, before and after "
                      "speech fine-tuning (Fig. 2-3)", names)
 
-    # 4. rank clustering (Fig. 1) and the concentration of every report's top set
+    # 4. rank clustering (Fig. 1) and the concentration of every report's top set; the
+    # systems of analysis.speech_roles add their speech-input report ("<tag>:speech")
+    speech_tags = [t for t in systems if models[t][4] or (models[t][2] and "speech" in models[t][2].modalities)]
+    clustering_reports = {**reports, **{f"{t}{SPEECH_SUFFIX}": exp_dir / "importance" / t / SPEECH_REPORT
+                                        for t in speech_tags}}
     clustering, clustering_detail = {}, {}
-    base_scores = None
-    for name, d in reports.items():
-        shapes = {n: w.shape for n, w in base_w.items()}
-        scores = load_scores(d, expected_shapes=shapes)
+    fig1 = {"base": base_scores}
+    for name, d in clustering_reports.items():
+        scores = base_scores if name == "base" else load_scores(d, expected_shapes=shapes)
         clustering_detail[name] = report_concentration(scores, conf)
         clustering[name] = summarize_concentration(clustering_detail[name])
-        if name == "base":
-            base_scores = scores
+        tag = name.removesuffix(SPEECH_SUFFIX)
+        if tag in speech_tags:  # Fig. 1 rows: speech and text input of the speech LLM
+            fig1[name] = scores
+    for t in speech_tags:
+        names[f"{t}{SPEECH_SUFFIX}"] = f"{names[t]} (speech input)"
     layers = conf.pick_layers(n_layers)
-    grid, row_labels = rank_clustering_maps(base_scores, layers, MODULE_TYPES, conf.top_fraction)
+    grid, row_labels = [], []
+    order = ["base"] + [k for t in speech_tags for k in (f"{t}{SPEECH_SUFFIX}", t)]
+    for key in order:
+        g, labels = rank_clustering_maps(fig1[key], layers, MODULE_TYPES, conf.top_fraction)
+        grid += g
+        source = names[key] if key.endswith(SPEECH_SUFFIX) else f"{names[key]} (text input)"
+        row_labels += [f"{source}\n{lab}" for lab in labels]
     pct = f"{100 * conf.top_fraction:g}%"
+    what = "base textual importance" + (
+        f" and the speech- and text-input importance of {', '.join(names[t] for t in speech_tags)}"
+        if speech_tags else "")
     plot_grid(grid, row_labels, MODULE_TYPES, fig_dir / FIGURES["fig1"],
-              f"Base textual importance: top-{pct} vicinity maps (Fig. 1)",
-              "share of the 3×3 vicinity in the top set", conf.max_px)
+              f"Rank clustering of the {what}: top-{pct} vicinity maps (Fig. 1)",
+              "share of the 3×3 vicinity in the top set (block mean)", conf.max_px)
     if change_maps:
         plot_grid(change_maps, [names[t] for t in systems], MODULE_TYPES, fig_dir / FIGURES["fig4"],
                   f"|θ_ft − θ_base| of layer {change_layer}, normalised per matrix (Fig. 4)",
@@ -169,6 +197,7 @@ def run_analysis(
         "shift": shift_table(curves),
         "rank_clustering": clustering,
         "rank_clustering_layers": layers,
+        "rank_clustering_names": {k: names[k] for k in clustering},
         "change": change,
         "change_layer": change_layer,
         "figures": {k: f"figures/{v}" for k, v in FIGURES.items() if (fig_dir / v).is_file()},

@@ -6,6 +6,11 @@ held-out dump dir (a LoRA model's adapters are merged first, so "θ_i = 0" zeroe
 effective weight).  A report records a stamp of its inputs (:func:`report_stamp`) and
 is redone only when they change.  The subset is chosen by seed from the utterance ids, so the base model
 and every fine-tuned model are scored on exactly the same utterances.
+
+The paper scores each input modality separately (§2.2, §2.3.1: "speech and text input"),
+so when the Table-1 check has a speech row (or the caller asks for it, as stage 6 does
+for Full-FT's Fig. 1) a second report of speech-input importance, on the same
+utterances, is written to ``<output_dir>/speech/``; the speech row's masks come from it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from espnet_ext.analysis.settings import DeactivationConfig
-from espnet_ext.importance.deactivate import deactivation_table, render_table1
+from espnet_ext.importance.deactivate import deactivation_check, render_table1
 from espnet_ext.importance.params import lora_layers, select_parameters
 from espnet_ext.importance.report import write_report
 from espnet_ext.importance.scoring import ImportanceConfig, score_importance
@@ -30,14 +35,23 @@ from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
 logger = logging.getLogger(__name__)
 
+SPEECH_REPORT = "speech"  # <report dir>/speech/: the speech-input importance report
+
+
+def wants_speech(deactivation: Optional[DeactivationConfig], eval_dir: Optional[str | Path],
+                 score_speech: bool = False) -> bool:
+    """True when a speech-input report is scored: asked for, or Table 1 has a speech row."""
+    return bool(score_speech or (deactivation is not None and eval_dir and "speech" in deactivation.modalities))
+
 
 def report_stamp(
     model_config: str | Path, model_file: Optional[str | Path], config: ImportanceConfig,
     data_dir: str | Path, deactivation: Optional[DeactivationConfig] = None,
-    eval_dir: Optional[str | Path] = None,
+    eval_dir: Optional[str | Path] = None, score_speech: bool = False,
 ) -> dict:
     """What a report is computed from; a report with the same stamp is not redone."""
     return canonical({
+        "speech_report": wants_speech(deactivation, eval_dir, score_speech),
         "model_config": file_identity(model_config, content=True),
         "model_file": file_identity(model_file, content=False),
         "scoring": dataclasses.asdict(config), "data_dir": str(Path(data_dir).resolve()),
@@ -47,38 +61,60 @@ def report_stamp(
 
 
 def is_scored(output_dir: str | Path, stamp: dict) -> bool:
-    """True when ``output_dir`` holds a finished report with this stamp."""
-    return has_stamp(Path(output_dir) / "summary.json", stamp, key=("meta", "stamp"))
+    """True when ``output_dir`` holds a finished report with this stamp (and its speech-input
+    report, when the stamp asks for one)."""
+    dirs = [Path(output_dir)] + ([Path(output_dir) / SPEECH_REPORT] if stamp.get("speech_report") else [])
+    return all(has_stamp(d / "summary.json", stamp, key=("meta", "stamp")) for d in dirs)
+
+
+def _score(model, pre, data_dir: str | Path, ids, config: ImportanceConfig, device):
+    """Eq. 2 of ``model`` on the utterances ``ids`` (this rank's share under torch.distributed)."""
+    batches = [b for _, b in dump_batches(data_dir, pre, config.modality, config.batch_size, ids, device=device)]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        batches = batches[rank::world]  # gradient sums are all-reduced in score_importance
+    return score_importance(model, batches, config)
 
 
 def run_importance(
     model, data_dir: str | Path, output_dir: str | Path, config: ImportanceConfig,
     deactivation: Optional[DeactivationConfig] = None, eval_dir: Optional[str | Path] = None,
-    provenance: Optional[Dict[str, Any]] = None,
+    provenance: Optional[Dict[str, Any]] = None, score_speech: bool = False,
 ) -> dict:
-    """Score, write the report, and (optionally) the Table-1 deactivation check."""
+    """Score, write the report(s), and (optionally) the Table-1 deactivation check.
+
+    ``score_speech`` also writes the speech-input report (always done when Table 1 has a
+    speech row; see the module docstring)."""
     output_dir = Path(output_dir)
     pre = preprocessor_for(model)
     device = next(model.parameters()).device
     ids = subset_ids(data_dir, config.subset_fraction, config.num_utts, config.seed)
-    t0 = time.perf_counter()
-    batches = [b for _, b in dump_batches(data_dir, pre, config.modality, config.batch_size, ids, device=device)]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        batches = batches[rank::world]  # gradient sums are all-reduced in score_importance
-    result = score_importance(model, batches, config)
-    seconds = time.perf_counter() - t0
-    meta = {
-        "config": dataclasses.asdict(config), "data_dir": str(data_dir), "n_utts": result.n_utts,
-        "n_batches": result.n_batches, "mean_loss": result.mean_loss, "seconds": round(seconds, 2),
-        **(provenance or {}),
-    }
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-    summary = write_report(output_dir, result.scores, meta, dtype=config.score_dtype) if rank0 else {}
+    configs = {config.modality: config}
+    if wants_speech(deactivation, eval_dir, score_speech) and config.modality != "speech":
+        configs["speech"] = dataclasses.replace(config, modality="speech")
+    scores, summary = {}, {}
+    for modality, conf in configs.items():
+        out = output_dir if conf is config else output_dir / SPEECH_REPORT
+        t0 = time.perf_counter()
+        result = _score(model, pre, data_dir, ids, conf, device)
+        seconds = time.perf_counter() - t0
+        meta = {
+            "config": dataclasses.asdict(conf), "data_dir": str(data_dir), "n_utts": result.n_utts,
+            "n_batches": result.n_batches, "mean_loss": result.mean_loss, "seconds": round(seconds, 2),
+            **(provenance or {}),
+        }
+        s = write_report(out, result.scores, meta, dtype=conf.score_dtype) if rank0 else {}
+        if rank0:
+            logger.info("%s importance of %d utts in %.1f s; layer sums %s", modality, result.n_utts, seconds,
+                        ", ".join(f"{x:.3g}" for x in s["layer_sums"]))
+        summary = summary or s
+        scores[modality] = result.scores
+    if "speech" not in configs:  # a speech report of an earlier run no longer matches
+        for stale in ("summary.json", "scores.safetensors"):
+            (output_dir / SPEECH_REPORT / stale).unlink(missing_ok=True)
     if not rank0:
         return summary
-    logger.info("importance of %d utts in %.1f s; layer sums %s", result.n_utts, seconds,
-                ", ".join(f"{x:.3g}" for x in summary["layer_sums"]))
     if deactivation is not None and eval_dir is not None:
         eval_ids = subset_ids(eval_dir, 1.0, deactivation.num_utts, deactivation.seed)
         eval_batches = {
@@ -90,14 +126,17 @@ def run_importance(
         for layer in lora_layers(model).values():
             layer.merge()
         params = select_parameters(model, config.groups)
-        table = deactivation_table(model, params, result.scores, eval_batches,
+        check = deactivation_check(model, params, scores, eval_batches,
                                    deactivation.fraction, deactivation.scope, deactivation.seed)
-        payload = {"table": table, "fraction": deactivation.fraction, "scope": deactivation.scope,
-                   "eval_dir": str(eval_dir), "n_utts": len(eval_ids)}
+        payload = {"table": check["table"], "fraction": deactivation.fraction, "scope": deactivation.scope,
+                   "eval_dir": str(eval_dir), "n_utts": len(eval_ids),
+                   "zeroed_fraction": check["zeroed_fraction"], "masks_from": check["masks_from"]}
+        md = render_table1(check["table"], deactivation.fraction, deactivation.scope,
+                           check["zeroed_fraction"], check["masks_from"])
         atomic_write_text(output_dir / "table1.json", json.dumps(payload, indent=2) + "\n")
-        atomic_write_text(output_dir / "table1.md", render_table1(table, deactivation.fraction, deactivation.scope))
+        atomic_write_text(output_dir / "table1.md", md)
         summary["table1"] = payload
-        logger.info("Table 1:\n%s", render_table1(table, deactivation.fraction, deactivation.scope))
+        logger.info("Table 1:\n%s", md)
     else:  # a Table 1 of an earlier run would no longer match this report
         for stale in ("table1.json", "table1.md"):
             (output_dir / stale).unlink(missing_ok=True)

@@ -49,13 +49,22 @@ class AnalysisConfig:
     line_fraction: float = 0.05  # concentration score: the top 5 % of rows and of columns
     layers: Optional[tuple] = None  # Fig. 1 rows; None = first, middle and last layer
     change_layer: Optional[int] = None  # Fig. 4 layer; None = the middle layer
-    max_px: int = 256  # heatmaps are block-max pooled to at most this many pixels a side
-    seed: int = 0  # random baseline masks of the concentration score
+    max_px: int = 256  # heatmaps are block-mean pooled to at most this many pixels a side
+    seed: int = 0  # first seed of the random baseline masks of the concentration score
+    n_null: int = 20  # random baselines per matrix: their mean is the reference, their spread the null range
+    speech_roles: tuple = ("full_ft",)  # systems of these roles also get speech-input importance
+    # (Fig. 1: the paper compares speech and text input on its speech LLM, i.e. Full-FT)
 
     def __post_init__(self) -> None:
         for k in ("top_fraction", "line_fraction"):
             if not 0 < getattr(self, k) < 1:
                 raise ValueError(f"{k} must be in (0, 1), got {getattr(self, k)}")
+        if self.n_null < 2:
+            raise ValueError(f"n_null must be >= 2 (a null range needs several random masks), got {self.n_null}")
+        self.speech_roles = tuple(self.speech_roles)
+        bad = [r for r in self.speech_roles if r not in ROLES]
+        if bad:
+            raise ValueError(f"speech_roles {bad} are not system roles {list(ROLES)}")
         if self.layers is not None:
             self.layers = tuple(int(i) for i in self.layers)
 

@@ -7,7 +7,8 @@ Usage:
         --data_dir dump/train --eval_dir dump/dev --checkpoint valid.loss.best.pth
 
 Scores every system's textual importance on the base report's utterances
-(``exp/importance/<tag>/``), then writes ``exp/results/figures/fig{1,2,4}_*.png``,
+(``exp/importance/<tag>/``; the systems of ``analysis.speech_roles``, default Full-FT, also
+their speech-input importance, ``exp/importance/<tag>/speech/``), then writes ``exp/results/figures/fig{1,2,4}_*.png``,
 ``exp/results/analysis.json`` and ``analysis_detail.json``.  Reports and the analysis are
 redone only when their inputs changed (or with ``--overwrite true``).
 """

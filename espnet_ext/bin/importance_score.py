@@ -11,7 +11,9 @@ Usage:
         --model_config exp/full/config.yaml --model_file exp/full/valid.loss.best.pth \\
         --data_dir dump/train --output_dir exp/importance/full
 
-Writes ``scores.safetensors``, ``summary.json`` and, with ``--eval_dir``, ``table1.{json,md}``.
+Writes ``scores.safetensors``, ``summary.json`` and, with ``--eval_dir``, ``table1.{json,md}``;
+when Table 1 has a speech row (a trained model), also the speech-input report on the same
+utterances in ``<output_dir>/speech/``, whose masks the speech row uses.
 A finished report of the same model files and options is not redone unless ``--overwrite true``.
 Under ``torchrun`` every
 rank scores a share of the batches and the gradient sums are all-reduced.

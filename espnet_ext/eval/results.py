@@ -189,13 +189,23 @@ def render_rank_ablation(summary: dict, matcher: str) -> str:
 
 
 def _concentration_table(rows: Dict[str, dict], label: str) -> List[str]:
-    """Markdown rows of mean concentration ratios per module type (see importance.structure)."""
+    """Markdown rows of mean concentration ratios per module type (see importance.structure);
+    where the rows carry a null range (seeded random baselines), two more columns give the
+    2.5-97.5 % range of the null mean ratio over all matrices and the share of the null at
+    or above the observed ratio."""
     from espnet_ext.importance.params import MODULE_TYPES
 
     cols = [t for t in (*MODULE_TYPES, "all") if any(t in r for r in rows.values())]
-    out = [f"| {label} | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    null = any("null_hi" in r.get("all", {}) for r in rows.values())
+    extra = " | all: null 2.5-97.5 % | P(null ≥ all)" if null else ""
+    out = [f"| {label} | " + " | ".join(cols) + extra + " |", "|---|" + "---:|" * (len(cols) + 2 * null)]
     for name, per in rows.items():
-        out.append(f"| {name} | " + " | ".join(f"{per[c]['ratio']:.2f}" if c in per else "-" for c in cols) + " |")
+        cells = " | ".join(f"{per[c]['ratio']:.2f}" if c in per else "-" for c in cols)
+        if null:
+            a = per.get("all", {})
+            cells += (f" | {a['null_lo']:.2f}-{a['null_hi']:.2f} | {a['p_null']:.2f}" if "null_hi" in a
+                      else " | - | -")
+        out.append(f"| {name} | " + cells + " |")
     return out
 
 
@@ -218,12 +228,18 @@ def render_analysis(a: dict, system_name: Dict[str, str]) -> List[str]:
     if "fig2" in figs:
         lines += [f"![Fig. 2-3: layer-wise textual importance]({figs['fig2']})", ""]
     if a.get("rank_clustering"):
+        shown = {**names, **a.get("rank_clustering_names", {})}
+        n_null = conf.get("n_null")
+        baseline = (f"the mean share of {n_null} seeded random sets of equal size" if n_null else
+                    "the same share for a random set of equal size")
         lines += ["### Rank clustering of the importance (Fig. 1)", "",
-                  *_concentration_table({names.get(k, k): v for k, v in a["rank_clustering"].items()},
+                  *_concentration_table({shown.get(k, k): v for k, v in a["rank_clustering"].items()},
                                         "Importance of"), "",
                   f"Concentration ratio: share of each matrix's top-{pct} importance lying in its top-"
-                  f"{line_pct} rows or columns, divided by the same share for a random set of equal size "
-                  "(1 = scattered like noise; mean over the matrices of each type).", ""]
+                  f"{line_pct} rows or columns, divided by {baseline} "
+                  "(1 = scattered like noise; mean over the matrices of each type)."
+                  + (" The null range is that of the mean ratio of the random sets themselves." if n_null else ""),
+                  ""]
     if "fig1" in figs:
         lines += [f"![Fig. 1: rank clustering]({figs['fig1']})", ""]
     if a.get("change"):
@@ -233,6 +249,13 @@ def render_analysis(a: dict, system_name: Dict[str, str]) -> List[str]:
             lines += [*_concentration_table(rows, "Δθ of"), "",
                       f"The same concentration ratio for the top-{pct} |θ_ft − θ_base| of each matrix "
                       "(LoRA: the merged update).", ""]
+        overlap = {names.get(t, t): {"all": c["line_overlap"]["all"]} for t, c in a["change"].items()
+                   if c.get("line_overlap", {}).get("all")}
+        if overlap:
+            lines += [*_concentration_table(overlap, "Δθ lines of"), "",
+                      f"Line overlap: share of the top-{line_pct} rows and columns of each matrix's top-{pct} "
+                      f"|Δθ| that are also top-{line_pct} rows or columns of the base importance's top-{pct} "
+                      "set, divided by the same share for random lines (1 = unrelated).", ""]
         lines += ["| System | mean ‖Δθ‖/‖θ‖ per layer | max (layer) |", "|---|---:|---:|"]
         for t, c in a["change"].items():
             rel = c["relative_change_per_layer"]
@@ -270,7 +293,8 @@ def render_results_md(summary: dict) -> str:
         lines += ["## Importance validation by deactivation (Table 1 analogue)", ""]
         for name, t in summary["table1"].items():
             lines += [f"### `{name}` ({t['n_utts']} held-out utterances of `{t['eval_dir']}`)", "",
-                      render_table1(t["table"], t["fraction"], t["scope"])]
+                      render_table1(t["table"], t["fraction"], t["scope"], t.get("zeroed_fraction"),
+                                    t.get("masks_from"))]
     if summary.get("analysis"):
         lines += render_analysis(summary["analysis"], system_names(summary))
     lines += render_claims(summary)

@@ -7,9 +7,11 @@
                    thresholds, provenance), atomically written and checked on load;
 * ``threshold``  — exact top/bottom-p % thresholds without sorting (sample + filter,
                    histogram fallback);
-* ``deactivate`` — Table 1: zero the top/bottom/random p %, measure perplexity, restore bit-exactly;
-* ``structure``  — Fig. 1 rank clustering: 3×3 vicinity maps of the top set and a row/column
-                   concentration ratio against a random set of equal size;
+* ``deactivate`` — Table 1: zero the top/bottom/random p % (each input modality's row by its
+                   own modality's importance), measure perplexity, restore bit-exactly;
+* ``structure``  — Fig. 1 rank clustering: 3×3 vicinity maps of the top set, a row/column
+                   concentration ratio against seeded random sets of equal size (with its
+                   null range) and the row/column overlap of two top sets;
 * ``shift``      — Fig. 2–3: normalised layer curves, JS divergence / Pearson / peak move / mass ratio;
 * ``change``     — Fig. 4: |θ_ft − θ_base| maps (LoRA merged) and their concentration;
 

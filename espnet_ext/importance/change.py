@@ -5,7 +5,11 @@ merged W + scaling · B @ A, see :func:`espnet_ext.importance.params.effective_w
 The paper shows these as heatmaps "after normalization" and says LoRA's updates
 "exhibit a more pronounced row-and-column clustering"; here every matrix also gets the
 row/column concentration ratio of :mod:`espnet_ext.importance.structure` (top 5 % of
-|Δ| against a random set of equal size), so that claim becomes a number per method.
+|Δ| against seeded random sets of equal size, with the null range), so that claim becomes
+a number per method.  Given the base model's importance scores, every matrix also gets
+the *line overlap* (an addition, :func:`espnet_ext.importance.structure.line_overlap`):
+whether the rows and columns that change most are the rows and columns the base
+importance ranks highest, against random lines.
 
 Matrices are processed one at a time: memory stays at two copies of the scored weights
 (base and fine-tuned) plus one matrix of work, whatever the model size.
@@ -18,7 +22,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from espnet_ext.importance.params import split_name
-from espnet_ext.importance.structure import matrix_concentration, summarize_concentration
+from espnet_ext.importance.structure import line_overlap, matrix_concentration, summarize_concentration, top_mask
+
+NAN_CONCENTRATION = {"share": float("nan"), "random_share": float("nan"), "ratio": float("nan")}
 
 
 def normalized(m: torch.Tensor) -> torch.Tensor:
@@ -35,17 +41,22 @@ def analyze_change(
     top_fraction: float = 0.05,
     line_fraction: float = 0.05,
     seed: int = 0,
+    n_null: int = 20,
+    base_scores: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Tuple[dict, List[Optional[torch.Tensor]]]:
     """Change statistics of ``tuned`` against ``base`` and the Fig. 4 maps of one layer.
 
     Returns ``(stats, maps)``: ``stats`` holds per-matrix concentration, its per-type
-    summary, and per layer the relative change ‖Δ‖_F / ‖θ_base‖_F; ``maps`` are the
-    normalised |Δ| matrices of ``map_layer`` in ``module_types`` order (``None`` if absent).
+    summary, per layer the relative change ‖Δ‖_F / ‖θ_base‖_F and, with ``base_scores``,
+    the line overlap of each matrix's top |Δ| with its top base importance
+    (``line_overlap`` summary, ``line_overlap_per_matrix``); ``maps`` are the normalised
+    |Δ| matrices of ``map_layer`` in ``module_types`` order (``None`` if absent).
     """
     missing = sorted(set(base) ^ set(tuned))
     if missing:
         raise ValueError(f"base and fine-tuned weights differ in parameter names: {missing[:3]}")
-    per_matrix: Dict[str, Dict[str, float]] = {}
+    per_matrix: Dict[str, Dict[str, object]] = {}
+    overlap: Dict[str, Dict[str, object]] = {}
     sq_delta: Dict[int, float] = {}
     sq_base: Dict[int, float] = {}
     maps: Dict[str, torch.Tensor] = {}
@@ -60,9 +71,12 @@ def analyze_change(
             sq_base[layer] = sq_base.get(layer, 0.0) + float(w0.double().pow(2).sum())
         if delta.dim() != 2:
             continue
-        per_matrix[name] = (matrix_concentration(delta, top_fraction, line_fraction, seed)
-                            if float(delta.max()) > 0 else
-                            {"share": float("nan"), "random_share": float("nan"), "ratio": float("nan")})
+        changed = float(delta.max()) > 0
+        per_matrix[name] = (matrix_concentration(delta, top_fraction, line_fraction, seed, n_null)
+                            if changed else dict(NAN_CONCENTRATION))
+        if changed and base_scores is not None and name in base_scores:
+            imp = top_mask(base_scores[name].float(), top_fraction)
+            overlap[name] = line_overlap(top_mask(delta, top_fraction), imp, line_fraction, seed, n_null)
         if layer == map_layer and mtype in module_types:
             maps[mtype] = normalized(delta)
     finite = {n: c for n, c in per_matrix.items() if c["ratio"] == c["ratio"]}
@@ -74,4 +88,8 @@ def analyze_change(
         "n_unchanged_matrices": len(per_matrix) - len(finite),
         "concentration_per_matrix": per_matrix,
     }
+    if base_scores is not None:
+        stats["line_overlap"] = (summarize_concentration(overlap, ("overlap", "random_overlap", "ratio"))
+                                 if overlap else {})
+        stats["line_overlap_per_matrix"] = overlap
     return stats, [maps.get(t) for t in module_types]

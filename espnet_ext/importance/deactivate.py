@@ -5,7 +5,10 @@ perplexity of the model on a held-out set for text and speech inputs, and restor
 weights bit-exactly.  Selection scope is ``global`` (one threshold over every scored
 parameter; our default reading of the paper's "top 3 %") or ``per_matrix`` (p % of each
 weight matrix, as Zhang et al. select).  The top/bottom sets come from the exact
-threshold search of :mod:`espnet_ext.importance.threshold` (ties included).
+threshold search of :mod:`espnet_ext.importance.threshold` (ties included).  Each input
+modality's row is zeroed by that modality's own importance (speech-input scores for the
+speech row, text-input scores for the text row), as the paper scores each input
+separately.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Dict, Iterable, Iterator, Literal, Tuple
+from typing import Dict, Iterable, Iterator, Literal, Mapping, Optional, Tuple
 
 import torch
 
@@ -97,6 +100,46 @@ def perplexity(model: torch.nn.Module, batches: Iterable[Dict[str, torch.Tensor]
     return math.exp(total / tokens) if total / tokens < 700 else float("inf")
 
 
+def deactivation_check(
+    model: torch.nn.Module,
+    params: Dict[str, torch.nn.Parameter],
+    scores: Mapping[str, Dict[str, torch.Tensor]],
+    eval_batches: Dict[str, list],
+    fraction: float = 0.03,
+    scope: Scope = "global",
+    seed: int = 0,
+) -> dict:
+    """Table 1 with each input modality's row zeroed by that modality's own importance.
+
+    The paper scores importance per input modality (§2.2: "for speech and text input"),
+    so ``scores`` maps a modality to its report's scores; a modality without its own
+    scores falls back to ``scores["text"]`` (``masks_from`` says which was used).  Returns
+    ``{"table": {modality: {"base", "top", "bottom", "random": perplexity}},
+    "zeroed_fraction": {modality: {which: share}}, "masks_from": {modality: source}}``;
+    ``zeroed_fraction`` (an addition) is the exact share of the scored parameters zeroed,
+    which differs from ``fraction`` where scores tie at the threshold and by the random
+    mask's coin flips.
+    """
+    sources = {m: (m if m in scores else "text") for m in eval_batches}
+    missing = sorted({s for s in sources.values() if s not in scores})
+    if missing:
+        raise ValueError(f"deactivation: no importance scores of modality {missing} for rows {list(eval_batches)}")
+    table: Dict[str, Dict[str, float]] = {m: {"base": perplexity(model, b, m)} for m, b in eval_batches.items()}
+    zeroed: Dict[str, Dict[str, float]] = {m: {} for m in eval_batches}
+    for source in dict.fromkeys(sources.values()):  # each report's masks once, in row order
+        rows = [m for m in eval_batches if sources[m] == source]
+        total = sum(s.numel() for s in scores[source].values())
+        for which in ("top", "bottom", "random"):
+            masks = deactivation_masks(scores[source], fraction, which, scope, seed)
+            with deactivated(params, masks) as n:
+                logger.info("deactivated %s %.1f%% (%s, %s importance): %d weights (%.4f%%)",
+                            which, 100 * fraction, scope, source, n, 100 * n / total)
+                for m in rows:
+                    table[m][which] = perplexity(model, eval_batches[m], m)
+                    zeroed[m][which] = n / total
+    return {"table": table, "zeroed_fraction": zeroed, "masks_from": sources}
+
+
 def deactivation_table(
     model: torch.nn.Module,
     params: Dict[str, torch.nn.Parameter],
@@ -106,23 +149,30 @@ def deactivation_table(
     scope: Scope = "global",
     seed: int = 0,
 ) -> Dict[str, Dict[str, float]]:
-    """Table 1: ``{modality: {"base", "top", "bottom", "random": perplexity}}``."""
-    table: Dict[str, Dict[str, float]] = {m: {"base": perplexity(model, b, m)} for m, b in eval_batches.items()}
-    for which in ("top", "bottom", "random"):
-        masks = deactivation_masks(scores, fraction, which, scope, seed)
-        with deactivated(params, masks) as n:
-            logger.info("deactivated %s %.1f%% (%s): %d weights", which, 100 * fraction, scope, n)
-            for m, b in eval_batches.items():
-                table[m][which] = perplexity(model, b, m)
-    return table
+    """Table 1 with every row's masks from one report: ``{modality: {"base", "top",
+    "bottom", "random": perplexity}}`` (:func:`deactivation_check` scores each row by its
+    own modality's importance)."""
+    by = {"text": scores}
+    return deactivation_check(model, params, by, eval_batches, fraction, scope, seed)["table"]
 
 
-def render_table1(table: Dict[str, Dict[str, float]], fraction: float, scope: str) -> str:
-    """Markdown shaped like the paper's Table 1."""
+def render_table1(
+    table: Dict[str, Dict[str, float]], fraction: float, scope: str,
+    zeroed: Optional[Dict[str, Dict[str, float]]] = None, masks_from: Optional[Dict[str, str]] = None,
+) -> str:
+    """Markdown shaped like the paper's Table 1; ``zeroed`` / ``masks_from`` (of
+    :func:`deactivation_check`) add a note on the exact shares zeroed and the masks' source."""
     pct = f"{100 * fraction:g}%"
     lines = [f"| Input | Base | {pct} Top | {pct} Bottom | {pct} Random |", "|---|---:|---:|---:|---:|"]
     fmt = lambda x: f"{x:.3g}" if x < 1e4 else f"{x:.2e}"  # noqa: E731
     for modality, row in table.items():
         cells = " | ".join(fmt(row[k]) for k in ("base", "top", "bottom", "random"))
         lines.append(f"| {modality.capitalize()} | {cells} |")
-    return "\n".join(lines) + f"\n\nPerplexity after zeroing {pct} of the scored parameters ({scope} selection).\n"
+    out = "\n".join(lines) + f"\n\nPerplexity after zeroing {pct} of the scored parameters ({scope} selection).\n"
+    if masks_from:
+        out += "Masks of each row from the importance of: " + ", ".join(
+            f"{m} row ← {s} input" for m, s in masks_from.items()) + ".\n"
+    if zeroed:
+        out += "Exact share zeroed (ties at the threshold, random coin flips): " + "; ".join(
+            f"{m}: " + ", ".join(f"{w} {100 * f:.3f}%" for w, f in per.items()) for m, per in zeroed.items()) + ".\n"
+    return out

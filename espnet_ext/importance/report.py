@@ -1,6 +1,7 @@
 """Importance reports: per-parameter scores (safetensors) + a JSON summary.
 
-``<dir>/scores.safetensors``  canonical parameter name → score tensor (fp32 or fp16)
+``<dir>/scores.safetensors``  canonical parameter name → score tensor (fp32 or bf16;
+                              fp16 is refused: it flushes scores < 6e-8 to zero)
 ``<dir>/summary.json``        per-layer sums (I_layer of eq. 3), per-module-type sums,
                               global and per-matrix quantile thresholds, provenance
 
@@ -79,6 +80,9 @@ def write_report(
     """
     from safetensors.torch import save
 
+    from espnet_ext.importance.scoring import check_score_dtype
+
+    check_score_dtype(dtype)
     out_dir = Path(out_dir)
     (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
     cast = {n: t.detach().to(getattr(torch, dtype)).contiguous() for n, t in scores.items()}

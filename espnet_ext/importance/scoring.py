@@ -13,7 +13,8 @@ that is offered as ``accumulate="abs_per_batch"``.
 Works on plain and peft-LoRA models (the effective weight W + scaling·BA is scored; its
 gradient equals the base weight's gradient because the LoRA term is additive), under
 ``torch.distributed`` (each rank scores its share of the batches; the sums are
-all-reduced, so the scores equal a single process's on the same batches) and on bf16
+all-reduced, so the scores equal a single process's on the same batches; every tensor a
+collective sees lives on the scored parameters' device, as NCCL requires) and on bf16
 models (accumulation in fp32).  Cost: one forward + backward per batch (the backward
 stops at the scored parameters); no optimizer state.
 """
@@ -33,6 +34,11 @@ from espnet_ext.importance.params import effective_weight, lora_layers, select_p
 logger = logging.getLogger(__name__)
 
 Accumulate = Literal["signed_sum", "abs_per_batch"]
+# dtypes a report may store its scores in.  float16 is refused: its smallest subnormal is
+# 6e-8, and eq. 2 scores of a large model lie far below it (the tiny test model's median is
+# ~6e-5, its bottom 3 % < 1e-6), so the bottom-p % set of Table 1 would be flushed to ties
+# at zero.  bfloat16 has float32's range at float16's size (8 significant bits).
+SCORE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -46,7 +52,7 @@ class ImportanceConfig:
     num_utts: Optional[int] = None  # overrides subset_fraction when set
     batch_size: int = 8
     seed: int = 0
-    score_dtype: Literal["float32", "float16"] = "float32"  # dtype of the saved scores
+    score_dtype: Literal["float32", "bfloat16"] = "float32"  # dtype of the saved scores
 
     def __post_init__(self) -> None:
         if self.modality not in ("text", "speech"):
@@ -57,7 +63,19 @@ class ImportanceConfig:
             raise ValueError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
         if self.num_utts is not None and self.num_utts < 1:
             raise ValueError(f"num_utts must be >= 1 or null, got {self.num_utts}")
+        check_score_dtype(self.score_dtype)
         self.groups = tuple(self.groups)
+
+
+def check_score_dtype(dtype: str) -> None:
+    """Raise ``ValueError`` unless ``dtype`` is one of :data:`SCORE_DTYPES` (the message names
+    the ``score_dtype`` option; float16 gets the reason it is refused)."""
+    if dtype == "float16":
+        raise ValueError("score_dtype: float16 flushes importance scores below 6e-8 to zero (its "
+                         "smallest subnormal), which ties the bottom-p % set of Table 1 at zero; use "
+                         "bfloat16 (same size, float32's range) or float32")
+    if dtype not in SCORE_DTYPES:
+        raise ValueError(f"score_dtype must be one of {list(SCORE_DTYPES)}, got {dtype!r}")
 
 
 @dataclass
@@ -72,6 +90,8 @@ class ImportanceResult:
 
 
 def _all_reduce_(t: torch.Tensor) -> None:
+    """Sum ``t`` over the ranks in place (no-op outside ``torch.distributed``).  The caller
+    puts ``t`` on the scored parameters' device: NCCL reduces device tensors only."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(t)
 
@@ -159,7 +179,9 @@ def score_importance(
             for n, p in params.items():
                 p.requires_grad_(requires[n])
                 p.grad = stashed[n]
-    stats = torch.tensor([n_batches, n_utts, loss_sum], dtype=torch.float64)
+    # on the parameters' device (NCCL cannot reduce a CPU tensor; float64 is fine on CUDA)
+    device = next(iter(params.values())).device if params else torch.device("cpu")
+    stats = torch.tensor([n_batches, n_utts, loss_sum], dtype=torch.float64, device=device)
     _all_reduce_(stats)
     n_batches, n_utts, loss_sum = int(stats[0]), int(stats[1]), float(stats[2])
     if n_batches == 0:

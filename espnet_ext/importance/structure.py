@@ -7,14 +7,22 @@ For one matrix (importance scores, or |Δθ| for Fig. 4):
   in the top set (0..1; at the border only the neighbours that exist count).  This is
   the quantity Fig. 1 shows: "the proportion of parameters within a 3×3 vicinity that
   belong to the 'Top' region";
-* :func:`concentration` — a number the paper lacks: the share of the top set that lies in
-  the top-5 % of rows or the top-5 % of columns (rows and columns ranked by how many top
-  entries they hold), divided by the same share for a random mask of equal size.  A
-  ratio of 1 means "scattered like noise"; row/column clustering gives ratios well
-  above 1 (a mask made of whole rows reaches 1 / (1 − 0.95²) ≈ 10 at 5 %).
+* :func:`concentration` — a number the paper lacks (an addition): the share of the top
+  set that lies in the top-5 % of rows or the top-5 % of columns (rows and columns ranked
+  by how many top entries they hold), divided by the mean of the same share over
+  ``n_null`` seeded random masks of equal size.  A ratio of 1 means "scattered like
+  noise"; row/column clustering gives ratios well above 1 (a mask made of whole rows
+  reaches 1 / (1 − 0.95²) ≈ 10 at 5 %).  The random masks also give the null
+  distribution of the ratio: its 2.5–97.5 % range and the share of null ratios at or
+  above the observed one (an empirical p-value);
+* :func:`line_overlap` — also an addition: do two top sets (e.g. the top |Δθ| of Fig. 4
+  and the base importance's top set) pick the same rows and columns?  The overlap of
+  their top-5 % lines, against seeded random line sets of the same size.
 
-:func:`display_pool` block-max-pools a map to at most 256 px a side for plotting, and
-:func:`plot_grid` renders a grid of maps to PNG (matplotlib, Agg backend).
+:func:`display_pool` block-mean-pools a map to at most 256 px a side for plotting (each
+pixel: the mean of its block, i.e. for a top mask the proportion of top weights in it, as
+Fig. 1's caption describes; a max would saturate large matrices), and :func:`plot_grid`
+renders a grid of maps to PNG (matplotlib, Agg backend).
 """
 
 from __future__ import annotations
@@ -79,45 +87,124 @@ def random_mask_like(mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return out.view(mask.shape)
 
 
-def concentration(mask: torch.Tensor, line_fraction: float = 0.05, seed: int = 0) -> Dict[str, float]:
-    """Row/column concentration of a top set against a random set of equal size.
+def null_interval(samples: Sequence[float], observed: float, level: float = 0.95) -> Dict[str, float]:
+    """``null_lo`` / ``null_hi`` (the central ``level`` range of ``samples``) and ``p_null``,
+    the share of samples at or above ``observed`` (one-sided; 0 = above every sample)."""
+    x = torch.tensor([float(v) for v in samples], dtype=torch.float64)
+    x = x[~torch.isnan(x)]
+    if x.numel() == 0:
+        return {"null_lo": float("nan"), "null_hi": float("nan"), "p_null": float("nan")}
+    q = torch.quantile(x, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return {"null_lo": float(q[0]), "null_hi": float(q[1]), "p_null": float((x >= observed).double().mean())}
+
+
+def concentration(mask: torch.Tensor, line_fraction: float = 0.05, seed: int = 0,
+                  n_null: int = 20) -> Dict[str, object]:
+    """Row/column concentration of a top set against ``n_null`` random sets of equal size.
 
     Returns ``share`` (top entries in the top rows ∪ top columns), ``random_share`` (the
-    same for a seeded random mask of equal size) and ``ratio`` = share / random_share.
+    mean share of the random masks, seeds ``seed .. seed + n_null − 1``), ``ratio`` =
+    share / random_share, ``null_ratios`` (each random mask's share / random_share: the
+    ratio's null distribution) and :func:`null_interval` of ``ratio`` within it.
     """
+    if n_null < 1:
+        raise ValueError(f"n_null must be >= 1, got {n_null}")
     share = line_share(mask, line_fraction)
-    base = line_share(random_mask_like(mask, seed), line_fraction)
-    return {"share": share, "random_share": base, "ratio": share / base if base > 0 else float("nan")}
+    null = [line_share(random_mask_like(mask, seed + i), line_fraction) for i in range(n_null)]
+    base = sum(null) / n_null
+    ratio = share / base if base > 0 else float("nan")
+    null_ratios = [v / base if base > 0 else float("nan") for v in null]
+    return {"share": share, "random_share": base, "ratio": ratio, "null_ratios": null_ratios,
+            **null_interval(null_ratios, ratio)}
 
 
 def matrix_concentration(
-    matrix: torch.Tensor, top_fraction: float = 0.05, line_fraction: float = 0.05, seed: int = 0
-) -> Dict[str, float]:
+    matrix: torch.Tensor, top_fraction: float = 0.05, line_fraction: float = 0.05, seed: int = 0,
+    n_null: int = 20,
+) -> Dict[str, object]:
     """:func:`concentration` of the top-``top_fraction`` mask of a score/|Δ| matrix."""
-    return concentration(top_mask(matrix.float(), top_fraction), line_fraction, seed)
+    return concentration(top_mask(matrix.float(), top_fraction), line_fraction, seed, n_null)
 
 
-def summarize_concentration(per_matrix: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
-    """Mean share / random share / ratio per module type (q, k, v, o, gate, up, down) and overall."""
+def _lines(mask: torch.Tensor, dim: int, fraction: float) -> torch.Tensor:
+    """Boolean indicator of the top-``fraction`` lines (rows: dim 1 summed; columns: dim 0)."""
+    counts = mask.sum(dim)
+    out = torch.zeros(counts.numel(), dtype=torch.bool)
+    out[_top_lines(counts, fraction)] = True
+    return out
+
+
+def line_overlap(mask_a: torch.Tensor, mask_b: torch.Tensor, line_fraction: float = 0.05, seed: int = 0,
+                 n_null: int = 20) -> Dict[str, object]:
+    """Do the top-``line_fraction`` rows and columns of two top sets coincide?
+
+    ``overlap``: the share of ``mask_a``'s top rows and top columns (together) that are
+    also ``mask_b``'s; ``random_overlap``: its mean when ``mask_a``'s lines are replaced by
+    ``n_null`` seeded uniformly random line sets of the same sizes (≈ line_fraction);
+    ``ratio`` = overlap / random_overlap, with its null distribution's
+    :func:`null_interval`.  An addition: the paper shows Δθ and importance maps side by side
+    but does not measure whether they share lines.
+    """
+    if mask_a.shape != mask_b.shape or mask_a.dim() != 2:
+        raise ValueError(f"line_overlap needs two matrices of one shape, got {tuple(mask_a.shape)} "
+                         f"and {tuple(mask_b.shape)}")
+    a = [_lines(mask_a, 1, line_fraction), _lines(mask_a, 0, line_fraction)]
+    b = [_lines(mask_b, 1, line_fraction), _lines(mask_b, 0, line_fraction)]
+    n = sum(int(x.sum()) for x in a)
+    overlap = sum(int((x & y).sum()) for x, y in zip(a, b)) / n
+    gen = torch.Generator().manual_seed(seed)
+    null = []
+    for _ in range(n_null):
+        hits = 0
+        for x, y in zip(a, b):
+            pick = torch.randperm(x.numel(), generator=gen)[: int(x.sum())]
+            hits += int(y[pick].sum())
+        null.append(hits / n)
+    base = sum(null) / n_null
+    ratio = overlap / base if base > 0 else float("nan")
+    null_ratios = [v / base if base > 0 else float("nan") for v in null]
+    return {"overlap": overlap, "random_overlap": base, "ratio": ratio, "null_ratios": null_ratios,
+            **null_interval(null_ratios, ratio)}
+
+
+def summarize_concentration(per_matrix: Dict[str, Dict[str, object]],
+                            keys: Sequence[str] = ("share", "random_share", "ratio")) -> Dict[str, Dict[str, float]]:
+    """Mean of ``keys`` per module type (q, k, v, o, gate, up, down) and overall.
+
+    Where the matrices carry ``null_ratios`` (:func:`concentration`, :func:`line_overlap`),
+    the null distribution of the *mean* ratio is the mean over the matrices of their i-th
+    null ratio; its :func:`null_interval` tells whether the observed mean lies above it.
+    """
     from espnet_ext.importance.params import module_type
 
-    groups: Dict[str, List[Dict[str, float]]] = {}
+    groups: Dict[str, List[Dict[str, object]]] = {}
     for name, c in per_matrix.items():
         groups.setdefault(module_type(name) or "other", []).append(c)
         groups.setdefault("all", []).append(c)
     out = {}
     for t, cs in groups.items():
-        out[t] = {k: sum(c[k] for c in cs) / len(cs) for k in ("share", "random_share", "ratio")}
+        out[t] = {k: sum(c[k] for c in cs) / len(cs) for k in keys}
         out[t]["n_matrices"] = len(cs)
+        nulls = [c["null_ratios"] for c in cs if c.get("null_ratios")]
+        if len(nulls) == len(cs) and len({len(x) for x in nulls}) == 1:
+            mean_null = [sum(x[i] for x in nulls) / len(nulls) for i in range(len(nulls[0]))]
+            out[t].update(null_interval(mean_null, out[t]["ratio"]))
+            out[t]["n_null"] = len(mean_null)
     return out
 
 
 def display_pool(m: torch.Tensor, max_px: int = 256) -> torch.Tensor:
-    """Block-max pooling so neither side exceeds ``max_px`` (small top regions stay visible)."""
+    """Block-mean pooling so neither side exceeds ``max_px``: each pixel is the mean of its
+    block (for a 0/1 top mask, the proportion of top weights in the block).  Blocks cut by
+    the matrix border average only the entries that exist."""
     kh, kw = math.ceil(m.shape[0] / max_px), math.ceil(m.shape[1] / max_px)
     if kh == 1 and kw == 1:
         return m
-    return F.max_pool2d(m.float()[None, None], (kh, kw), ceil_mode=True)[0, 0]
+    x = m.float()[None, None]
+    ones = torch.ones_like(x)
+    sums = F.avg_pool2d(x, (kh, kw), ceil_mode=True, divisor_override=1)
+    counts = F.avg_pool2d(ones, (kh, kw), ceil_mode=True, divisor_override=1)
+    return (sums / counts)[0, 0]
 
 
 def plot_grid(

@@ -3,9 +3,19 @@
 The paper measures the importance shift only after training (Fig. 2–3).  The probe
 measures it as training goes: every N epochs (and/or every N training iterations) it
 scores eq. (2) on a fixed probe subset of a dump dir, writes the layer distribution and
-its shift against the base report (:mod:`espnet_ext.importance.shift`) to
+its shift against the base model (:mod:`espnet_ext.importance.shift`) to
 ``<output_dir>/importance_probe/{epoch<N>,step<N>}.json`` and returns the scalars for
 ESPnet's reporter / tensorboard.
+
+The shift compares like with like: its reference is the run's *starting model scored on
+the probe set* (importance sums grow with the data, so the base report's curve, from 1/30 of
+the training set, against a curve of a few dev utterances would give a meaningless mass
+ratio).  :meth:`SpeechLLMTrainer.run <espnet_ext.train.trainer.SpeechLLMTrainer.run>`
+scores the model it is handed before ESPnet resumes or trains it — stage 4 starts every
+system from the base LLM, so for textual importance this is the base report's model, on the
+probe utterances — and writes that curve to ``importance_probe/base.json``.  A resumed run
+is handed the same starting model and scores it again (one probe's cost), so nothing stale
+is ever compared.  ``base_report`` switches the shift metrics on.
 
 It must not change the training trajectory, and it does not:
 
@@ -57,7 +67,8 @@ class ProbeConfig:
     modality: str = "text"  # textual importance, as in the paper's shift analysis
     every_n_epochs: int = 1  # probe after every N-th epoch (0 = never at epoch ends)
     every_n_steps: int = 0  # also every N training iterations, counted over all epochs (0 = off)
-    base_report: Optional[str] = None  # exp/importance/base: adds the shift metrics vs the base
+    base_report: Optional[str] = None  # exp/importance/base: adds the shift metrics, against the
+    # run's starting model (the base LLM) scored on the probe set (null = no shift metrics)
     groups: tuple = ("layers",)  # scored parameters (as in conf/importance.yaml)
     seed: int = 0  # which utterances form the probe set
 
@@ -97,25 +108,59 @@ class ImportanceProbe:
     def __init__(self, config: ProbeConfig, output_dir: str | Path) -> None:
         self.config = config
         self.output_dir = Path(output_dir) / PROBE_DIR
-        self.base_curve: Optional[List[float]] = (
-            list(load_summary(config.base_report)["layer_sums"]) if config.base_report else None
-        )
+        if config.base_report:  # a finished report, so a mistyped path fails before training
+            load_summary(config.base_report, "importance_probe_conf.base_report")
+        self.base_curve: Optional[List[float]] = None
         self._batches: Optional[List[Dict[str, torch.Tensor]]] = None
 
-    def _probe_batches(self, model: torch.nn.Module) -> List[Dict[str, torch.Tensor]]:
-        """The fixed probe batches (built once; this rank's share under DDP)."""
-        if self._batches is None:
-            from espnet_ext.train.batches import dump_batches, preprocessor_for, subset_ids
+    def _probe_set_batches(self, model: torch.nn.Module) -> List[Dict[str, torch.Tensor]]:
+        """The probe utterances as ``model``'s batches (this rank's share under DDP)."""
+        from espnet_ext.train.batches import dump_batches, preprocessor_for, subset_ids
 
-            c = self.config
-            device = next(model.parameters()).device
-            ids = subset_ids(c.data_dir, 1.0, c.num_utts, c.seed)
-            batches = [b for _, b in dump_batches(c.data_dir, preprocessor_for(model), c.modality,
-                                                  c.batch_size, ids, device=device)]
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                batches = batches[torch.distributed.get_rank()::torch.distributed.get_world_size()]
-            self._batches = batches
+        c = self.config
+        device = next(model.parameters()).device
+        ids = subset_ids(c.data_dir, 1.0, c.num_utts, c.seed)
+        batches = [b for _, b in dump_batches(c.data_dir, preprocessor_for(model), c.modality,
+                                              c.batch_size, ids, device=device)]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            batches = batches[torch.distributed.get_rank()::torch.distributed.get_world_size()]
+        return batches
+
+    def _probe_batches(self, model: torch.nn.Module) -> List[Dict[str, torch.Tensor]]:
+        """The fixed probe batches (built once)."""
+        if self._batches is None:
+            self._batches = self._probe_set_batches(model)
         return self._batches
+
+    def _score_config(self) -> ImportanceConfig:
+        c = self.config
+        return ImportanceConfig(modality=c.modality, groups=c.groups, num_utts=c.num_utts,
+                                batch_size=c.batch_size, seed=c.seed)
+
+    @property
+    def compares(self) -> bool:
+        """Whether the probe reports the shift against the starting model."""
+        return bool(self.config.base_report)
+
+    def score_start(self, model: torch.nn.Module) -> List[float]:
+        """Score the run's starting ``model`` on the probe set: the shift metrics' reference.
+
+        Called once per process before training (every rank, under DDP: the sums are
+        all-reduced); the torch / numpy / python RNG states are kept, so the run is unchanged.
+        """
+        module = unwrap_model(model)
+        start = time.perf_counter()
+        with rng_states_kept():
+            result = score_importance(module, self._probe_batches(module), self._score_config())
+        self.base_curve = layer_sums(result.scores)
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            atomic_write_text(self.output_dir / "base.json", json.dumps(
+                {"what": "the run's starting model on the probe set (reference of shift_vs_base)",
+                 "n_utts": result.n_utts, "mean_loss": result.mean_loss, "layer_sums": self.base_curve},
+                indent=1) + "\n")
+        logger.info("importance probe: starting model scored on the probe set (%d utts, %.1f s)",
+                    result.n_utts, time.perf_counter() - start)
+        return self.base_curve
 
     def due(self, epoch: Optional[int] = None, step: Optional[int] = None) -> bool:
         c = self.config
@@ -125,15 +170,10 @@ class ImportanceProbe:
 
     def run(self, model: torch.nn.Module, tag: str, epoch: int, step: Optional[int] = None) -> Dict[str, float]:
         """Score the probe set, write ``<tag>.json`` (rank 0) and return reporter scalars."""
-        c = self.config
         module = unwrap_model(model)
         start = time.perf_counter()
         with rng_states_kept():
-            result = score_importance(
-                module, self._probe_batches(module),
-                ImportanceConfig(modality=c.modality, groups=c.groups, num_utts=c.num_utts,
-                                 batch_size=c.batch_size, seed=c.seed),
-            )
+            result = score_importance(module, self._probe_batches(module), self._score_config())
         curve = layer_sums(result.scores)
         seconds = time.perf_counter() - start
         scalars = {"imp_loss": result.mean_loss, "imp_peak_layer": float(int(np.argmax(curve)))}
@@ -141,7 +181,10 @@ class ImportanceProbe:
             "epoch": epoch, "step": step, "n_utts": result.n_utts, "mean_loss": result.mean_loss,
             "seconds": round(seconds, 3), "layer_sums": curve, "layer_share": normalize(curve).tolist(),
         }
-        if self.base_curve is not None:
+        if self.compares:  # both curves from the same probe utterances
+            if self.base_curve is None:
+                raise RuntimeError("importance probe: score_start() must run before the first probe "
+                                   "(SpeechLLMTrainer.run calls it)")
             shift = shift_metrics(self.base_curve, curve)
             record["shift_vs_base"] = shift
             scalars.update({f"imp_{k}": float(v) for k, v in shift.items()})
