@@ -4,6 +4,7 @@ training run per new ``conf/train_*.yaml``, and the LoRA export."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 from pathlib import Path
@@ -372,7 +373,8 @@ def test_recipe_presets_set_the_step_budget(tmp_path):
         conf = yaml.safe_load(out.read_text())
         assert (conf["max_epoch"], conf["num_iters_per_epoch"], conf["scheduler_conf"]["total_steps"]) == (2, 20, 40)
         assert conf["scheduler_conf"]["warmup_ratio"] == 0.03  # merged one level deep, not replaced
-        assert conf["optim_conf"] == load_train_config(CONF / f"{src}.yaml")["optim_conf"]
+        demo = compose_train_config(CONF / "model/tiny_random.yaml", CONF / f"{src}.yaml", tmp_path / "d.yaml")
+        assert conf["optim_conf"] == demo["optim_conf"]  # the budget leaves the rates alone
     # the full preset leaves the configs' own budget
     merged = compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml", tmp_path / "f.yaml",
                                   recipe_preset=CONF / "preset/full.yaml")
@@ -386,7 +388,7 @@ def test_recipe_preset_lr_scale_keeps_each_strategys_ratio(tmp_path):
     for name in ("train_full", "train_lora", "train_layerlr"):
         merged = compose_train_config(CONF / "model/tiny_random.yaml", CONF / f"{name}.yaml", tmp_path / f"{name}.yaml",
                                       recipe_preset=preset)
-        own = load_train_config(CONF / f"{name}.yaml")
+        own = compose_train_config(CONF / "model/tiny_random.yaml", CONF / f"{name}.yaml", tmp_path / "own.yaml")
         assert merged["optim_conf"]["lr"] == pytest.approx(10 * own["optim_conf"]["lr"])
         assert merged["adaptor_lr"] == own["adaptor_lr"]
         assert "lr x 10" in (tmp_path / f"{name}.yaml").read_text().splitlines()[0]
@@ -403,7 +405,8 @@ def test_recipe_preset_errors_name_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  max_epoch: 5\n")
     with pytest.raises(ValueError,
-                       match=r"scheduler_conf.total_steps is 120 but max_epoch × num_iters_per_epoch is 200"):
+                       match=r"scheduler_conf.total_steps is 120 but max_epoch × \(num_iters_per_epoch "
+                             r"// accum_grad\) is 5 × \(40 // 1\) = 200"):
         compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml", tmp_path / "o.yaml",
                              recipe_preset=bad)
     bad.write_text("train:\n  max_epochs: 5\n")
@@ -503,3 +506,188 @@ def test_merge_lora_for_inference_keeps_the_function(make_speech_llm):
         assert n_live > 0 and merge_lora_for_inference(model) == n_live
         torch.testing.assert_close(model.llm.model(input_ids=ids).logits, ref, rtol=1e-5, atol=1e-5)
     assert lora_layers(model) == {} and merge_lora_for_inference(model) == 0
+
+
+# --------------------------------------------------------------------------------------
+# the paper-size presets: the paper's hyperparameters, schedules that keep eq. 3, the
+# run's step count, a pinned chat-template date
+# --------------------------------------------------------------------------------------
+PAPER_PRESETS = {"llama32_1b_whisper_large_v3": "train_lora", "llama31_8b_whisper_large_v3": "train_lora_r16"}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_PRESETS))
+@pytest.mark.parametrize("recipe", [None, "quick", "full", "strong"])
+def test_paper_presets_compose_to_the_papers_hyperparameters(tmp_path, preset, recipe):
+    """LLaMA-Omni stage 1: lr 2e-5 for adaptor and LLM, batch 32, 3 full epochs, cosine with
+    3 % warm-up; LoRA (paper §3.1.2) r 8 (1B) / 16 (8B), alpha 2r, every attention and MLP
+    projection, at the recipe's lr 2e-5 (the paper gives none).  No CPU-demo value leaks in."""
+    rp = None if recipe is None else CONF / f"preset/{recipe}.yaml"
+    for name in ("train_full", "train_layerlr", "train_lora", "train_lora_r16", "train_impanchor"):
+        out = tmp_path / name / "train.yaml"
+        conf = compose_train_config(CONF / f"model/{preset}.yaml", CONF / f"{name}.yaml", out, recipe_preset=rp)
+        assert conf["optim_conf"]["lr"] == 2e-5 and conf["adaptor_lr"] is None, name  # None = optim_conf.lr
+        assert (conf["batch_size"], conf["max_epoch"], conf["num_iters_per_epoch"]) == (32, 3, None), name
+        assert conf["scheduler"] == "warmupcosinelr"
+        assert conf["scheduler_conf"] == {"total_steps": "auto", "warmup_ratio": 0.03}, name
+        assert conf["llm_conf"]["torch_dtype"] == "float32", name  # fp32 master weights
+        assert "demo_overlay" not in out.read_text().splitlines()[0]
+    lora = compose_train_config(CONF / f"model/{preset}.yaml", CONF / f"{PAPER_PRESETS[preset]}.yaml",
+                                tmp_path / "lora.yaml", recipe_preset=rp)["lora_conf"]
+    assert (lora["r"], lora["alpha"]) == ((8, 16) if "1b" in preset else (16, 32))
+    assert set(lora["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                           "down_proj"}
+
+
+def test_demo_presets_keep_the_cpu_budget(tmp_path):
+    """The demo-size presets bring conf/demo_overlay.yaml: the CPU demo's budget and rates."""
+    for preset in ("tiny_random", "smollm2_135m_whisper_tiny"):
+        full = compose_train_config(CONF / f"model/{preset}.yaml", CONF / "train_full.yaml", tmp_path / "f.yaml")
+        assert (full["adaptor_lr"], full["batch_size"], full["num_iters_per_epoch"]) == (1e-3, 8, 40)
+        assert (full["optim_conf"]["lr"], full["scheduler_conf"]["total_steps"]) == (2e-5, 120)
+        for name in ("train_lora", "train_lora_r16", "train_lora_r24"):
+            lora = compose_train_config(CONF / f"model/{preset}.yaml", CONF / f"{name}.yaml", tmp_path / "l.yaml")
+            assert lora["optim_conf"]["lr"] == 2e-4, name
+    bad = tmp_path / "preset.yaml"
+    bad.write_text(f"train_overlay: {tmp_path / 'o.yaml'}\n")
+    (tmp_path / "o.yaml").write_text("roles: {loraa: {batch_size: 2}}\n")
+    with pytest.raises(ValueError, match=r"o.yaml: roles.loraa: not a system role"):
+        compose_train_config(bad, CONF / "train_full.yaml", tmp_path / "x.yaml")
+    (tmp_path / "o.yaml").write_text("batch_sise: 2\n")
+    with pytest.raises(ValueError, match=r"o.yaml: unknown config key\(s\) \['batch_sise'\]"):
+        compose_train_config(bad, CONF / "train_full.yaml", tmp_path / "x.yaml")
+
+
+@pytest.mark.parametrize("scheduler,conf", [("cosineannealingwarmuprestarts", {"first_cycle_steps": 10}),
+                                            ("onecyclelr", {"max_lr": 1e-3, "total_steps": 10}),
+                                            ("cosineannealinglr", {"T_max": 10, "eta_min": 1e-6})])
+def test_schedulers_that_write_one_lr_are_refused_with_group_rates(make_speech_llm, speech_llm_args, tmp_path,
+                                                                    scheduler, conf):
+    model = make_speech_llm(encoder=False)
+    rep = _report(model, tmp_path / "rep", [2.0, 6.0, 4.0, 10.0])
+    sched = ["--scheduler", scheduler, "--scheduler_conf", json.dumps(conf)]
+    for extra in (["--adaptor_lr", "0.01"], ["--layer_lr_conf", f"importance_report={rep}"]):
+        args = speech_llm_args("--optim_conf", "lr=0.001", *extra, *sched, encoder=False)
+        with pytest.raises(ValueError, match=f"scheduler '{scheduler}' sets one lr for every parameter group"):
+            SpeechLLMTask.build_optimizers(args, model)
+    # one rate for every group: nothing to erase
+    (opt,) = SpeechLLMTask.build_optimizers(speech_llm_args("--optim_conf", "lr=0.001", *sched, encoder=False), model)
+    assert len({g["lr"] for g in opt.param_groups}) == 1
+
+
+def test_total_steps_auto_is_the_runs_optimizer_step_count(tmp_path, monkeypatch):
+    """auto = max_epoch × (iterations per epoch // accum_grad): num_iters_per_epoch when set,
+    else the training iterator's batch count; set by SpeechLLMTrainer.run before training."""
+    import espnet2.train.trainer as espnet_trainer
+    from espnet2.iterators.sequence_iter_factory import SequenceIterFactory
+
+    from espnet_ext.optim.schedulers import WarmupCosineLR, warmup_cosine_factor
+    from espnet_ext.train.trainer import SpeechLLMTrainer
+
+    def scheduler(total="auto"):
+        groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in (1e-3, 4e-4)]
+        return WarmupCosineLR(torch.optim.SGD(groups), total_steps=total, warmup_ratio=0.5)
+
+    seen = {}
+
+    def espnet_run(cls, model, optimizers, schedulers, train_iter_factory, valid_iter_factory,
+                   plot_attention_iter_factory, trainer_options, distributed_option):
+        seen.update(total=schedulers[0].total_steps, lrs=[g["lr"] for g in optimizers[0].param_groups])
+
+    monkeypatch.setattr(espnet_trainer.Trainer, "run", classmethod(espnet_run))
+    for num_iters, accum, expected in ((None, 1, 3 * 10), (None, 4, 3 * 2), (7, 2, 3 * 3)):
+        factory = SequenceIterFactory(dataset=None, batches=[[f"u{i}"] for i in range(10)],
+                                      num_iters_per_epoch=num_iters)
+        sched = scheduler()
+        options = argparse.Namespace(max_epoch=3, accum_grad=accum)
+        SpeechLLMTrainer.run(model=None, optimizers=[sched.optimizer], schedulers=[sched],
+                             train_iter_factory=factory, valid_iter_factory=None, plot_attention_iter_factory=None,
+                             trainer_options=options, distributed_option=None)
+        factor = warmup_cosine_factor(0, expected, 0.5, 0.0)
+        assert seen == {"total": expected, "lrs": pytest.approx([1e-3 * factor, 4e-4 * factor])}
+    with pytest.raises(RuntimeError, match="total_steps is 'auto'"):
+        scheduler().step()  # outside the trainer nothing sets the length
+    # the composer: auto always; an integer checked against max_epoch × (iterations // accum_grad)
+    (tmp_path / "t.yaml").write_text(f"base: {CONF / 'train_base.yaml'}\nsystem: {{name: X, role: full_ft}}\n"
+                                     "num_iters_per_epoch: 40\naccum_grad: 4\nscheduler_conf: {total_steps: 30}\n")
+    assert compose_train_config(CONF / "model/llama32_1b_whisper_large_v3.yaml", tmp_path / "t.yaml",
+                                tmp_path / "o.yaml")["scheduler_conf"]["total_steps"] == 30
+    (tmp_path / "t.yaml").write_text(f"base: {CONF / 'train_base.yaml'}\nsystem: {{name: X, role: full_ft}}\n"
+                                     "num_iters_per_epoch: 40\naccum_grad: 4\nscheduler_conf: {total_steps: 120}\n")
+    with pytest.raises(ValueError, match=r"total_steps is 120 but .* is 3 × \(40 // 4\) = 30"):
+        compose_train_config(CONF / "model/llama32_1b_whisper_large_v3.yaml", tmp_path / "t.yaml", tmp_path / "o.yaml")
+
+
+
+def test_warmup_cosine_is_stepped_once_per_optimizer_step_only():
+    """ESPnet's trainer also steps every AbsEpochStepScheduler (LambdaLR is registered as one)
+    at each epoch's end: the cosine must be a batch-step scheduler only, or a 2-epoch run of
+    N steps would end at step N + 2, past its schedule."""
+    from espnet2.schedulers.abs_scheduler import AbsBatchStepScheduler, AbsEpochStepScheduler
+
+    from espnet_ext.optim.schedulers import WarmupCosineLR, warmup_cosine_factor
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosineLR(opt, total_steps=8, warmup_ratio=0.25)
+    assert isinstance(sched, AbsBatchStepScheduler) and not isinstance(sched, AbsEpochStepScheduler)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([warmup_cosine_factor(i, 8, 0.25, 0.0) for i in range(8)])
+    # state round trip (checkpoints): same step, same lr
+    again = WarmupCosineLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), total_steps=8,
+                           warmup_ratio=0.25)
+    again.load_state_dict(sched.state_dict())
+    assert again.last_epoch == 8 and again.get_last_lr() == sched.get_last_lr()
+
+# a Llama-3.2-Instruct-style template: the date of the system block comes from date_string
+# or, when unset, the clock (strftime_now), as in the released chat template (the tiny
+# tokenizer's <|im_start|> / <|im_end|> stand in for Llama's header and end-of-turn tokens)
+LLAMA32_STYLE_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}"
+    "{%- endif %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|im_start|>system\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message }}{{- '<|im_end|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n\\n' + message['content'] | trim"
+    " + '<|im_end|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n\\n' }}{%- endif %}"
+)
+
+
+def test_prompt_prefix_does_not_follow_the_clock(monkeypatch, tmp_path):
+    import datetime
+
+    import transformers.utils.chat_template_utils as chat_utils
+
+    from espnet_ext.convert.tiny import build_tiny_tokenizer
+    from espnet_ext.models.llm import ChatPrompt, task_prompts_from_conf
+
+    tok = build_tiny_tokenizer()
+    tok.chat_template = LLAMA32_STYLE_TEMPLATE
+    llm_conf = load_yaml(CONF / "model/llama32_1b_whisper_large_v3.yaml")["llm_conf"]
+    assert load_yaml(CONF / "model/llama31_8b_whisper_large_v3.yaml")["llm_conf"]["chat_template_kwargs"] == \
+        llm_conf["chat_template_kwargs"] == {"date_string": "26 Jul 2024"}
+
+    def on(day: datetime.datetime):
+        class Clock(datetime.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return day
+
+        monkeypatch.setattr(chat_utils, "datetime", Clock)
+        return (ChatPrompt.from_tokenizer(tok), ChatPrompt.from_tokenizer(tok, chat_template_kwargs={}),
+                task_prompts_from_conf(tok, llm_conf)["qa"])
+
+    train_day, decode_day = on(datetime.datetime(2025, 3, 1)), on(datetime.datetime(2026, 12, 2))
+    assert train_day[1].prefix != decode_day[1].prefix  # unpinned, the template reads the clock
+    assert train_day[0] == decode_day[0] and train_day[2] == decode_day[2]  # pinned: one prompt
+    assert "Today Date: 26 Jul 2024" in tok.decode(train_day[2].prefix)

@@ -32,7 +32,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--expdir", default=None,
                    help="the recipe's exp dir: importance_report paths written exp/... are rebased onto it")
     p.add_argument("--recipe_preset", default=None,
-                   help="conf/preset/<name>.yaml: its train: section is merged over --train_config")
+                   help="conf/preset/<name>.yaml: its train: section (the CPU budget) is merged over "
+                   "--train_config when --preset names a train_overlay (the demo-size presets)")
     return p
 
 

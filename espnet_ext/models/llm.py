@@ -10,6 +10,14 @@ path.  The loss covers the response and the closing end-of-turn token only.
 ``prefix`` (everything before the placeholder), ``suffix`` (after the placeholder up to
 the start of the assistant's answer) and ``closing`` (the end-of-turn token that follows
 an answer).  Works for any tokenizer with a chat template (Llama-3, ChatML/SmolLM2, …).
+
+Llama-3.1/3.2 templates write a date into the system block ("Today Date: ..."), taken
+from the ``date_string`` template variable or, when it is unset, from the clock
+(``strftime_now``).  The prompt prefix must be the same token sequence whenever it is
+built (training, importance scoring, decoding, scoring on other days), so
+``chat_template_kwargs`` (an addition; the paper does not discuss it) always pins it:
+by default ``date_string`` is :data:`DEFAULT_CHAT_TEMPLATE_KWARGS`'s fixed date.
+Templates without such variables (ChatML) ignore it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ LLAMA_OMNI_USER_PROMPT = "<speech>\nPlease directly answer the questions in the 
 #: by data with a ``task`` column (the transcription mix, an addition to the paper)
 DEFAULT_TASK_PROMPTS = {"transcribe": "<speech>\nPlease repeat what the user said."}
 QA_TASK = "qa"
+#: template variables passed to ``apply_chat_template``: a fixed date for the templates that
+#: print one (Llama-3.1/3.2: "Today Date: 26 Jul 2024", their own fallback date), instead of
+#: the clock's
+DEFAULT_CHAT_TEMPLATE_KWARGS: Dict[str, str] = {"date_string": "26 Jul 2024"}
 _SENTINEL = "\u2063SPEECHIMP_ANSWER\u2063"
 
 
@@ -51,8 +63,13 @@ class ChatPrompt:
         system_prompt: Optional[str] = LLAMA_OMNI_SYSTEM_PROMPT,
         user_prompt: str = LLAMA_OMNI_USER_PROMPT,
         placeholder: str = "<speech>",
+        chat_template_kwargs: Optional[Dict[str, object]] = None,
     ) -> ChatPrompt:
-        """Render the template with a placeholder and an answer sentinel, then split."""
+        """Render the template with a placeholder and an answer sentinel, then split.
+
+        ``chat_template_kwargs`` are template variables (``None`` =
+        :data:`DEFAULT_CHAT_TEMPLATE_KWARGS`, the pinned date).
+        """
         if placeholder not in user_prompt:
             raise ValueError(f"llm_conf.user_prompt must contain the placeholder {placeholder!r}")
         if getattr(tokenizer, "chat_template", None) is None:
@@ -60,9 +77,10 @@ class ChatPrompt:
         messages = [{"role": "user", "content": user_prompt}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        kwargs = template_kwargs(chat_template_kwargs)
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
         full = tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": _SENTINEL}], tokenize=False
+            messages + [{"role": "assistant", "content": _SENTINEL}], tokenize=False, **kwargs
         )
         if not full.startswith(prompt) or _SENTINEL not in full:
             raise ValueError("cannot locate the assistant turn in the chat template output")
@@ -82,9 +100,23 @@ class ChatPrompt:
                    stop_token_ids=sorted(stop_ids))
 
 
+def template_kwargs(chat_template_kwargs: Optional[Dict[str, object]]) -> Dict[str, object]:
+    """``chat_template_kwargs`` checked (``llm_conf.chat_template_kwargs``); ``None`` = the default."""
+    if chat_template_kwargs is None:
+        return dict(DEFAULT_CHAT_TEMPLATE_KWARGS)
+    if not isinstance(chat_template_kwargs, dict) or not all(isinstance(k, str) for k in chat_template_kwargs):
+        raise ValueError("llm_conf.chat_template_kwargs must map template variable names to values, "
+                         f"e.g. {{date_string: 26 Jul 2024}}; got {chat_template_kwargs!r}")
+    reserved = sorted(set(chat_template_kwargs) & {"messages", "add_generation_prompt", "tokenize"})
+    if reserved:
+        raise ValueError(f"llm_conf.chat_template_kwargs: {reserved} are set by the prompt builder itself")
+    return dict(chat_template_kwargs)
+
+
 def task_prompt_list(
     tokenizer, system_prompt: Optional[str], user_prompt: str, placeholder: str,
     task_prompts: Optional[Dict[str, str]] = None,
+    chat_template_kwargs: Optional[Dict[str, object]] = None,
 ) -> Dict[str, ChatPrompt]:
     """``{"qa": <the user prompt>, **task_prompts}`` as chat prompts, in task-index order.
 
@@ -94,9 +126,10 @@ def task_prompt_list(
     tasks = dict(DEFAULT_TASK_PROMPTS if task_prompts is None else task_prompts)
     if QA_TASK in tasks:
         raise ValueError(f"llm_conf.task_prompts: {QA_TASK!r} is the user_prompt itself; use another name")
-    out = {QA_TASK: ChatPrompt.from_tokenizer(tokenizer, system_prompt, user_prompt, placeholder)}
+    out = {QA_TASK: ChatPrompt.from_tokenizer(tokenizer, system_prompt, user_prompt, placeholder,
+                                              chat_template_kwargs)}
     for name, text in tasks.items():
-        prompt = ChatPrompt.from_tokenizer(tokenizer, system_prompt, text, placeholder)
+        prompt = ChatPrompt.from_tokenizer(tokenizer, system_prompt, text, placeholder, chat_template_kwargs)
         if prompt.prefix != out[QA_TASK].prefix or prompt.closing != out[QA_TASK].closing:
             raise ValueError(f"llm_conf.task_prompts.{name}: must start with the placeholder "
                              f"{placeholder!r} like user_prompt (the prompt prefix is shared)")
@@ -110,7 +143,7 @@ def task_prompts_from_conf(tokenizer, llm_conf: Dict) -> Dict[str, ChatPrompt]:
     return task_prompt_list(
         tokenizer, llm_conf.get("system_prompt", LLAMA_OMNI_SYSTEM_PROMPT) or None,
         llm_conf.get("user_prompt", LLAMA_OMNI_USER_PROMPT), llm_conf.get("placeholder", "<speech>"),
-        llm_conf.get("task_prompts"),
+        llm_conf.get("task_prompts"), llm_conf.get("chat_template_kwargs"),
     )
 
 
@@ -119,13 +152,17 @@ class HFCausalLM(torch.nn.Module):
 
     Args:
         model_name_or_path: HF hub id or local folder (``exp/pretrained/llm``).
-        torch_dtype: weights dtype to load ("float32", "bfloat16", "float16").
+        torch_dtype: weights dtype to load: "float32" to train (fp32 master weights; bf16
+            compute comes from ``model_conf.mixed_precision``); "bfloat16"/"float16" only
+            for decoding or scoring (training refuses low-precision trainable weights).
         system_prompt: system message (LLaMA-Omni's by default; empty for none).
         user_prompt: user turn containing the placeholder.
         placeholder: the string replaced by speech embeddings or the transcript.
         attn_implementation: transformers attention backend ("sdpa", "eager").
         task_prompts: further user prompts by task name; task 0 is ``qa`` (``user_prompt``).
             They must share the prompt prefix (the placeholder leads every user prompt).
+        chat_template_kwargs: chat-template variables (an addition); ``None`` =
+            :data:`DEFAULT_CHAT_TEMPLATE_KWARGS` (a fixed ``date_string``, module docstring).
     """
 
     def __init__(
@@ -137,6 +174,7 @@ class HFCausalLM(torch.nn.Module):
         placeholder: str = "<speech>",
         attn_implementation: str = "sdpa",
         task_prompts: Optional[Dict[str, str]] = None,
+        chat_template_kwargs: Optional[Dict[str, object]] = None,
     ) -> None:
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -149,7 +187,7 @@ class HFCausalLM(torch.nn.Module):
             attn_implementation=attn_implementation,
         )
         self.task_prompts = task_prompt_list(self.tokenizer, system_prompt or None, user_prompt,
-                                             placeholder, task_prompts)
+                                             placeholder, task_prompts, chat_template_kwargs)
         self.prompt = self.task_prompts[QA_TASK]
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.prompt.stop_token_ids[0]

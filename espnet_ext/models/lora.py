@@ -14,6 +14,9 @@ through ``SpeechLLMTask.build_model_from_file``.
     <out_dir>/adapter/             peft format (PeftModel.from_pretrained(base, adapter/))
     <out_dir>/adaptor.safetensors  the speech adaptor's weights (adaptor_conf in metadata)
     <out_dir>/merged/              plain HF folder with W + (alpha/r)·BA merged, + tokenizer
+
+Merging (:func:`merge_lora_for_inference`) forms ``W + (alpha/r)·BA`` in fp32 and rounds
+once to the stored dtype.
 """
 
 from __future__ import annotations
@@ -88,29 +91,62 @@ def apply_lora(llm: torch.nn.Module, options: LoraAdapterConfig) -> None:
                 trainable, total, 100.0 * trainable / total)
 
 
-def merge_lora_for_inference(model: torch.nn.Module) -> int:
+def merge_lora_for_inference(model: torch.nn.Module, dtype: Optional[torch.dtype] = None) -> int:
     """Fold every LoRA update into its base weight in place (``W + scaling · B A``).
 
-    Decoding then runs plain Linear layers: the same function (LoRA dropout is off in
-    eval mode) without the two extra low-rank products per projection (the demo's LoRA
-    system decoded at 0.12-0.19 s/question unmerged, like Full-FT's 0.08-0.13 merged).
-    Returns the number of merged layers.  Not for training or importance scoring, which
-    need the factors.
+    The sum is formed in fp32 (the base weight cast to fp32 plus ``B A · scaling``
+    computed in fp32) and stored in ``dtype``: ``None`` = the base weight's own dtype
+    (rounded once, where peft's merge of a bf16 model rounds ``B A`` to bf16 and then the
+    sum again, losing updates below half a bf16 unit of ``W``); ``torch.float32`` keeps
+    the merged weight exact.  Decoding then runs plain Linear layers: the same function
+    (LoRA dropout is off in eval mode) without the two extra low-rank products per
+    projection (the demo's LoRA system decoded at 0.12-0.19 s/question unmerged, like
+    Full-FT's 0.08-0.13 merged).  Returns the number of merged layers.  Not for training
+    or importance scoring, which need the factors.
     """
     from peft.tuners.lora import LoraLayer
 
     n = 0
     for module in model.modules():
         if isinstance(module, LoraLayer) and not module.merged:
-            module.merge()
+            merge_layer_fp32(module, dtype)
             n += 1
     return n
+
+
+def merge_layer_fp32(module, dtype: Optional[torch.dtype] = None) -> None:
+    """Merge the active adapters of one peft ``LoraLayer`` in fp32 (see above); a layer
+    peft merges another way (DoRA and other variants, non-Linear layers) uses peft's merge."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.tuners_utils import check_adapters_to_merge
+    from peft.utils.other import transpose
+
+    for adapter in check_adapters_to_merge(module, None):
+        if adapter not in module.lora_A:
+            continue
+        if not isinstance(module, LoraLinear) or adapter in getattr(module, "lora_variant", {}):
+            module.merge(adapter_names=[adapter])
+            continue
+        base = module.get_base_layer()
+        out_dtype = dtype if dtype is not None else base.weight.dtype
+        a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        delta = transpose(b.float() @ a.float(), module.fan_in_fan_out) * module.scaling[adapter]
+        base.weight.data = (base.weight.data.float() + delta).to(out_dtype)
+        if module.lora_bias.get(adapter, False):
+            if getattr(base, "bias", None) is None:
+                raise RuntimeError("cannot merge LoRA with lora_bias: the base layer has no bias")
+            lora_bias = module.lora_B[adapter].bias.float() * module.scaling[adapter]
+            base.bias.data = (base.bias.data.float() + lora_bias).to(out_dtype)
+        elif getattr(base, "bias", None) is not None:
+            base.bias.data = base.bias.data.to(out_dtype)
+        module.merged_adapters.append(adapter)
 
 
 def export_lora(model: torch.nn.Module, out_dir: str | Path, adaptor_conf: Optional[dict] = None) -> Dict[str, Path]:
     """Write the adapter (peft format), the adaptor and the merged HF model (module docstring).
 
-    The merge happens last and in place (``merge_and_unload``): afterwards ``model.llm``
+    The merge happens last and in place (:func:`merge_lora_for_inference`, then peft's
+    ``unload``): afterwards ``model.llm``
     holds the plain merged model, so call this on a model built for the export.
     """
     from peft import PeftModel
@@ -127,7 +163,8 @@ def export_lora(model: torch.nn.Module, out_dir: str | Path, adaptor_conf: Optio
     meta = {"adaptor_class": type(model.adaptor).__name__, "adaptor_conf": json.dumps(adaptor_conf or {})}
     with atomic_open(paths["adaptor"], "wb") as f:
         f.write(save(state, metadata=meta))
-    merged = peft_model.merge_and_unload()
+    merge_lora_for_inference(peft_model)  # in fp32, stored in the base weights' dtype
+    merged = peft_model.unload()
     model.llm.model = merged
     with atomic_dir(paths["merged"]) as tmp:
         merged.save_pretrained(tmp)

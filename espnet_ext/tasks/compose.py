@@ -8,10 +8,20 @@ config names the file it extends with ``base:`` (``conf/train_base.yaml`` holds 
 strategy shares); the chain is merged base first.  It declares its system (display name
 and role in the paper's claims, :mod:`espnet_ext.tasks.systems`) in ``system:``.
 
-Stage 4 merges preset + base chain + training config + recipe preset overlay (later
-wins; ``*_conf`` dicts merge key by key) into ``exp/<tag>/train.yaml``, writes
-``exp/<tag>/system.json`` and validates every key against the task's options, so an
-unknown key is reported with the file it came from before any model is loaded.
+The training configs hold the paper's recipe (LLaMA-Omni stage 1).  A demo-size model
+preset names a *training overlay* with ``train_overlay:`` (``conf/demo_overlay.yaml``: the
+2-core CPU budget): its top-level keys apply to every system, its ``roles:`` section
+per system role (e.g. the LoRA rate).  A recipe preset's ``train:`` section and
+``lr_scale`` (``conf/preset/*.yaml``) size that CPU demo too, so they apply only together
+with a training overlay; a paper-size preset (none) composes to the paper's
+hyperparameters whatever the recipe preset, and the composed file's header says what was
+skipped.
+
+Stage 4 merges preset + base chain + training config + training overlay (+ its role
+section) + recipe preset overlay (later wins; ``*_conf`` dicts merge key by key) into
+``exp/<tag>/train.yaml``, writes ``exp/<tag>/system.json`` and validates every key
+against the task's options, so an unknown key is reported with the file it came from
+before any model is loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +35,9 @@ from espnet_ext.tasks.systems import SystemInfo, write_system
 from espnet_ext.utils.atomic import atomic_write_text
 from espnet_ext.utils.conf import build_from_conf, load_yaml, merge_configs
 
-PRESET_ONLY_KEYS = ("pretrained",)
+PRESET_ONLY_KEYS = ("pretrained", "train_overlay")
+#: the section of a training overlay that applies per system role
+OVERLAY_ROLES_KEY = "roles"
 #: keys of a training config that are not ESPnet options
 TRAIN_ONLY_KEYS = ("base", "system")
 #: options whose ``importance_report`` path is written relative to the recipe (``exp/...``)
@@ -81,13 +93,16 @@ def compose_train_config(
 ) -> Dict[str, Any]:
     """Merge ``preset`` and ``train_config`` into ``out`` after validating every key.
 
-    ``recipe_preset`` (``conf/preset/<name>.yaml``) contributes its ``train:`` section,
-    merged over every training config (the preset's step budget); with the
-    ``warmupcosinelr`` scheduler, ``scheduler_conf.total_steps`` must then equal
-    ``max_epoch × num_iters_per_epoch``.  Its optional ``lr_scale`` (an ADDITION to the
-    paper's recipe) multiplies every system's ``optim_conf.lr`` after the merge, so each
-    strategy keeps its own rate relative to the others (LoRA 10× Full-FT, eq. 3's ratios);
-    ``adaptor_lr`` is left alone.
+    The preset's ``train_overlay`` (a path relative to the preset; module docstring) is
+    merged over the training config.  ``recipe_preset`` (``conf/preset/<name>.yaml``)
+    contributes its ``train:`` section, merged over that (the demo's step budget), and
+    its optional ``lr_scale`` (an ADDITION to the paper's recipe), which multiplies every
+    system's ``optim_conf.lr`` after the merge, so each strategy keeps its own rate
+    relative to the others (eq. 3's ratios); ``adaptor_lr`` is left alone.  Both apply
+    only when the preset has a ``train_overlay``.  With the ``warmupcosinelr``
+    scheduler an integer ``scheduler_conf.total_steps`` must equal
+    ``max_epoch × (num_iters_per_epoch // accum_grad)`` (the trainer's optimizer steps);
+    ``auto`` is counted by the trainer from the training iterator.
 
     Without ``train_config`` the output describes the pretrained base model alone
     (``exp/pretrained/model.yaml``: the No-FT system and the stage-3 importance model).
@@ -101,9 +116,15 @@ def compose_train_config(
     valid = set(SpeechLLMTask.default_args())
     p = load_yaml(preset)
     t = load_train_config(train_config, valid) if train_config is not None else {}
+    demo, demo_name = load_train_overlay(preset, p, valid)
     overlay: Dict[str, Any] = {}
     lr_scale = 1.0
-    if recipe_preset is not None and train_config is not None:
+    skipped = ""
+    if recipe_preset is not None and train_config is not None and demo_name is None:
+        recipe = load_yaml(recipe_preset)
+        if recipe.get("train") or recipe.get("lr_scale", 1.0) != 1.0:
+            skipped = f" (train:/lr_scale of {recipe_preset} skipped: {preset} has no train_overlay)"
+    elif recipe_preset is not None and train_config is not None:
         recipe = load_yaml(recipe_preset)
         overlay = recipe.get("train") or {}
         if not isinstance(overlay, dict):
@@ -117,7 +138,12 @@ def compose_train_config(
         unknown = sorted(set(conf) - valid - set(extra))
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {unknown}")
-    merged = merge_configs(merge_configs({k: v for k, v in p.items() if k not in PRESET_ONLY_KEYS}, t), overlay)
+    merged = merge_configs({k: v for k, v in p.items() if k not in PRESET_ONLY_KEYS}, t)
+    if train_config is not None and demo_name is not None:
+        role = (merged.get("system") or {}).get("role") if isinstance(merged.get("system"), dict) else None
+        merged = merge_configs(merged, {k: v for k, v in demo.items() if k != OVERLAY_ROLES_KEY})
+        merged = merge_configs(merged, (demo.get(OVERLAY_ROLES_KEY) or {}).get(role) or {})
+    merged = merge_configs(merged, overlay)
     if lr_scale != 1.0:
         optim_conf = dict(merged.get("optim_conf") or {})
         if "lr" not in optim_conf:
@@ -126,12 +152,9 @@ def compose_train_config(
     system = system_of(train_config, merged) if train_config is not None else None
     merged.pop("system", None)
     if merged.get("scheduler") == "warmupcosinelr":
-        total = (merged.get("scheduler_conf") or {}).get("total_steps")
-        steps = merged.get("max_epoch", 0) * (merged.get("num_iters_per_epoch") or 0)
-        if total != steps:
-            src = f"{train_config}" + (f" + {overlay_name}" if overlay else "")
-            raise ValueError(f"{src}: scheduler_conf.total_steps is {total} but max_epoch × "
-                             f"num_iters_per_epoch is {steps}; make them equal")
+        src = f"{train_config}" + (f" + {demo_name}" if demo_name and train_config else "") + \
+            (f" + {overlay_name}" if overlay else "")
+        check_total_steps(merged, src)
     if pretrained_dir is not None:
         for key, sub in (("llm_conf", "llm"), ("encoder_conf", "whisper")):
             if isinstance(merged.get(key), dict) and "model_name_or_path" in merged[key]:
@@ -142,6 +165,9 @@ def compose_train_config(
             if isinstance(conf, dict) and "importance_report" in conf:
                 merged[key] = {**conf, "importance_report": rebase_exp_path(conf["importance_report"], exp_dir)}
     sources = f"{preset} + {train_config}" if train_config is not None else str(preset)
+    if demo_name is not None and train_config is not None:
+        sources += f" + {demo_name}"
+    sources += skipped
     if overlay:
         sources += f" + {overlay_name}"
     if lr_scale != 1.0:
@@ -151,6 +177,56 @@ def compose_train_config(
     if system is not None:
         write_system(Path(out).parent, system)
     return merged
+
+
+def load_train_overlay(preset: str | Path, conf: Dict[str, Any], valid: set):
+    """``(overlay, its path)`` named by the preset's ``train_overlay`` (``({}, None)`` if none);
+    its keys, and those of every ``roles:`` entry, are checked against the task's options."""
+    from espnet_ext.tasks.systems import ROLES
+
+    name = conf.get("train_overlay")
+    if name is None:
+        return {}, None
+    if not isinstance(name, str):
+        raise ValueError(f"{preset}: train_overlay must be a file name, got {name!r}")
+    path = Path(preset).parent / name
+    overlay = load_yaml(path)
+    unknown = sorted(set(overlay) - valid - {OVERLAY_ROLES_KEY})
+    if unknown:
+        raise ValueError(f"{path}: unknown config key(s) {unknown}")
+    roles = overlay.get(OVERLAY_ROLES_KEY) or {}
+    if not isinstance(roles, dict):
+        raise ValueError(f"{path}: {OVERLAY_ROLES_KEY} must map system roles to options")
+    for role, options in roles.items():
+        if role not in ROLES:
+            raise ValueError(f"{path}: {OVERLAY_ROLES_KEY}.{role}: not a system role (one of {list(ROLES)})")
+        unknown = sorted(set(options or {}) - valid)
+        if unknown:
+            raise ValueError(f"{path}: {OVERLAY_ROLES_KEY}.{role}: unknown config key(s) {unknown}")
+    return overlay, path
+
+
+def check_total_steps(merged: Dict[str, Any], src: str) -> None:
+    """An integer ``scheduler_conf.total_steps`` must be the run's optimizer-step count,
+    ``max_epoch × (num_iters_per_epoch // accum_grad)``; ``auto`` (the trainer counts the
+    training iterator) is always accepted, and so is an integer when the epoch length is
+    the iterator's own (no ``num_iters_per_epoch``: the trainer compares and warns)."""
+    from espnet_ext.optim.schedulers import AUTO, optimizer_steps
+
+    total = (merged.get("scheduler_conf") or {}).get("total_steps", AUTO)
+    if total == AUTO:
+        return
+    if isinstance(total, bool) or not isinstance(total, int):
+        raise ValueError(f"{src}: scheduler_conf.total_steps must be 'auto' or an integer, got {total!r}")
+    iters = merged.get("num_iters_per_epoch")
+    if iters is None:
+        return
+    accum = merged.get("accum_grad") or 1
+    steps = optimizer_steps(merged.get("max_epoch", 0), iters, accum)
+    if total != steps:
+        raise ValueError(f"{src}: scheduler_conf.total_steps is {total} but max_epoch × (num_iters_per_epoch "
+                         f"// accum_grad) is {merged.get('max_epoch', 0)} × ({iters} // {accum}) = {steps}; "
+                         "make them equal or use auto")
 
 
 def rebase_exp_path(path: str | Path, exp_dir: str | Path) -> str:
