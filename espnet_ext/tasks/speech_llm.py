@@ -12,6 +12,10 @@ Mitigations of §3.1, each off when its option is null: ``--layer_lr_conf`` (eq.
 ``optim/layer_lr.py``), ``--lora_conf`` (peft, ``models/lora.py``) and ``--anchor_conf``
 (importance-weighted anchoring, ours, ``optim/anchor.py``).
 
+``--sharding_conf`` (an addition to the paper's recipe, ``train/sharding.py``): FSDP2
+sharding of parameters, gradients and optimizer state over the ranks, for full
+fine-tuning at 8B scale; null = ESPnet's DDP.
+
 Data names: ``answer`` (required), ``text`` (question transcript), ``enc_feats`` (cached
 encoder outputs, ``kaldi_ark``) and ``speech`` (raw waveform, ``sound``).  ``config.yaml``
 stores only the choice keys, so inference must import this module (it does, via
@@ -39,7 +43,7 @@ from espnet_ext.models.speech_llm import ESPnetSpeechLLM
 from espnet_ext.optim.schedulers import WarmupCosineLR
 from espnet_ext.train.collate import PadCollate
 from espnet_ext.train.preprocess import SpeechLLMPreprocessor
-from espnet_ext.train.trainer import SpeechLLMTrainer
+from espnet_ext.train.sharding import ShardedSpeechLLMTrainer
 from espnet_ext.utils.conf import build_from_conf, check_conf_keys
 from espnet_ext.utils.espnet_compat import AbsTask, abs_task_module
 
@@ -66,7 +70,9 @@ class SpeechLLMTask(AbsTask):
 
     num_optimizers: int = 1
     class_choices_list = [encoder_choices, adaptor_choices, llm_choices]
-    trainer = SpeechLLMTrainer  # ESPnet's Trainer + the optional importance probe
+    # ESPnet's Trainer + the optional importance probe; FSDP2 epoch loop and DCP checkpoints
+    # when --sharding_conf sharded the model (else ESPnet's run unchanged)
+    trainer = ShardedSpeechLLMTrainer
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -98,6 +104,13 @@ class SpeechLLMTask(AbsTask):
             "--anchor_conf", action=NestedDictAction, default=None,
             help="importance-weighted anchoring to the base weights (ours), e.g. "
             "{importance_report: exp/importance/base, mu: 1.0}; null = off",
+        )
+        group = parser.add_argument_group(description="Sharded training (an addition to the paper)")
+        group.add_argument(
+            "--sharding_conf", action=NestedDictAction, default=None,
+            help="FSDP2 sharding over the ranks (needs torchrun / --ngpu > 1), e.g. {engine: fsdp2, "
+            "param_dtype: bfloat16, reduce_dtype: float32, reshard_after_forward: true, "
+            "activation_checkpointing: false, shard_encoder: false}; null = ESPnet's DDP",
         )
         group = parser.add_argument_group(description="Preprocess related")
         group.add_argument(
@@ -210,10 +223,17 @@ class SpeechLLMTask(AbsTask):
         """One optimizer over named groups (adaptor / LLM, or per layer with
         ``--layer_lr_conf``) with per-group learning rates.
 
-        ESPnet's schedulers multiply each group's own initial lr, so per-group rates survive
-        warm-up and decay (``warmupcosinelr``, ``warmuplr``).
+        Schedulers that multiply each group's own initial lr keep the per-group rates
+        through warm-up and decay (``warmupcosinelr``, ``warmuplr``, ...); one that writes a
+        single absolute lr (``cosineannealingwarmuprestarts``, ``onecyclelr``, ...) would
+        flatten them, so it is refused when the groups' rates differ.  Trainable weights
+        stored in bf16/fp16 are refused too (fp32 master weights, ``utils/precision.py``).
         """
         from espnet_ext.optim.groups import adaptor_llm_groups, log_groups
+        from espnet_ext.optim.schedulers import PER_GROUP_SCHEDULERS, keeps_group_ratios
+        from espnet_ext.utils.precision import check_trainable_fp32
+
+        check_trainable_fp32(model)
 
         optim_class = abs_task_module.optim_classes.get(args.optim)
         if optim_class is None:
@@ -225,11 +245,32 @@ class SpeechLLMTask(AbsTask):
             from espnet_ext.optim.layer_lr import LayerLRConfig, layer_lr_groups
 
             layer_lr = build_from_conf(LayerLRConfig, layer_lr_conf, "layer_lr_conf")
-            groups = layer_lr_groups(model, lr, getattr(args, "adaptor_lr", None), layer_lr)
+
+            def make_groups(m):
+                return layer_lr_groups(m, lr, getattr(args, "adaptor_lr", None), layer_lr)
         else:
-            groups = adaptor_llm_groups(model, lr, getattr(args, "adaptor_lr", None))
+            def make_groups(m):
+                return adaptor_llm_groups(m, lr, getattr(args, "adaptor_lr", None))
+        sharding_conf = getattr(args, "sharding_conf", None)
+        if sharding_conf is not None:  # FSDP2: shard first, then group the sharded params by name
+            from espnet_ext.train import sharding
+
+            expected = sharding.group_signature(model, make_groups(model))
+            sharding.shard_model(model, build_from_conf(sharding.ShardingConfig, sharding_conf, "sharding_conf"))
+        groups = make_groups(model)
         log_groups(groups)  # names the reporter's optim0_lr<j> keys
-        return [optim_class([g.as_dict() for g in groups], lr=lr, **conf)]
+        scheduler = getattr(args, "scheduler", None)
+        rates = sorted({g.lr for g in groups})
+        if len(rates) > 1 and not keeps_group_ratios(scheduler, getattr(args, "scheduler_conf", None)):
+            raise ValueError(
+                f"scheduler {scheduler!r} sets one lr for every parameter group and would erase the "
+                f"per-group rates ({', '.join(f'{g.name} {g.lr:g}' for g in groups[:4])}, ...: adaptor_lr, "
+                f"layer_lr_conf); use a scheduler that scales each group's own lr: "
+                f"{', '.join(PER_GROUP_SCHEDULERS)}")
+        optimizer = optim_class([g.as_dict() for g in groups], lr=lr, **conf)
+        if sharding_conf is not None:  # every rank: the unsharded groups, lrs and members
+            sharding.check_sharded_groups(expected, optimizer, model)
+        return [optimizer]
 
     @classmethod
     def build_model_from_file(

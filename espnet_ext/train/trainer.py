@@ -21,6 +21,12 @@ of the run is atomic, the previous ``checkpoint.pth`` is kept as ``checkpoint.pr
 and ``--resume true`` falls back to it, naming the damaged file, when the newest one does
 not load.
 
+``scheduler_conf.total_steps: auto`` (:class:`~espnet_ext.optim.schedulers.WarmupCosineLR`)
+is resolved in :meth:`SpeechLLMTrainer.run`, the first point where ESPnet has built the
+training iterator: max_epoch × (iterations per epoch // accum_grad), the iterations being
+``num_iters_per_epoch`` or else the training iterator's batch count.  An explicit integer
+that differs from that count is kept and logged as a warning.
+
 Every probe also writes ``<output_dir>/importance_probe/{epoch<N>,step<N>}.json`` with the
 per-layer distribution.  It leaves the training trajectory bit-identical (see
 :mod:`espnet_ext.train.probe`).  ESPnet's DeepSpeed path refuses any trainer class
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
 from pathlib import Path
 from typing import Optional
@@ -96,7 +103,14 @@ class SpeechLLMTrainer(Trainer):
 
     @classmethod
     def run(cls, *args, **kwargs) -> None:
-        """ESPnet's ``Trainer.run`` with atomic ``torch.save`` (see the module docstring)."""
+        """ESPnet's ``Trainer.run`` with atomic ``torch.save`` and ``total_steps: auto``
+        resolved (see the module docstring); with the probe's shift metrics on, the starting
+        model (before ESPnet resumes or trains it) is first scored on the probe set."""
+        bound = inspect.signature(Trainer.run).bind(*args, **kwargs).arguments
+        resolve_total_steps(bound["schedulers"], bound["train_iter_factory"], bound["trainer_options"])
+        probe = cls.probe_for(bound["trainer_options"])
+        if probe is not None and probe.compares:  # the shift's reference: the model before any step
+            probe.score_start(bound["model"])
         with atomic_trainer_saves([_espnet_trainer, _espnet_averaging]):
             super().run(*args, **kwargs)
 
@@ -159,3 +173,41 @@ class SpeechLLMTrainer(Trainer):
         if probe is not None and probe.due(epoch=epoch):
             reporter.register(probe.run(model, f"epoch{epoch}", epoch))
             reporter.next()
+
+
+def iterations_per_epoch(train_iter_factory) -> int:
+    """Training iterations per epoch: ``num_iters_per_epoch`` when set, else the batch
+    count of ESPnet's sequence iterator (``ValueError`` for other iterator kinds)."""
+    n = getattr(train_iter_factory, "num_iters_per_epoch", None)
+    if n is not None:
+        return int(n)
+    sampler = getattr(train_iter_factory, "sampler", None)
+    if sampler is None:
+        raise ValueError(f"scheduler_conf.total_steps: auto cannot count the batches of a "
+                         f"{type(train_iter_factory).__name__}; set num_iters_per_epoch or an integer total_steps")
+    return len(sampler)
+
+
+def resolve_total_steps(schedulers, train_iter_factory, options) -> None:
+    """Give every ``total_steps: auto`` scheduler the run's optimizer-step count; warn when
+    an explicit ``total_steps`` differs from it."""
+    from espnet_ext.optim.schedulers import WarmupCosineLR, optimizer_steps
+
+    for scheduler in schedulers or []:
+        if not isinstance(scheduler, WarmupCosineLR):
+            continue
+        try:
+            iters = iterations_per_epoch(train_iter_factory)
+        except ValueError:
+            if scheduler.is_auto:
+                raise
+            continue  # an explicit integer: nothing to compare it with
+        steps = optimizer_steps(options.max_epoch, iters, options.accum_grad)
+        if scheduler.is_auto:
+            scheduler.set_total_steps(steps)
+            logger.info("scheduler_conf.total_steps: auto = %d (max_epoch %d × (%d iterations // accum_grad %d))",
+                        steps, options.max_epoch, iters, options.accum_grad)
+        elif scheduler.total_steps != steps:
+            logger.warning("scheduler_conf.total_steps is %d but the run makes %d optimizer steps (max_epoch %d × "
+                           "(%d iterations // accum_grad %d)); the cosine does not end with the run (use auto)",
+                           scheduler.total_steps, steps, options.max_epoch, iters, options.accum_grad)
