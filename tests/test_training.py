@@ -77,10 +77,39 @@ def test_resume_refuses_when_no_checkpoint_loads(tiny_dumps, tiny_llm_dir, tiny_
     assert (out / "checkpoint.pth").read_bytes() == b"PK\x03\x04 truncated"  # left for the user
 
 
-def test_torchrun_two_gloo_processes(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path):
+def test_torchrun_two_gloo_processes_equal_one_process(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path):
+    """2-process torchrun (gloo) ends with the weights of a 1-process run of the same
+    config, to float rounding.
+
+    The global batch is the same by construction: ESPnet's ``batch_size`` is global (the
+    batch sampler builds the same sorted batches of 4 whatever the world size, then
+    ``build_sequence_iter_factory`` gives rank r the samples ``batch[r::world_size]``),
+    and ESPnet turns the per-rank mean losses back into the token-weighted mean over the
+    whole batch (``loss * weight``, all-reduced weight, ``* world_size`` against DDP's
+    gradient averaging), the model's ``weight`` being its number of loss tokens.
+
+    Tolerance 1e-4 absolute on every tensor: the runs differ only in the order of float
+    sums (each rank reduces half the batch, gloo adds the halves; measured max 8e-6 after
+    3 steps).  Adam's step is ~lr = 1e-3 per weight, so a different global batch, an
+    unweighted mean of unequal halves or an unsynchronised rank moves weights by a large
+    fraction of 1e-3 (a 1-process run at batch_size 2, the per-rank batch, ends up to
+    1.6e-2 away, 43 of the 80 tensors beyond 1e-4); the weights must also have moved by
+    more than 1e-3, so the comparison cannot pass vacuously.
+    """
     conf = train_config(tmp_path, tiny_llm_dir, tiny_whisper_dir, max_epoch=1)
-    out = tmp_path / "ddp"
-    p = run_train(train_cmd(tiny_dumps, conf, out), nproc=2)
-    assert (out / "1epoch.pth").exists()
-    assert ":0/2]" in p.stderr  # ESPnet's log prefix host:rank/world_size
-    assert "distributed: true" in (out / "config.yaml").read_text()
+    one, two = tmp_path / "one", tmp_path / "ddp"
+    p1 = run_train(train_cmd(tiny_dumps, conf, one))
+    p2 = run_train(train_cmd(tiny_dumps, conf, two), nproc=2)
+    assert ":0/2]" in p2.stderr  # ESPnet's log prefix host:rank/world_size
+    assert "distributed: true" in (two / "config.yaml").read_text()
+    # the same global batches: 3 sorted batches of 4 before sharding, in both runs
+    summary = "[train] mini-batch sizes summary: N-batch=3, mean=4.0, min=4, max=4"
+    assert summary in p1.stderr and summary in p2.stderr
+    a, b = load_state(one / "1epoch.pth"), load_state(two / "1epoch.pth")
+    init = load_model(conf).state_dict()
+    assert a.keys() == b.keys() == init.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4, msg=k)
+    moved = {k: float((a[k] - init[k]).abs().max()) for k in a}
+    assert moved["adaptor.linear1.weight"] > 1e-3 and moved["llm.model.model.layers.0.mlp.up_proj.weight"] > 1e-3
+    assert moved["encoder.encoder.conv1.weight"] == 0.0  # frozen in both
