@@ -15,7 +15,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # SIGKILL trials of the training, decoding, feature-dump, importance and warm-up jobs (~10 min on 2 cores; not in make test)
 fault-trials: install

@@ -7,6 +7,7 @@ Whisper folders go through the same ``from_pretrained`` code as the real presets
 
 from __future__ import annotations
 
+import os
 import sys
 import zlib
 from pathlib import Path
@@ -14,6 +15,16 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import pytest
+
+# Under pytest-xdist (``make test`` runs two workers on a 2-core machine) every worker and
+# every job it starts gets one OpenMP thread: two workers of two threads each would
+# oversubscribe the cores, and OpenMP spin-waits then slow a step many times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 # test modules import ``helpers`` by name, whatever pytest's import mode
 if str(Path(__file__).parent) not in sys.path:
