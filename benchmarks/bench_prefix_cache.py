@@ -38,7 +38,7 @@ import time
 
 import torch
 
-from espnet_ext.inference.decode import load_model
+from espnet_ext.inference.speechllm import load_model
 from espnet_ext.train.batches import dump_batches, preprocessor_for
 
 

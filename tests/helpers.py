@@ -121,9 +121,12 @@ def write_noise_kaldi_dir(d: Path, wav_dir: Path, utts: Sequence[tuple], rng: np
     return d
 
 
-def build_tiny_dumps(root: Path, llm_dir: Path, whisper_dir: Path) -> Path:
+def build_tiny_dumps(root: Path, llm_dir: Path, whisper_dir: Path, cache_features: bool = True,
+                     pad_to_30s: bool = False) -> Path:
     """``root/dump/{train,dev}`` (12 and 4 utterances of 0.5-1.6 s noise asking the
-    :data:`QA` questions) built with the real stage-2 code; returns ``root``."""
+    :data:`QA` questions) built with the real stage-2 code; returns ``root``.  The audio
+    is the same for every call; ``cache_features=False`` makes on-the-fly dumps (no
+    features), ``pad_to_30s`` counts 30 s windows in the shape files."""
     from espnet_ext.data.dump import dump_encoder_features
     from espnet_ext.models.encoder import WhisperSpeechEncoder
     from espnet_ext.models.llm import ChatPrompt
@@ -131,7 +134,7 @@ def build_tiny_dumps(root: Path, llm_dir: Path, whisper_dir: Path) -> Path:
     rng = np.random.default_rng(0)
     tok = tokenizer(llm_dir)
     prompt = ChatPrompt.from_tokenizer(tok)
-    enc = WhisperSpeechEncoder(str(whisper_dir))
+    enc = WhisperSpeechEncoder(str(whisper_dir), pad_to_30s=pad_to_30s, cache_features=cache_features)
     for name, n in (("train", 12), ("dev", 4)):
         utts = []
         for i in range(n):
@@ -166,10 +169,13 @@ def train_config(root: Path, llm: Path, whisper: Path, **over) -> Path:
     return path
 
 
-def train_cmd(root: Path, config: Path, out: Path, *extra: str) -> list:
-    """``speechllm_train`` arguments training on ``root/dump/train`` (valid: ``dump/dev``)."""
+def train_cmd(root: Path, config: Path, out: Path, *extra: str, speech: str = "enc_feats.scp,enc_feats,kaldi_ark",
+              text_type: str = "text") -> list:
+    """``speechllm_train`` arguments training on ``root/dump/train`` (valid: ``dump/dev``);
+    ``speech="wav.scp,speech,sound"`` reads the audio (on-the-fly encoding), ``text_type``
+    is the ESPnet data type of ``text`` and ``answer``."""
     data = []
-    for part in ("enc_feats.scp,enc_feats,kaldi_ark", "text,text,text", "answer,answer,text"):
+    for part in (speech, f"text,text,{text_type}", f"answer,answer,{text_type}"):
         data += ["--train_data_path_and_name_and_type", f"{root}/dump/train/{part}",
                  "--valid_data_path_and_name_and_type", f"{root}/dump/dev/{part}"]
     return ["--config", str(config), "--output_dir", str(out), *data,

@@ -8,7 +8,8 @@ import json
 import pytest
 from helpers import train_config
 
-from espnet_ext.inference.decode import decode_dump_dir, load_model
+from espnet_ext.inference.decode import decode_dump_dir
+from espnet_ext.inference.speechllm import load_model
 
 
 class Killed(Exception):

@@ -527,7 +527,7 @@ def test_change_analysis_scores_low_rank_updates_as_clustered():
 # --------------------------------------------------------------------------------------
 def _base_report(root: Path, conf: Path, out: Path) -> Path:
     from espnet_ext.analysis.score import run_importance
-    from espnet_ext.inference.decode import load_model
+    from espnet_ext.inference.speechllm import load_model
 
     run_importance(load_model(conf), root / "dump" / "train", out, ImportanceConfig(num_utts=4, batch_size=2),
                    provenance={"model_config": str(conf), "model_file": None})
@@ -562,7 +562,7 @@ def test_probe_shift_compares_the_base_on_the_probe_set(tiny_dumps, tiny_llm_dir
     # the base report is scored on train utterances, the probe on dev ones: the reference of
     # the shift must be the starting model's curve on the probe set, so an unchanged model
     # shows no shift at all (mass ratio 1, JS 0)
-    from espnet_ext.inference.decode import load_model
+    from espnet_ext.inference.speechllm import load_model
     from espnet_ext.train.probe import ImportanceProbe, ProbeConfig
 
     conf = train_config(tmp_path, tiny_llm_dir, tiny_whisper_dir)

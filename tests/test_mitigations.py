@@ -17,7 +17,7 @@ from helpers import REPO, build_speech_llm, load_state, run_train, text_batch, t
 
 from espnet_ext.importance.params import canonical_name, select_parameters
 from espnet_ext.importance.report import write_report
-from espnet_ext.inference.decode import load_model
+from espnet_ext.inference.speechllm import load_model
 from espnet_ext.optim.anchor import AnchorConfig, ImportanceAnchor, _WeightedSquaredDistance
 from espnet_ext.optim.layer_lr import LayerLRConfig, layer_lr_groups, layer_lr_scales
 from espnet_ext.tasks.compose import compose_train_config, load_train_config, load_yaml, rebase_exp_path

@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers import load_state, run_train, train_cmd, train_config
 
-from espnet_ext.inference.decode import decode_dump_dir, load_model
+from espnet_ext.inference.decode import decode_dump_dir
+from espnet_ext.inference.speechllm import load_model
 
 
 def test_train_then_decode(tiny_dumps, tiny_llm_dir, tiny_whisper_dir, tmp_path):

@@ -10,7 +10,8 @@
 #
 # Stages (each one idempotent; logs under exp/):
 #   1 data        local/data.sh                     -> data/<set>/ (Kaldi style)
-#   2 pretrained  preset sources -> HF folders; frozen-encoder outputs cached
+#   2 pretrained  preset sources -> HF folders; audio checked (16 kHz), frozen-encoder outputs
+#                 cached (unless the model preset encodes on the fly: encoder_conf.cache_features)
 #                                                   -> exp/pretrained/, dump/<set>/
 #   3 importance  base-LLM importance (eq. 2) + deactivation check (Table 1)
 #                                                   -> exp/importance/base/
@@ -32,7 +33,7 @@ stop_stage=6             # last stage to run
 preset=quick             # conf/preset/<name>.yaml: quick (<= 20 min on 2 CPU cores, adds the
                          # adaptor warm-up) | full (the paper's recipe, no additions)
 datadir=data             # Kaldi-style data dirs
-dumpdir=dump             # cached encoder outputs + shape files
+dumpdir=dump             # checked audio lists, shape files, cached encoder outputs
 expdir=exp               # experiments
 results_md=RESULTS.md    # generated results file (stage 6)
 
@@ -102,7 +103,11 @@ if [ ! -f "$preset_file" ]; then
     "(presets: $(ls conf/preset | sed 's/\.yaml$//' | paste -sd ' ' -))" >&2
   exit 1
 fi
-[ -n "$adaptor_warmup" ] || adaptor_warmup=$(conf_get "$preset_file" recipe.adaptor_warmup)
+warmup_from_preset=false
+if [ -z "$adaptor_warmup" ]; then
+  adaptor_warmup=$(conf_get "$preset_file" recipe.adaptor_warmup)
+  warmup_from_preset=true
+fi
 if [ "$unseen_test_sets" = auto ]; then
   unseen_test_sets=""
   [ "$data_source" = demo ] && unseen_test_sets="test_llamaq_unseen test_webq_unseen"
@@ -118,6 +123,31 @@ for _opt in ngpu nproc; do
 done
 unset _opt
 [ "$nproc" -ge 1 ] || { echo "run.sh: --nproc must be at least 1, got '$nproc'" >&2; exit 1; }
+
+# ---- where the frozen encoder's outputs come from: the model preset's choice ----------------
+# true: stage 2 caches them (dump/<set>/enc_feats.scp), the jobs read the cache; false: on the
+# fly, the jobs read the 16 kHz audio (dump/<set>/wav.scp) and run the encoder on each batch
+cache_features=$(conf_get "$model_preset" encoder_conf.cache_features true)
+case $cache_features in
+  true|false) ;;
+  *) echo "run.sh: $model_preset: encoder_conf.cache_features must be true or false," \
+       "got '$cache_features'" >&2; exit 1;;
+esac
+if [ "$cache_features" = false ]; then
+  # the two additions built for the CPU demo hold cached features (the warm-up: every training
+  # utterance's, in memory)
+  if [ "$transcription_mix" -gt 0 ]; then
+    echo "run.sh: --transcription_mix needs cached encoder features, and $model_preset encodes on" \
+      "the fly (encoder_conf.cache_features: false); leave it at 0" >&2
+    exit 1
+  fi
+  if [ "$adaptor_warmup" = true ] && [ "$warmup_from_preset" = false ]; then
+    echo "run.sh: --adaptor_warmup true needs cached encoder features, and $model_preset encodes on" \
+      "the fly (encoder_conf.cache_features: false); use --adaptor_warmup false" >&2
+    exit 1
+  fi
+  adaptor_warmup=false  # the recipe preset's warm-up: skipped (logged once the run starts)
+fi
 
 # ---- devices and launchers of the model jobs (stages 2-6) ---------------------------------
 # --ngpu N > 0: every job computes on --device cuda (under torchrun each rank takes
@@ -180,6 +210,9 @@ lock_expdir() {
 }
 lock_expdir
 
+[ "$cache_features" = false ] && [ "$warmup_from_preset" = true ] &&
+  log "$model_preset encodes on the fly (encoder_conf.cache_features: false): no adaptor warm-up" \
+    "(it trains on cached features); the paper's recipe has none"
 stage_times=$expdir/stage_times.tsv
 # a re-runnable record of how this experiment was produced
 printf '%s\n' "cd $(pwd) && $0 $run_args" >>"$expdir/run.sh.cmd"
@@ -200,12 +233,26 @@ require_outputs() {
     exit 1
   done
 }
-# require_dumps STAGE SET...: stage 2's dump dir of each SET (written whole or not at all)
+# require_dumps STAGE SET...: stage 2's dump dir of each SET (written whole or not at all), made
+# for this model preset's encoder mode: cached features (enc_feats.scp) or on the fly (the
+# checked 16 kHz audio of wav.scp; its dump_report.json marks the finished dump)
 require_dumps() {
-  local stage=$1 s scps=()
+  local stage=$1 s files=() made
   shift
-  for s in "$@"; do scps+=("$dumpdir/$s/enc_feats.scp"); done
-  require_outputs "$stage" 2 "" "${scps[@]}"
+  for s in "$@"; do
+    if [ "$cache_features" = true ]; then files+=("$dumpdir/$s/enc_feats.scp")
+    else files+=("$dumpdir/$s/dump_report.json"); fi
+  done
+  require_outputs "$stage" 2 "" "${files[@]}"
+  for s in "$@"; do
+    [ -f "$dumpdir/$s/dump_report.json" ] || continue
+    made=$(conf_get "$dumpdir/$s/dump_report.json" cache_features true)
+    [ "$made" = "$cache_features" ] && continue
+    echo "run.sh: stage $stage needs $dumpdir/$s made with encoder_conf.cache_features" \
+      "$cache_features ($model_preset), but it was made with $made; run ./run.sh --stage 2" \
+      "--stop_stage 2 first (same options: it redoes such a dump)" >&2
+    exit 1
+  done
 }
 
 # ---- stage 1: data --------------------------------------------------------------------------
@@ -242,7 +289,7 @@ stage2() {
   for s in $(all_sets); do io+=(--data_dir "$datadir/$s" --out_dir "$dumpdir/$s"); done
   ${gpu1_cmd} "$expdir/log/dump_features.log" python -m espnet_ext.bin.dump_features \
     --whisper "$expdir/pretrained/whisper" --llm "$expdir/pretrained/llm" "${io[@]}" \
-    --downsample_rate "$k" --pad_to_30s "$pad" --long_audio "$long_audio" \
+    --downsample_rate "$k" --pad_to_30s "$pad" --cache_features "$cache_features" --long_audio "$long_audio" \
     --skip_bad_utts "$skip_bad_utts" --device "$device"
   if [ "$transcription_mix" -gt 0 ]; then
     log "transcription mix (addition to the paper's recipe):" \
@@ -308,13 +355,16 @@ stage4() {
     local tag; tag=$(tag_of "$conf")
     local dir=$expdir/$tag
     stage_header 4 "$conf + $model_preset -> $dir"
-    local data=()
-    for part in "enc_feats.scp,enc_feats,kaldi_ark" "text,text,text" "answer,answer,text"; do
+    # the speech input: cached encoder outputs, or the 16 kHz audio the model encodes on the fly;
+    # text files line by line (indexed_text: ESPnet's text without loading the whole file)
+    local data=() speech="enc_feats.scp,enc_feats,kaldi_ark"
+    [ "$cache_features" = false ] && speech="wav.scp,speech,sound"
+    for part in "$speech" "text,text,indexed_text" "answer,answer,indexed_text"; do
       data+=(--train_data_path_and_name_and_type "$train_dump/$part"
              --valid_data_path_and_name_and_type "$dumpdir/$valid_set/$part")
     done
     [ "$transcription_mix" -gt 0 ] &&
-      data+=(--train_data_path_and_name_and_type "$train_dump/task,task,text")
+      data+=(--train_data_path_and_name_and_type "$train_dump/task,task,indexed_text")
     # ESPnet under torchrun: one process per GPU, each with --ngpu 1 (its cuda:$LOCAL_RANK)
     local launcher=(python -m espnet_ext.bin.speechllm_train) train_ngpu=$ngpu
     if [ "$job_nproc" -gt 1 ]; then

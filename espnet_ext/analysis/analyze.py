@@ -84,7 +84,7 @@ def run_analysis(
     overwrite: bool = False,
 ) -> dict:
     """Score every system, then write figures and ``analysis.json`` (see module docstring)."""
-    from espnet_ext.inference.decode import load_model
+    from espnet_ext.inference.speechllm import load_model
 
     exp_dir = Path(exp_dir)
     out_dir = Path(out_dir) if out_dir is not None else exp_dir / "results"

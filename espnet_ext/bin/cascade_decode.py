@@ -48,7 +48,8 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     import torch
 
     from espnet_ext.inference.cascade import ASR_REPORT, load_asr, transcribe_set
-    from espnet_ext.inference.decode import decode_dump_dir, is_decoded, load_model, model_stamp
+    from espnet_ext.inference.decode import decode_dump_dir, is_decoded, model_stamp
+    from espnet_ext.inference.speechllm import load_model
     from espnet_ext.utils.devices import init_distributed, job_device
     from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 

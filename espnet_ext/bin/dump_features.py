@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Cache frozen-encoder outputs for Kaldi-style data dirs (recipe stage 2).
+"""Check the audio of Kaldi-style data dirs and cache frozen-encoder outputs (recipe stage 2).
 
 Usage:
     python -m espnet_ext.bin.dump_features --whisper exp/pretrained/whisper \\
         --llm exp/pretrained/llm --data_dir data/train --out_dir dump/train \\
-        [--long_audio truncate|reject] [--skip_bad_utts true] [--pad_to_30s false] [--device cuda]
+        [--long_audio truncate|reject] [--skip_bad_utts true] [--pad_to_30s false] [--device cuda] \\
+        [--cache_features false]
     # several sets in one job (the encoder is loaded once)
     python -m espnet_ext.bin.dump_features ... --data_dir data/train --out_dir dump/train \
         --data_dir data/dev --out_dir dump/dev
 
 Writes ``enc_feats.{ark,scp}``, ESPnet shape files and copies of the Kaldi files (see
-``espnet_ext.data.dump``).  A finished dump is not redone unless ``--overwrite true``, its archive is
-damaged, or it was made with another ``--pad_to_30s`` or ``--downsample_rate`` (its ``dump_report.json``
-records both).
+``espnet_ext.data.dump``).  ``--cache_features false`` (the model preset's
+``encoder_conf.cache_features``: on-the-fly encoding) writes no features: the audio is checked, made
+16 kHz mono where it is not, and counted into the shape files.  A finished dump is not redone unless
+``--overwrite true``, its archive is damaged, or it was made with another ``--pad_to_30s``,
+``--downsample_rate`` or ``--cache_features`` (its ``dump_report.json`` records all three).
 
 ``--pad_to_30s true`` is LLaMA-Omni's input path: every utterance is padded to 30 s, i.e. 3000 mel
 frames → 1500 encoder frames → ``1500 // k`` adaptor embeddings (300 at k = 5), and the shape
@@ -42,6 +45,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad_to_30s", type=str2bool, default=False,
                    help="LLaMA-Omni's 30 s padding: 1500 encoder frames for every utterance (the model "
                         "preset's encoder_conf.pad_to_30s)")
+    p.add_argument("--cache_features", type=str2bool, default=True,
+                   help="write the encoder outputs (enc_feats.scp); false = the jobs encode the audio on the "
+                        "fly (the model preset's encoder_conf.cache_features)")
     p.add_argument("--long_audio", choices=["truncate", "reject"], default="truncate",
                    help="audio longer than the encoder window (30 s)")
     p.add_argument("--skip_bad_utts", type=str2bool, default=False, help="skip and report bad utterances")
@@ -74,13 +80,14 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     for data_dir, out_dir in zip(args.data_dir, args.out_dir):
         report = read_dump_report(out_dir)
         if report is not None and not args.overwrite:
-            other = dump_options_mismatch(report, args.pad_to_30s, args.downsample_rate)
+            other = dump_options_mismatch(report, args.pad_to_30s, args.downsample_rate, args.cache_features)
             if other:  # e.g. a real-length dump where the model preset asks for 30 s padding
                 logging.warning("%s: %s; redoing it", out_dir, other)
                 todo.append((data_dir, out_dir))
                 continue
             try:
-                check_feature_archive(f"{out_dir}/enc_feats.scp")
+                if args.cache_features:
+                    check_feature_archive(f"{out_dir}/enc_feats.scp")
             except DataError as e:  # finished once, damaged since (a truncated ark): redo it
                 logging.warning("%s; redoing it", e)
                 todo.append((data_dir, out_dir))
@@ -92,7 +99,9 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         return
     tokenizer = AutoTokenizer.from_pretrained(args.llm)
     prompt = ChatPrompt.from_tokenizer(tokenizer)
-    encoder = WhisperSpeechEncoder(args.whisper, pad_to_30s=args.pad_to_30s).to(device)
+    encoder = WhisperSpeechEncoder(args.whisper, pad_to_30s=args.pad_to_30s, cache_features=args.cache_features)
+    if args.cache_features:  # on the fly the dump only counts frames: the encoder never runs here
+        encoder.to(device)
     for data_dir, out_dir in todo:
         try:
             dump_encoder_features(

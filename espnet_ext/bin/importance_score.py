@@ -49,7 +49,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
 
     from espnet_ext.analysis.score import is_scored, report_stamp, run_importance
     from espnet_ext.analysis.settings import load_importance_config
-    from espnet_ext.inference.decode import load_model
+    from espnet_ext.inference.speechllm import load_model
     from espnet_ext.utils.devices import init_distributed, job_device
 
     settings = load_importance_config(args.config)

@@ -13,8 +13,11 @@ Usage:
 Several ``--data_dir``/``--output_dir`` pairs may be given, with one ``--modality`` for
 all of them or one per pair (T2T and S2T of a system in one call); the model is loaded once.
 Works under ``torchrun`` (each rank decodes a share; rank 0 writes ``hyp``).  An output dir
-is redone when the model, the options or its input (the dump's ``enc_feats.scp`` for speech,
-``text`` for text, e.g. a dump redone with ``--pad_to_30s``) changed.
+is redone when the model, the options or its input (the dump's ``enc_feats.scp`` for speech, or
+its ``wav.scp`` in a dump made for on-the-fly encoding; ``text`` for text; e.g. a dump redone with
+``--pad_to_30s``) changed.  The model is loaded as
+``espnet_ext.inference.speechllm.SpeechLLMInference`` loads it (LoRA merged), which decodes
+every batch; call that class from Python to answer audio files or arrays directly.
 """
 
 from __future__ import annotations
@@ -57,13 +60,15 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     setup_logging()
     import torch
 
-    from espnet_ext.inference.decode import decode_dump_dir, is_decoded, load_model, model_stamp
-    from espnet_ext.models.lora import merge_lora_for_inference
+    from espnet_ext.inference.decode import decode_dump_dir, is_decoded, model_stamp
+    from espnet_ext.inference.speechllm import SpeechLLMInference
+    from espnet_ext.train.batches import speech_source
     from espnet_ext.utils.devices import init_distributed, job_device
     from espnet_ext.utils.stamps import file_identity
 
     def stamp_of(data_dir: str, modality: str) -> dict:
-        inputs = Path(data_dir) / ("enc_feats.scp" if modality == "speech" else "text")
+        speech = "enc_feats.scp" if speech_source(data_dir) == "enc_feats" else "wav.scp"
+        inputs = Path(data_dir) / (speech if modality == "speech" else "text")
         return {**model_stamp(args.config, args.model_file, modality, args.max_new_tokens),
                 "input": file_identity(inputs, content=False) if inputs.is_file() else None}
 
@@ -76,10 +81,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         return
     device = job_device(args.device)  # under torchrun each rank decodes its share of the batches
     init_distributed(device)
-    model = load_model(args.config, args.model_file, device)
-    n_merged = merge_lora_for_inference(model)
-    if n_merged:
-        logging.info("merged %d LoRA layers into their base weights for decoding", n_merged)
+    model = SpeechLLMInference.from_config(args.config, args.model_file, device).model  # LoRA merged
     for data_dir, out_dir, modality, stamp in todo:
         r = decode_dump_dir(model, data_dir, out_dir, modality, args.batch_size,
                             args.max_new_tokens, stamp=stamp)

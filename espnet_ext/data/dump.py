@@ -1,14 +1,32 @@
-"""Recipe stage 2: run the frozen encoder once per utterance and cache its outputs.
+"""Recipe stage 2: check every utterance's audio and cache the frozen encoder's outputs.
 
 LLaMA-Omni freezes the speech encoder in stage 1, so its outputs are a pure function of
 the audio.  Computing them once (instead of once per epoch) is the biggest single saving
-of the recipe.  For each data directory this writes a dump directory::
+of the recipe on a CPU; at corpus scale the cache costs disk instead (about 0.26 MB per
+audio second for whisper-large-v3), so the encoder's ``cache_features`` setting (the
+model preset's ``encoder_conf.cache_features``) chooses.  For each data directory this
+writes a dump directory::
 
-    dump/<set>/text answer utt2spk wav.scp   # copies, restricted to the kept utterances
-    dump/<set>/enc_feats.ark enc_feats.scp   # (Frames, D_enc) float32 per utterance (kaldiio)
-    dump/<set>/llm_len.speech llm_len.text   # LLM sequence length per modality (ESPnet shape files)
-    dump/<set>/dump_report.json              # counts: kept, truncated, skipped (with reasons),
-                                             # and the options the features depend on
+    dump/<set>/text answer utt2spk spk2utt     # copies, restricted to the kept utterances
+    dump/<set>/wav.scp                         # the audio; on the fly: 16 kHz mono, read as is (below)
+    dump/<set>/enc_feats.ark enc_feats.scp     # cache_features: (Frames, D_enc) float32 per
+                                               # utterance (kaldiio); none on the fly
+    dump/<set>/wav/<utt>.wav                   # on the fly: 16 kHz mono float copies of the
+                                               # audio that is not 16 kHz mono or was truncated
+    dump/<set>/llm_len.speech llm_len.text     # LLM sequence length per modality (ESPnet shape files)
+    dump/<set>/dump_report.json                # counts: kept, truncated, skipped (with reasons),
+                                               # and the options the dump depends on
+
+Both modes share one pass over the audio: each utterance is read (resampled to 16 kHz,
+mixed to mono), checked, fitted to the encoder window, and its shape-file lengths are
+computed from its sample count (:meth:`WhisperSpeechEncoder.num_frames`, no encoding).
+On the fly, ``wav.scp`` then points at audio that ESPnet's ``sound`` loader reads as that
+same array (the source file when it already is 16 kHz mono within the window, else the
+copy), and training reads it as ``speech``.  With the cache, a second pass encodes the
+kept utterances in batches of similar length and checks that every encoded length is
+the one the shape files count.  Neither pass holds more than one batch of audio: the
+data directory is read one utterance at a time (:func:`iter_kaldi_dir`) and only ids,
+lengths and paths are kept per utterance.
 
 The shape files let ESPnet's ``sorted``/``numel`` batch samplers bucket by the real LLM
 sequence length.  Everything is written into a temporary directory that replaces
@@ -17,15 +35,14 @@ sequence length.  Everything is written into a temporary directory that replaces
 With ``pad_to_30s`` (LLaMA-Omni's input path) every utterance is padded to the 30 s
 window, so every utterance has the same encoder frame count (1500 for Whisper: 3000 mel
 frames) and ``llm_len.speech`` counts ``1500 // k`` speech positions for each (300 at
-k = 5).  The report records ``pad_to_30s`` and ``downsample_rate``, so a dump made with
-other options is recognised (:func:`dump_options_mismatch`) and redone.
+k = 5).  The report records ``pad_to_30s``, ``downsample_rate`` and ``cache_features``, so
+a dump made with other options is recognised (:func:`dump_options_mismatch`) and redone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,8 +52,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from espnet_ext.data.audio import fit_to_window, load_audio
-from espnet_ext.data.kaldi_dir import DataError, Utterance, read_kaldi_dir, write_kaldi_dir
+from espnet_ext.data.audio import fit_to_window, is_mono_at, load_audio, write_wav
+from espnet_ext.data.kaldi_dir import DataError, KaldiDirWriter, Utterance, iter_kaldi_dir
 from espnet_ext.utils.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
@@ -53,11 +70,19 @@ class DumpReport:
     skipped: Dict[str, str] = field(default_factory=dict)  # utt id → reason
     pad_to_30s: bool = False       # every utterance padded to the 30 s encoder window
     downsample_rate: int = 0       # the adaptor's k behind llm_len.speech
-    encoder_frames: Dict[str, int] = field(default_factory=dict)  # min and max frames written
+    encoder_frames: Dict[str, int] = field(default_factory=dict)  # min and max frames (written or counted)
+    cache_features: bool = True    # enc_feats written; false: on the fly (audio only)
+    n_audio_copies: int = 0        # on the fly: 16 kHz mono copies written under wav/
 
 
-def _shape_lines(ids: List[str], values: Dict[str, int]) -> str:
-    return "".join(f"{u} {values[u]}\n" for u in ids)
+def _checked_audio(u: Utterance, max_seconds: float, long_audio: str, downsample_rate: int) -> Tuple[np.ndarray, bool]:
+    """The utterance's 16 kHz mono audio fitted to the encoder window, and whether it was
+    cut; :class:`DataError` for unreadable audio or audio too short to encode."""
+    wav = load_audio(u.wav, u.utt_id)
+    wav, truncated = fit_to_window(wav, max_seconds, long_audio, u.utt_id)
+    if wav.shape[0] < 400 * downsample_rate:  # < one adaptor step after the convs
+        raise DataError(f"utterance {u.utt_id}: audio {u.wav} is too short to encode")
+    return wav, truncated
 
 
 def dump_encoder_features(
@@ -71,80 +96,102 @@ def dump_encoder_features(
     skip_bad_utts: bool = False,
     batch_size: int = 16,
 ) -> DumpReport:
-    """Encode every utterance of ``data_dir`` with the frozen ``encoder`` into ``out_dir``.
+    """Check every utterance of ``data_dir`` and write its dump into ``out_dir``; with
+    the ``encoder``'s ``cache_features`` (the default) also its encoder outputs.
 
     Args:
         encoder: a :class:`~espnet_ext.models.encoder.WhisperSpeechEncoder`.
-        tokenizer: the LLM tokenizer (for the text-modality shape file).
+        tokenizer: the LLM tokenizer (for the shape files).
         prompt_overhead: prompt tokens around the placeholder (prefix + suffix).
         downsample_rate: the adaptor's k, to turn encoder frames into LLM positions.
         long_audio: audio longer than the encoder window is truncated or rejected.
         skip_bad_utts: skip (and report) unreadable/invalid utterances instead of failing.
+        batch_size: utterances per encoder batch (with the cache).
     """
-    import kaldiio
+    cache = bool(getattr(encoder, "cache_features", True))
+    report = DumpReport(data_dir=str(data_dir), pad_to_30s=bool(getattr(encoder, "pad_to_30s", False)),
+                        downsample_rate=downsample_rate, cache_features=cache)
+    final = Path(out_dir).resolve()
 
-    utts = read_kaldi_dir(data_dir)
-    report = DumpReport(data_dir=str(data_dir), n_input=len(utts),
-                        pad_to_30s=bool(getattr(encoder, "pad_to_30s", False)), downsample_rate=downsample_rate)
-    wavs: Dict[str, np.ndarray] = {}
-    for u in utts:
-        try:
-            wav = load_audio(u.wav, u.utt_id)
-            wav, truncated = fit_to_window(wav, encoder.max_seconds, long_audio, u.utt_id)
-            report.n_truncated += int(truncated)
-            if wav.shape[0] < 400 * downsample_rate:  # < one adaptor step after the convs
-                raise DataError(f"utterance {u.utt_id}: audio {u.wav} is too short to encode")
-        except DataError as e:
-            if not skip_bad_utts:
-                raise
-            logger.warning("skipping %s", e)
-            report.skipped[u.utt_id] = str(e)
-            continue
-        wavs[u.utt_id] = wav
-    if report.n_truncated:
-        logger.warning("%s: %d utterance(s) truncated to %.0f s", data_dir, report.n_truncated, encoder.max_seconds)
-    kept: List[Utterance] = [u for u in utts if u.utt_id in wavs]
-    if not kept:
-        raise DataError(f"{data_dir}: no usable utterance left ({len(report.skipped)} skipped)")
+    def n_tokens(s: str) -> int:
+        return len(tokenizer(s, add_special_tokens=False)["input_ids"])
 
-    order = sorted(wavs, key=lambda k: wavs[k].shape[0])  # length bucketing
-    llm_len_speech: Dict[str, int] = {}
-    llm_len_text: Dict[str, int] = {}
-    enc_frames: Dict[str, int] = {}
-    answer_len = {u.utt_id: len(tokenizer(u.answers[0], add_special_tokens=False)["input_ids"]) + 1 for u in kept}
     with atomic_dir(out_dir) as tmp:
-        ark, scp = tmp / "enc_feats.ark", tmp / "enc_feats.scp"
-        with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer, torch.inference_mode():
-            for start in tqdm(range(0, len(order), batch_size), desc=f"encode {Path(data_dir).name}", unit="batch"):
-                ids = order[start : start + batch_size]
-                feats, lengths = encoder.encode_waveforms([wavs[i] for i in ids])
-                for j, uid in enumerate(ids):
-                    writer[uid] = feats[j, : lengths[j]].float().cpu().numpy()
-                    enc_frames[uid] = int(lengths[j])
-                    llm_len_speech[uid] = int(lengths[j]) // downsample_rate + prompt_overhead + answer_len[uid]
-        # scp lines point at the temporary ark path: rewrite them to the final location
-        final_ark = Path(out_dir).resolve() / "enc_feats.ark"
-        lines = scp.read_text().splitlines()
-        scp.write_text("".join(line.replace(str(ark), str(final_ark)) + "\n" for line in sorted(lines)))
-        for u in kept:
-            q = len(tokenizer(u.text, add_special_tokens=False)["input_ids"])
-            llm_len_text[u.utt_id] = q + prompt_overhead + answer_len[u.utt_id]
-        ids = sorted(wavs)
-        kaldi_tmp = tmp / "kaldi"
-        write_kaldi_dir(kaldi_tmp, kept)
-        for name in ("wav.scp", "text", "answer", "utt2spk", "spk2utt"):
-            shutil.move(str(kaldi_tmp / name), tmp / name)
-        kaldi_tmp.rmdir()
-        (tmp / "llm_len.speech").write_text(_shape_lines(ids, llm_len_speech))
-        (tmp / "llm_len.text").write_text(_shape_lines(ids, llm_len_text))
-        report.n_written = len(kept)
-        report.encoder_frames = {"min": min(enc_frames.values()), "max": max(enc_frames.values())}
+        # pass 1 (both modes): audio checks, Kaldi copies, shape files; one utterance at a time
+        samples: Dict[str, int] = {}   # with the cache: kept utterance → samples, in id order
+        sources: Dict[str, str] = {}   # with the cache: its audio file
+        frames: Dict[str, int] = {}    # encoder frames the shape file counts
+        kaldi = KaldiDirWriter(tmp, str(out_dir))
+        try:
+            with open(tmp / "llm_len.speech", "w", encoding="utf-8") as len_speech, \
+                    open(tmp / "llm_len.text", "w", encoding="utf-8") as len_text:
+                for u in tqdm(iter_kaldi_dir(data_dir), desc=f"check {Path(data_dir).name}", unit="utt"):
+                    report.n_input += 1
+                    try:
+                        wav, truncated = _checked_audio(u, encoder.max_seconds, long_audio, downsample_rate)
+                    except DataError as e:
+                        if not skip_bad_utts:
+                            raise
+                        logger.warning("skipping %s", e)
+                        report.skipped[u.utt_id] = str(e)
+                        continue
+                    report.n_truncated += int(truncated)
+                    if cache:
+                        samples[u.utt_id], sources[u.utt_id] = wav.shape[0], u.wav
+                    elif truncated or not is_mono_at(u.wav):
+                        # what ESPnet's sound loader reads must be exactly what the encoder sees
+                        write_wav(tmp / "wav" / f"{u.utt_id}.wav", wav, subtype="FLOAT")
+                        u.wav = str(final / "wav" / f"{u.utt_id}.wav")
+                        report.n_audio_copies += 1
+                    n_frames = encoder.num_frames(wav.shape[0])
+                    frames[u.utt_id] = n_frames
+                    answer = n_tokens(u.answers[0]) + 1
+                    len_speech.write(f"{u.utt_id} {n_frames // downsample_rate + prompt_overhead + answer}\n")
+                    len_text.write(f"{u.utt_id} {n_tokens(u.text) + prompt_overhead + answer}\n")
+                    kaldi.add(u)
+        finally:
+            kaldi.close()
+        if report.n_truncated:
+            logger.warning("%s: %d utterance(s) truncated to %.0f s", data_dir, report.n_truncated,
+                           encoder.max_seconds)
+        if not kaldi.count:
+            raise DataError(f"{data_dir}: no usable utterance left ({len(report.skipped)} skipped)")
+        kaldi.finish()
+        if cache:  # pass 2: encode in batches of similar length (ties in id order)
+            _write_features(tmp, final, data_dir, encoder, sorted(samples, key=samples.get), sources, frames,
+                            long_audio, downsample_rate, batch_size)
+        report.n_written = kaldi.count
+        report.encoder_frames = {"min": min(frames.values()), "max": max(frames.values())}
         (tmp / "dump_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     logger.info(
-        "%s → %s: %d written, %d truncated, %d skipped",
+        "%s → %s: %d written, %d truncated, %d skipped%s",
         data_dir, out_dir, report.n_written, report.n_truncated, len(report.skipped),
+        "" if cache else f" (no features: on the fly; {report.n_audio_copies} audio copies)",
     )
     return report
+
+
+def _write_features(tmp: Path, final: Path, data_dir, encoder, order: List[str], sources: Dict[str, str],
+                    frames: Dict[str, int], long_audio: str, downsample_rate: int, batch_size: int) -> None:
+    """Encode the utterances of ``order`` (sorted by length) into ``tmp/enc_feats.{ark,scp}``,
+    reading one batch of audio at a time; the scp points at ``final``'s archive."""
+    import kaldiio
+
+    ark, scp = tmp / "enc_feats.ark", tmp / "enc_feats.scp"
+    with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer, torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc=f"encode {Path(data_dir).name}", unit="batch"):
+            ids = order[start : start + batch_size]
+            wavs = [_checked_audio(Utterance(uid, "", sources[uid], ""), encoder.max_seconds, long_audio,
+                                   downsample_rate)[0] for uid in ids]
+            feats, lengths = encoder.encode_waveforms(wavs)
+            for j, uid in enumerate(ids):
+                if int(lengths[j]) != frames[uid]:  # the shape files count what is written
+                    raise RuntimeError(f"utterance {uid}: encoded {int(lengths[j])} frames, the shape file "
+                                       f"counts {frames[uid]} (encoder.num_frames disagrees with the encoder)")
+                writer[uid] = feats[j, : lengths[j]].float().cpu().numpy()
+    # scp lines point at the temporary ark path: rewrite them to the final location
+    lines = scp.read_text().splitlines()
+    scp.write_text("".join(line.replace(str(ark), str(final / "enc_feats.ark")) + "\n" for line in sorted(lines)))
 
 
 def read_dump_report(out_dir: str | Path) -> Optional[dict]:
@@ -153,12 +200,18 @@ def read_dump_report(out_dir: str | Path) -> Optional[dict]:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def dump_options_mismatch(report: dict, pad_to_30s: bool, downsample_rate: int) -> Optional[str]:
+def dump_options_mismatch(report: dict, pad_to_30s: bool, downsample_rate: int,
+                          cache_features: bool = True) -> Optional[str]:
     """Why a finished dump's ``report`` was made with other options than asked, or ``None``.
 
     A report without ``pad_to_30s`` predates the record and was made without padding; one
-    without ``downsample_rate`` is not checked for it.
+    without ``downsample_rate`` is not checked for it; one without ``cache_features`` was
+    made with the cache.
     """
+    made_cache = bool(report.get("cache_features", True))
+    if made_cache != bool(cache_features):
+        return (f"it was made with cache_features {str(made_cache).lower()}, "
+                f"now cache_features {str(bool(cache_features)).lower()} is asked for")
     made_pad = bool(report.get("pad_to_30s", False))
     if made_pad != bool(pad_to_30s):
         return (f"its features were dumped with pad_to_30s {str(made_pad).lower()}, "

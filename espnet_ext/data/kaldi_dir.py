@@ -14,13 +14,14 @@ without an ad-hoc separator.  ESPnet's ``text`` loader reads it as a string per 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, Iterator, List, Tuple
 
 from espnet_ext.utils.atomic import atomic_dir
 
@@ -67,6 +68,67 @@ def _one_line(s: str) -> str:
     return " ".join(s.split())
 
 
+class KaldiDirWriter:
+    """Writes the files of a Kaldi-style directory one utterance at a time.
+
+    Utterances must come in strictly increasing id order (sorted, no duplicates), which
+    is what makes streaming possible: nothing but the speaker → ids map of ``spk2utt`` is
+    kept in memory, never the texts.  Open it with :func:`open_kaldi_dir`.
+    """
+
+    _FILES = ("wav.scp", "text", "answer", "utt2spk")
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root, self.name = root, name  # name: the final directory, for messages
+        self.count = 0
+        self._last = ""
+        self._spk2utt: Dict[str, List[str]] = defaultdict(list)
+        self._files = {f: open(root / f, "w", encoding="utf-8") for f in self._FILES}
+
+    def add(self, u: Utterance) -> None:
+        """Validate ``u`` and append its lines; :class:`DataError` on an invalid
+        utterance, a duplicate id or an id out of order."""
+        u.validate(self.name)
+        if self.count and u.utt_id <= self._last:
+            what = "duplicate utterance id" if u.utt_id == self._last else "utterance id out of order:"
+            raise DataError(f"{what} {u.utt_id} for {self.name} (after {self._last}; utterances must come "
+                            "sorted by id)")
+        f = self._files
+        f["wav.scp"].write(f"{u.utt_id} {u.wav}\n")
+        f["text"].write(f"{u.utt_id} {_one_line(u.text)}\n")
+        f["answer"].write(f"{u.utt_id} {json.dumps([_one_line(a) for a in u.answers], ensure_ascii=False)}\n")
+        f["utt2spk"].write(f"{u.utt_id} {u.spk}\n")
+        self._spk2utt[u.spk].append(u.utt_id)
+        self._last = u.utt_id
+        self.count += 1
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+    def finish(self) -> int:
+        """Write ``spk2utt``; :class:`DataError` when no utterance was added."""
+        if not self.count:
+            raise DataError(f"no utterances to write to {self.name}")
+        with open(self.root / "spk2utt", "w", encoding="utf-8") as f:
+            f.writelines(f"{s} {' '.join(ids)}\n" for s, ids in sorted(self._spk2utt.items()))
+        return self.count
+
+
+@contextlib.contextmanager
+def open_kaldi_dir(out_dir: str | Path) -> Iterator[KaldiDirWriter]:
+    """A :class:`KaldiDirWriter` whose directory replaces ``out_dir`` atomically when the
+    block ends without an error (and at least one utterance was added); on an error
+    nothing is written."""
+    with atomic_dir(out_dir) as tmp:
+        writer = KaldiDirWriter(tmp, str(out_dir))
+        try:
+            yield writer
+        finally:
+            writer.close()
+        writer.finish()
+
+
 def write_kaldi_dir(out_dir: str | Path, utts: Iterable[Utterance]) -> int:
     """Validate ``utts`` and write them as a Kaldi-style directory, atomically.
 
@@ -82,23 +144,9 @@ def write_kaldi_dir(out_dir: str | Path, utts: Iterable[Utterance]) -> int:
         seen.add(u.utt_id)
     if not utts:
         raise DataError(f"no utterances to write to {out_dir}")
-    spk2utt: Dict[str, List[str]] = defaultdict(list)
-    for u in utts:
-        spk2utt[u.spk].append(u.utt_id)
-    with atomic_dir(out_dir) as tmp:
-        with open(tmp / "wav.scp", "w", encoding="utf-8") as f:
-            f.writelines(f"{u.utt_id} {u.wav}\n" for u in utts)
-        with open(tmp / "text", "w", encoding="utf-8") as f:
-            f.writelines(f"{u.utt_id} {_one_line(u.text)}\n" for u in utts)
-        with open(tmp / "answer", "w", encoding="utf-8") as f:
-            f.writelines(
-                f"{u.utt_id} {json.dumps([_one_line(a) for a in u.answers], ensure_ascii=False)}\n"
-                for u in utts
-            )
-        with open(tmp / "utt2spk", "w", encoding="utf-8") as f:
-            f.writelines(f"{u.utt_id} {u.spk}\n" for u in utts)
-        with open(tmp / "spk2utt", "w", encoding="utf-8") as f:
-            f.writelines(f"{s} {' '.join(ids)}\n" for s, ids in sorted(spk2utt.items()))
+    with open_kaldi_dir(out_dir) as writer:
+        for u in utts:
+            writer.add(u)
     return len(utts)
 
 
@@ -174,6 +222,60 @@ def read_kaldi_dir(data_dir: str | Path, require_wav: bool = True) -> List[Utter
             u.validate(str(d))
         utts.append(u)
     return utts
+
+
+def _table_lines(path: Path) -> Iterator[Tuple[int, str, str]]:
+    """``(line number, key, value)`` of a ``<key> <value>`` file, read lazily (blank lines
+    skipped); an empty value is a :class:`DataError` naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            key, _, value = line.partition(" ")
+            if not value.strip():
+                raise DataError(f"{path}:{lineno}: utterance {key} has an empty value")
+            yield lineno, key, value.strip()
+
+
+def iter_kaldi_dir(data_dir: str | Path) -> Iterator[Utterance]:
+    """The utterances of a data directory one at a time, reading its files in lockstep
+    (the streaming counterpart of :func:`read_kaldi_dir`, for sets too large to hold).
+
+    The files must list the same ids in the same, strictly increasing order, as
+    :func:`write_kaldi_dir` writes them (Kaldi's sorted convention); otherwise a
+    :class:`DataError` names the file, the line and the utterance.
+    """
+    d = Path(data_dir)
+    names = ("text", "answer", "utt2spk", "wav.scp")
+    for name in names:
+        if not (d / name).is_file():
+            raise DataError(f"missing file {d / name}")
+    readers = [_table_lines(d / name) for name in names]
+    last = None
+    while True:
+        rows = [next(r, None) for r in readers]
+        if all(r is None for r in rows):
+            return
+        text = rows[0]
+        for name, row in zip(names, rows):
+            if row is None or text is None or row[1] != text[1]:
+                where = f"{d / name}:{row[0]}" if row is not None else f"{d / name} (at its end)"
+                got = row[1] if row is not None else "nothing"
+                want = text[1] if text is not None else "nothing"
+                raise DataError(f"{where}: utterance ids do not line up with {d / 'text'} (found {got}, "
+                                f"{d / 'text'} has {want}); the files must list the same ids in the same "
+                                "sorted order")
+        uid = text[1]
+        if last is not None and uid <= last:
+            raise DataError(f"{d / 'text'}:{text[0]}: utterance {uid} "
+                            f"{'is a duplicate' if uid == last else 'is out of order'} (after {last}); "
+                            "a data directory is sorted by utterance id")
+        last = uid
+        u = Utterance(utt_id=uid, spk=rows[2][2], wav=rows[3][2], text=text[2],
+                      answers=parse_answers(rows[1][2], f"{d / 'answer'}: utterance {uid}"))
+        u.validate(str(d))
+        yield u
 
 
 def combine_kaldi_dirs(srcs: Iterable[str | Path], dst: str | Path) -> int:

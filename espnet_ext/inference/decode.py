@@ -4,6 +4,10 @@ The model is built once (from an exp dir's ``config.yaml`` + checkpoint, or from
 training YAML alone for the No-FT baseline, i.e. the pretrained LLM), utterances are
 sorted by their LLM prompt length so each batch wastes little padding, and generation
 uses the KV cache and stops at the end-of-turn token (``max_new_tokens`` caps it).
+Every batch goes through :class:`~espnet_ext.inference.speechllm.SpeechLLMInference`, the
+object a user calls from Python; S2T batches carry what the dump holds (cached encoder
+outputs, or on the fly the 16 kHz audio, encoded by the model), each read when its turn
+comes (:class:`~espnet_ext.train.batches.DumpReader`).
 Under ``torch.distributed`` each rank decodes every ``world_size``-th batch and rank 0
 gathers and writes the results.
 
@@ -16,7 +20,6 @@ on a rerun, so the hypotheses are too.  The journals are removed once ``hyp`` is
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -26,12 +29,11 @@ from pathlib import Path
 from typing import IO, Dict, List, Literal, Optional
 
 import torch
-import yaml
 from tqdm import tqdm
 
+from espnet_ext.inference.speechllm import SpeechLLMInference
 from espnet_ext.models.speech_llm import ESPnetSpeechLLM
-from espnet_ext.tasks.speech_llm import SpeechLLMTask
-from espnet_ext.train.batches import dump_batches, preprocessor_for
+from espnet_ext.train.batches import DumpReader
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
 from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
@@ -55,31 +57,6 @@ class DecodeReport:
     @property
     def seconds_per_utt(self) -> float:
         return self.seconds / max(self.n_utts, 1)
-
-
-def load_model(
-    config: str | Path, model_file: Optional[str | Path] = None, device: str | torch.device = "cpu"
-) -> ESPnetSpeechLLM:
-    """An exp dir's model (``config.yaml`` + checkpoint) or, without a checkpoint, the
-    model a training YAML describes (pretrained LLM, untrained adaptor: the No-FT baseline).
-
-    The untrained adaptor is drawn from the config's ``seed`` (0 by default), the global RNG
-    left untouched: every ``torchrun`` rank and every rerun builds the same No-FT model."""
-    if model_file is not None:
-        model, _ = SpeechLLMTask.build_model_from_file(config, model_file, device)
-    else:
-        defaults = SpeechLLMTask.default_args()
-        with open(config, encoding="utf-8") as f:
-            conf = yaml.safe_load(f) or {}
-        unknown = sorted(set(conf) - set(defaults))
-        if unknown:
-            raise ValueError(f"{config}: unknown config key(s) {unknown}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(conf.get("seed", defaults.get("seed", 0)) or 0))
-            model = SpeechLLMTask.build_model(argparse.Namespace(**{**defaults, **conf}))
-        model.to(device)
-    model.eval()
-    return model
 
 
 def model_stamp(config: str | Path, model_file: Optional[str | Path], modality: str, max_new_tokens: int) -> dict:
@@ -148,10 +125,9 @@ def decode_dump_dir(
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if dist else 0
     world = torch.distributed.get_world_size() if dist else 1
-    device = next(model.parameters()).device
-    batches = list(dump_batches(data_dir, preprocessor_for(model), modality, batch_size,
-                                with_answer=False, device=device))
-    tok = model.llm.tokenizer
+    engine = SpeechLLMInference(model, batch_size, max_new_tokens)
+    reader = DumpReader(data_dir, engine.preprocessor, modality, with_answer=False, device=engine.device)
+    batches = reader.plan(batch_size)  # utterance ids per batch; features or audio read per batch
     journal = BatchJournal(Path(output_dir) / f".hyp.partial.rank{rank}.jsonl",
                            {"stamp": stamp, "data_dir": str(data_dir), "modality": modality, "batch_size": batch_size,
                             "max_new_tokens": max_new_tokens, "world_size": world, "n_batches": len(batches)})
@@ -164,10 +140,9 @@ def decode_dump_dir(
                           unit="batch", disable=rank != 0):
             if index in journal.done:
                 continue
-            ids, tensors = batches[index]
-            outs = model.generate(modality, max_new_tokens=max_new_tokens, **tensors)
-            journal.add(index, {u: " ".join(tok.decode(out, skip_special_tokens=True).split())
-                                for u, out in zip(ids, outs)}, sum(len(out) for out in outs))
+            ids = batches[index]
+            outs = engine.generate(reader.load(ids), modality)
+            journal.add(index, {u: engine.detokenize(out) for u, out in zip(ids, outs)}, sum(len(out) for out in outs))
     except BaseException:
         journal.close(remove=False)  # what is decoded stays for the rerun
         raise

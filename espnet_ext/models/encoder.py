@@ -13,6 +13,15 @@ offers two input paths:
   are masked out of self-attention so each utterance's output is the same as when it
   is encoded alone.  transformers' ``WhisperEncoder.forward`` rejects anything but
   3000 frames, which is why this path drives the submodules itself.
+
+Where the outputs come from is the encoder's ``cache_features`` setting (the model
+preset's ``encoder_conf.cache_features``): ``True`` — recipe stage 2 runs the frozen
+encoder once per utterance and caches its outputs (``dump/<set>/enc_feats.scp``), which
+training, decoding and the analysis read; ``False`` — on the fly, as LLaMA-Omni trains:
+stage 2 writes no features, and every job reads the 16 kHz audio (``wav.scp``) and runs
+the frozen encoder on each batch (under ``no_grad``, in its own precision).  Both give
+the same outputs; the cache trades disk (about 0.26 MB per audio second for
+whisper-large-v3) for the encoder's compute in every epoch.
 """
 
 from __future__ import annotations
@@ -87,6 +96,9 @@ class WhisperSpeechEncoder(AbsSpeechEncoder):
         pad_to_30s: pad every utterance to 30 s as LLaMA-Omni does (faithful, slow).
         freeze: keep the encoder frozen (LLaMA-Omni stage 1 freezes it).
         max_seconds: the encoder window (30 s for Whisper).
+        cache_features: the recipe caches this encoder's outputs in stage 2 (``True``), or
+            every job encodes the audio on the fly (``False``); see the module docstring.
+            It changes where the outputs come from, never their values.
     """
 
     def __init__(
@@ -95,6 +107,7 @@ class WhisperSpeechEncoder(AbsSpeechEncoder):
         pad_to_30s: bool = False,
         freeze: bool = True,
         max_seconds: float = 30.0,
+        cache_features: bool = True,
     ) -> None:
         super().__init__()
         from transformers import WhisperFeatureExtractor
@@ -104,6 +117,7 @@ class WhisperSpeechEncoder(AbsSpeechEncoder):
         self.pad_to_30s = pad_to_30s
         self.max_seconds = max_seconds
         self.freeze = freeze
+        self.cache_features = bool(cache_features)
         if freeze:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -135,6 +149,19 @@ class WhisperSpeechEncoder(AbsSpeechEncoder):
             return_tensors="np",
         )
         return out["input_features"][0]
+
+    def num_frames(self, num_samples: int) -> int:
+        """Encoder output frames of a 16 kHz waveform of ``num_samples`` samples, without
+        encoding it (what the shape files count): ``samples // hop`` log-mel frames (the
+        feature extractor drops the last STFT frame), cut at the 30 s window or padded to
+        it with ``pad_to_30s``, halved by the stride-2 convolution."""
+        max_mel = self.encoder.config.max_source_positions * 2
+        if self.pad_to_30s:
+            mel = max_mel
+        else:
+            max_samples = int(self.max_seconds * self.feature_extractor.sampling_rate)
+            mel = min(min(int(num_samples), max_samples) // self.feature_extractor.hop_length, max_mel)
+        return (mel + 1) // 2
 
     def forward_mel(
         self, mels: Sequence[torch.Tensor]

@@ -17,7 +17,10 @@ sharding of parameters, gradients and optimizer state over the ranks, for full
 fine-tuning at 8B scale; null = ESPnet's DDP.
 
 Data names: ``answer`` (required), ``text`` (question transcript), ``enc_feats`` (cached
-encoder outputs, ``kaldi_ark``) and ``speech`` (raw waveform, ``sound``).  ``config.yaml``
+encoder outputs, ``kaldi_ark``) and ``speech`` (16 kHz waveform, ``sound``: on-the-fly
+encoding, ``encoder_conf.cache_features: false``).  Text files may use the data type
+``indexed_text`` registered here (ESPnet's ``text`` read line by line, never the whole
+file: ``espnet_ext/data/indexed_text.py``).  ``config.yaml``
 stores only the choice keys, so inference must import this module (it does, via
 ``espnet_ext.bin.speechllm_inference``).
 """
@@ -31,11 +34,13 @@ from typing import Callable, Collection, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from espnet2.train import dataset as espnet_dataset
 from espnet2.train.class_choices import ClassChoices
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str2bool
 from typeguard import typechecked
 
+from espnet_ext.data.indexed_text import IndexedTextReader
 from espnet_ext.models.adaptor import FrameConcatAdaptor
 from espnet_ext.models.encoder import AbsSpeechEncoder, WhisperSpeechEncoder
 from espnet_ext.models.llm import HFCausalLM
@@ -49,8 +54,11 @@ from espnet_ext.utils.espnet_compat import AbsTask, abs_task_module
 
 logger = logging.getLogger(__name__)
 
-# ESPnet has no plugin registry: its scheduler table is a module-level dict
+# ESPnet has no plugin registry: its scheduler and data-type tables are module-level dicts
 abs_task_module.scheduler_classes.setdefault("warmupcosinelr", WarmupCosineLR)
+espnet_dataset.DATA_TYPES.setdefault("indexed_text", dict(
+    func=IndexedTextReader, kwargs=[],
+    help="ESPnet's text, read one line at a time (an index of byte offsets, not the whole file)"))
 
 encoder_choices = ClassChoices(
     "encoder", classes=dict(whisper=WhisperSpeechEncoder), type_check=AbsSpeechEncoder,

@@ -2,7 +2,12 @@
 
 Training uses ESPnet's iterators; the analysis jobs need a fixed, reproducible list of
 batches instead (the same utterances for the base and every fine-tuned model), which is
-what :func:`dump_batches` yields.
+what :func:`dump_batches` yields.  S2T batches carry what the dump holds: the cached
+encoder outputs (``enc_feats``), or, in a dump made for on-the-fly encoding
+(``cache_features: false``), the 16 kHz audio of ``wav.scp`` (``speech``), which the
+model encodes itself.  :class:`DumpReader` plans the batches from the shape files alone
+and reads each batch's features or audio only when it is asked for, so a job holds one
+batch of them at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from espnet_ext.data.dump import check_feature_archive
+from espnet_ext.data.audio import load_audio
+from espnet_ext.data.dump import check_feature_archive, read_dump_report
 from espnet_ext.data.kaldi_dir import read_table
 from espnet_ext.train.collate import PadCollate
 from espnet_ext.train.preprocess import SpeechLLMPreprocessor
@@ -32,6 +38,69 @@ def subset_ids(
     return sorted(random.Random(seed).sample(ids, n))
 
 
+def speech_source(dump_dir: str | Path) -> Literal["enc_feats", "speech"]:
+    """What a dump dir gives S2T batches: ``enc_feats`` (cached encoder outputs) or
+    ``speech`` (16 kHz audio; a dump made with ``cache_features: false``)."""
+    report = read_dump_report(dump_dir) or {}
+    return "enc_feats" if report.get("cache_features", True) else "speech"
+
+
+class DumpReader:
+    """The batches of one dump dir, sorted by the LLM length of ``modality``, read on demand.
+
+    Args:
+        dump_dir: a stage-2 dump directory.
+        preprocessor: the model's training-time preprocessor (:func:`preprocessor_for`).
+        modality: ``speech`` (S2T: features or audio) or ``text`` (T2T: the transcript).
+        with_answer: also the tokenised reference answer (loss, importance); not for decoding.
+        device: where the batch tensors go.
+    """
+
+    def __init__(self, dump_dir: str | Path, preprocessor: SpeechLLMPreprocessor, modality: Modality,
+                 with_answer: bool = True, device: str | torch.device = "cpu") -> None:
+        self.dump_dir = Path(dump_dir)
+        self.preprocessor, self.modality, self.device = preprocessor, modality, device
+        self.with_answer = with_answer
+        self.texts = read_table(self.dump_dir / "text")
+        self.answers = read_table(self.dump_dir / "answer") if with_answer else {}
+        self.shape = read_table(self.dump_dir / f"llm_len.{modality}")
+        self.source = speech_source(self.dump_dir) if modality == "speech" else "text"
+        self.feats = self.wavs = None
+        if self.source == "enc_feats":
+            import kaldiio
+
+            check_feature_archive(self.dump_dir / "enc_feats.scp")
+            self.feats = kaldiio.load_scp(str(self.dump_dir / "enc_feats.scp"))  # lazy: offsets only
+        elif self.source == "speech":
+            self.wavs = read_table(self.dump_dir / "wav.scp")
+
+    def plan(self, batch_size: int, utt_ids: Optional[Sequence[str]] = None) -> List[List[str]]:
+        """The utterance ids of every batch, sorted by LLM length (ties by id)."""
+        ids = list(utt_ids) if utt_ids is not None else list(self.texts)
+        missing = [u for u in ids if u not in self.texts]
+        if missing:
+            raise KeyError(f"{self.dump_dir}: unknown utterance id(s) {missing[:3]}")
+        ids.sort(key=lambda u: (int(self.shape[u]), u))
+        return [ids[start : start + batch_size] for start in range(0, len(ids), batch_size)]
+
+    def load(self, utt_ids: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """One batch: preprocessed, padded (``PadCollate``) and on ``device``."""
+        samples = []
+        for u in utt_ids:
+            raw: Dict[str, object] = {}
+            if self.source == "text":
+                raw["text"] = self.texts[u]
+            elif self.source == "enc_feats":
+                raw["enc_feats"] = np.asarray(self.feats[u], dtype=np.float32)
+            else:  # 16 kHz mono by construction of the dump: read as ESPnet's sound loader does
+                raw["speech"] = load_audio(self.wavs[u], u)
+            if self.with_answer:
+                raw["answer"] = self.answers[u]
+            samples.append((u, self.preprocessor(u, raw)))
+        _, tensors = PadCollate()(samples)
+        return {k: v.to(self.device) for k, v in tensors.items()}
+
+
 def dump_batches(
     dump_dir: str | Path,
     preprocessor: SpeechLLMPreprocessor,
@@ -41,36 +110,11 @@ def dump_batches(
     with_answer: bool = True,
     device: str | torch.device = "cpu",
 ) -> Iterator[Tuple[List[str], Dict[str, torch.Tensor]]]:
-    """Yield ``(utt_ids, tensors)`` batches sorted by the LLM length of ``modality``."""
-    import kaldiio
-
-    dump_dir = Path(dump_dir)
-    texts = read_table(dump_dir / "text")
-    answers = read_table(dump_dir / "answer") if with_answer else {}
-    shape = read_table(dump_dir / f"llm_len.{modality}")
-    ids = list(utt_ids) if utt_ids is not None else list(texts)
-    missing = [u for u in ids if u not in texts]
-    if missing:
-        raise KeyError(f"{dump_dir}: unknown utterance id(s) {missing[:3]}")
-    if modality == "speech":
-        check_feature_archive(dump_dir / "enc_feats.scp")
-    feats = kaldiio.load_scp(str(dump_dir / "enc_feats.scp")) if modality == "speech" else None
-    ids.sort(key=lambda u: (int(shape[u]), u))
-    collate = PadCollate()
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start : start + batch_size]
-        samples = []
-        for u in chunk:
-            raw: Dict[str, object] = {}
-            if modality == "text":
-                raw["text"] = texts[u]
-            else:
-                raw["enc_feats"] = np.asarray(feats[u], dtype=np.float32)
-            if with_answer:
-                raw["answer"] = answers[u]
-            samples.append((u, preprocessor(u, raw)))
-        _, tensors = collate(samples)
-        yield chunk, {k: v.to(device) for k, v in tensors.items()}
+    """Yield ``(utt_ids, tensors)`` batches sorted by the LLM length of ``modality``, each
+    read when it is reached (:class:`DumpReader`)."""
+    reader = DumpReader(dump_dir, preprocessor, modality, with_answer, device)
+    for chunk in reader.plan(batch_size, utt_ids):
+        yield chunk, reader.load(chunk)
 
 
 def preprocessor_for(model) -> SpeechLLMPreprocessor:
