@@ -8,12 +8,13 @@ Writes ``--rows`` rows in the real VoiceAssistant-400K schema (``split_name, ind
 question, answer, answer_snac, question_audio`` with the Hugging Face ``{bytes, path}``
 audio struct holding a WAV of ``--seconds`` at ``--sr``; a fifth of the dialogues have a
 second round, which the first-turn filter drops) into ``--shards`` parquet shards named as
-on the hub, then runs :func:`espnet_ext.data.corpora.convert_corpus` over it once and
-prints rows per second, audio seconds per second, the converter's peak resident memory
-growth and the extrapolation to the real corpus's ~470,000 rows.  The converter streams
-row groups (``pyarrow.parquet.ParquetFile.iter_batches``); what grows with the corpus is
-the list of kept utterances' texts (written as one Kaldi dir at the end) and one WAV file
-per kept row.
+on the hub, then runs :func:`espnet_ext.data.corpora.convert_corpus` over it once, in a
+fresh process, and prints rows per second (wall clock and per CPU second of the converter
+process), audio seconds per second, that process's peak resident memory (after its
+imports, and at its peak) and the extrapolation to the real corpus's ~470,000 rows.  The
+converter streams row groups (``pyarrow.parquet.ParquetFile.iter_batches``) and writes
+each utterance's Kaldi lines as it goes; what grows with the corpus is a few integers per
+row of the first-turn pass, and one WAV file per kept row on disk.
 
 The generated answers are 60-word paragraphs, near the corpus's typical assistant answer;
 real questions last a few seconds (``--seconds``).  Run it alone on the machine.
@@ -25,8 +26,8 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,12 +83,45 @@ def write_corpus(root: Path, rows: int, shards: int, seconds: float, sr: int) ->
                 cols["question_audio"].append({"bytes": clips[(dialogue + rd) % 16], "path": None})
                 r += 1
             dialogue += 1
+        # 500 rows of 4 s audio per row group: ~88 MB, near the 100 MB row groups of the hub's
+        # parquet files; no dictionary for the audio, so every row stores its own bytes as
+        # distinct recordings would (the 16 reused clips would otherwise be stored once)
         pq.write_table(pa.table(cols, schema=schema),
-                       root / "data" / f"train-{s:05d}-of-{shards:05d}.parquet", row_group_size=500)
+                       root / "data" / f"train-{s:05d}-of-{shards:05d}.parquet", row_group_size=500,
+                       use_dictionary=["split_name", "round", "question", "answer", "answer_snac"])
     return root
 
 
+def _status_mb(field: str) -> float:
+    """A memory field of ``/proc/self/status`` (Linux) in MB: ``VmRSS`` (now), ``VmHWM`` (peak).
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries it across ``fork`` + ``exec``, so a
+    child started from the corpus generator would report the generator's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def convert_child(src: str, out_dir: str, wav_dir: str) -> None:
+    """The measured conversion (run in its own process): prints one JSON line."""
+    from espnet_ext.data.corpora import convert_corpus
+
+    rss_imported = _status_mb("VmRSS")
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    report = convert_corpus("voiceassistant", src, out_dir, "train", wav_dir)
+    print(json.dumps({"n_read": report.n_read, "n_written": report.n_written,
+                      "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0,
+                      "rss_after_imports_mb": rss_imported, "peak_rss_mb": _status_mb("VmHWM"),
+                      "rss_at_end_mb": _status_mb("VmRSS")}))
+
+
 def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["--child"]:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        convert_child(*sys.argv[2:5])
+        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=20000)
     p.add_argument("--seconds", type=float, default=4.0, help="audio seconds per question")
@@ -96,27 +130,27 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default="/tmp/bench_converter")
     p.add_argument("--keep", action="store_true", help="keep the generated corpus and output")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from espnet_ext.data.corpora import convert_corpus
-
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     src = write_corpus(work / "VoiceAssistant-400K", args.rows, args.shards, args.seconds, args.sr)
     gen_s = time.perf_counter() - t0
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    report = convert_corpus("voiceassistant", src, work / "data" / "train", "train", work / "wav")
-    conv_s = time.perf_counter() - t0
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rows_per_s = report.n_read / conv_s
-    written_per_s = report.n_written / conv_s
+    child = subprocess.run([sys.executable, __file__, "--child", str(src), str(work / "data" / "train"),
+                            str(work / "wav")], capture_output=True, text=True, check=False)
+    if child.returncode != 0:
+        sys.stderr.write(child.stderr[-3000:])
+        return child.returncode
+    r = json.loads(child.stdout.strip().splitlines()[-1])
+    rows_per_s = r["n_read"] / r["wall_s"]
+    written_per_s = r["n_written"] / r["wall_s"]
     out = {
-        "rows_read": report.n_read, "rows_written": report.n_written, "generate_s": round(gen_s, 1),
-        "convert_s": round(conv_s, 1), "rows_read_per_s": round(rows_per_s, 1),
+        "rows_read": r["n_read"], "rows_written": r["n_written"], "generate_s": round(gen_s, 1),
+        "convert_s": round(r["wall_s"], 1), "convert_cpu_s": round(r["cpu_s"], 1),
+        "rows_read_per_s": round(rows_per_s, 1), "rows_read_per_cpu_s": round(r["n_read"] / r["cpu_s"], 1),
         "utts_written_per_s": round(written_per_s, 1),
         "audio_s_per_s": round(written_per_s * args.seconds, 1),
-        "peak_rss_growth_mb": round((rss1 - rss0) / 1024, 1),
+        "rss_after_imports_mb": round(r["rss_after_imports_mb"], 1), "peak_rss_mb": round(r["peak_rss_mb"], 1),
+        "rss_at_end_mb": round(r["rss_at_end_mb"], 1),
         "extrapolated_470k_rows_min": round(REAL_ROWS / rows_per_s / 60, 1),
         "wav_bytes_per_utt": int(np.mean([os.path.getsize(f) for f in list((work / "wav").iterdir())[:200]])),
         "cpu_cores": os.cpu_count(),

@@ -92,6 +92,56 @@ def test_read_table_duplicate_id(tmp_path):
         read_table(tmp_path / "text")
 
 
+def test_iter_kaldi_dir_streams_the_dir_and_names_lines_out_of_step(tiny_kaldi_dir, tmp_path):
+    from espnet_ext.data.kaldi_dir import iter_kaldi_dir, open_kaldi_dir
+
+    assert list(iter_kaldi_dir(tiny_kaldi_dir)) == read_kaldi_dir(tiny_kaldi_dir)
+    lines = (tiny_kaldi_dir / "answer").read_text().splitlines()
+    (tiny_kaldi_dir / "answer").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    with pytest.raises(DataError, match=r"answer:1: utterance ids do not line up .*found spkA-q002"):
+        list(iter_kaldi_dir(tiny_kaldi_dir))
+    for name in ("text", "utt2spk", "wav.scp"):  # now every file in the same, unsorted order
+        lines = (tiny_kaldi_dir / name).read_text().splitlines()
+        (tiny_kaldi_dir / name).write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    with pytest.raises(DataError, match=r"text:2: utterance spkA-q001 is out of order"):
+        list(iter_kaldi_dir(tiny_kaldi_dir))
+    utts = read_kaldi_dir(tiny_kaldi_dir)  # the dict-based reader does not need the order
+    with pytest.raises(DataError, match="utterance id out of order: spkA-q002 .*after spkB-q003"):
+        with open_kaldi_dir(tmp_path / "out") as writer:
+            for u in reversed(utts):
+                writer.add(u)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_indexed_text_returns_what_espnet_text_returns(tmp_path):
+    import multiprocessing
+
+    from espnet2.fileio.read_text import read_2columns_text
+    from espnet2.train.dataset import ESPnetDataset
+
+    import espnet_ext.tasks.speech_llm  # noqa: F401  (registers the indexed_text data type)
+    from espnet_ext.data.indexed_text import IndexedTextReader
+
+    path = tmp_path / "answer"
+    path.write_text('u1 ["Paris"]\nu2   two  spaces\u3000and wide  \nu3\nu4 Zürich, 😀 ok\n', encoding="utf-8")
+    reader = IndexedTextReader(path)
+    assert dict(reader) == read_2columns_text(path) and len(reader) == 4
+    assert reader["u2"] == "two  spaces\u3000and wide"
+    ctx = multiprocessing.get_context("fork")  # a DataLoader worker: its own file position
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put([reader[k] for k in ("u4", "u1")]))
+    child.start()
+    assert queue.get(timeout=60) == ["Zürich, 😀 ok", '["Paris"]']
+    child.join()
+    for_text = ESPnetDataset([(str(path), "answer", "text")])
+    for_indexed = ESPnetDataset([(str(path), "answer", "indexed_text")])
+    assert isinstance(for_indexed.loader_dict["answer"], IndexedTextReader)
+    assert [for_indexed.loader_dict["answer"][k] for k in reader] == [for_text.loader_dict["answer"][k] for k in reader]
+    (tmp_path / "dup").write_text("a x\nb y\na z\n")
+    with pytest.raises(DataError, match=r"dup:3: duplicate id a"):
+        IndexedTextReader(tmp_path / "dup")
+
+
 # --------------------------------------------------------------------------------------
 # bundled data files
 # --------------------------------------------------------------------------------------

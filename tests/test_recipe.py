@@ -366,5 +366,61 @@ def test_transcription_mix_feeds_stage4(recipe_run, tmp_path):
     tasks = (mix / "task").read_text().split()
     assert tasks.count("transcribe") == 4 and tasks.count("qa") == 6  # 5 synthesised, 1 held out
     train_cmd = (exp / "full" / "train.sh.cmd").read_text().replace("\\,", ",")  # printf %q
-    assert f"{mix}/task,task,text" in train_cmd and f"{mix}/llm_len.speech" in train_cmd
+    assert f"{mix}/task,task,indexed_text" in train_cmd and f"{mix}/llm_len.speech" in train_cmd
     assert (exp / "full" / "valid.loss.best.pth").is_file()
+
+
+def _otf_preset(tmp: Path) -> Path:
+    """conf/model/tiny_random.yaml encoding on the fly (encoder_conf.cache_features: false)."""
+    conf = yaml.safe_load((RECIPE / "conf" / "model" / "tiny_random.yaml").read_text())
+    conf["train_overlay"] = str((RECIPE / "conf" / "demo_overlay.yaml").resolve())
+    conf["encoder_conf"]["cache_features"] = False
+    path = tmp / "tiny_random_otf.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+def test_stages_2_to_6_encode_on_the_fly(recipe_run, tmp_path):
+    """A model preset with encoder_conf.cache_features: false: stage 2 writes no features,
+    training reads wav.scp as speech, and stages 3-6 (importance, Table 1 with its speech
+    row, decoding, scoring, analysis) run on the audio; the recipe preset's warm-up is skipped."""
+    tmp, _ = recipe_run
+    dump, exp = tmp_path / "dump", tmp_path / "exp"
+    cmd = ["./run.sh", "--stage", "2", "--stop_stage", "6", "--model_preset", str(_otf_preset(tmp_path)),
+           "--datadir", str(tmp / "data"), "--dumpdir", str(dump), "--expdir", str(exp),
+           "--results_md", str(tmp_path / "RESULTS.md"), "--cascade", "false",
+           "--train_configs", "conf/train_full.yaml",
+           "--train_args", "--max_epoch 1 --num_iters_per_epoch 2 --batch_size 2 --scheduler_conf total_steps=2"]
+    p = subprocess.run(cmd, cwd=RECIPE, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert "encodes on the fly (encoder_conf.cache_features: false): no adaptor warm-up" in p.stderr
+    assert not list(dump.rglob("enc_feats*")) and not (exp / "warmup").exists()
+    assert json.loads((dump / "train" / "dump_report.json").read_text())["cache_features"] is False
+    train = (exp / "full" / "train.sh.cmd").read_text().replace("\\,", ",")
+    assert f"{dump}/train/wav.scp,speech,sound" in train and "enc_feats" not in train
+    assert yaml.safe_load((exp / "full" / "config.yaml").read_text())["encoder_conf"]["cache_features"] is False
+    for s in ("test_llamaq", "test_webq_unseen"):
+        assert json.loads((exp / "full" / f"decode_{s}_speech" / "score.json").read_text())["n"] == 6
+    table1 = json.loads((exp / "importance/full/table1.json").read_text())["table"]
+    assert list(table1) == ["text", "speech"]  # Full-FT's speech row: the encoder ran on the audio
+    assert "| Full-FT | " in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_on_the_fly_refuses_the_cached_feature_additions_and_dumps_of_the_other_mode(tmp_path):
+    preset = str(_otf_preset(tmp_path))
+    p = _quick(*NO_STAGES, "--model_preset", preset, "--adaptor_warmup", "true", "--expdir", str(tmp_path / "e1"))
+    assert p.returncode == 1 and "--adaptor_warmup true needs cached encoder features" in p.stderr, p.stderr
+    p = _quick(*NO_STAGES, "--model_preset", preset, "--transcription_mix", "5", "--expdir", str(tmp_path / "e2"))
+    assert p.returncode == 1 and "--transcription_mix needs cached encoder features" in p.stderr, p.stderr
+    opts = _fake_stage2(tmp_path)  # cached-feature stand-ins
+    dump = tmp_path / "dump"
+    p = _quick("--stage", "4", "--stop_stage", "4", "--preset", "full", "--model_preset", preset, *opts)
+    assert p.returncode == 1 and _needs(4, dump / "dev/dump_report.json", 2) in p.stderr, p.stderr
+    for s in ("train", "dev"):
+        (dump / s / "dump_report.json").write_text(json.dumps({"cache_features": True}))
+    p = _quick("--stage", "4", "--stop_stage", "4", "--preset", "full", "--model_preset", preset, *opts)
+    assert p.returncode == 1, p.stderr
+    assert (f"run.sh: stage 4 needs {dump}/dev made with encoder_conf.cache_features false ({preset}), "
+            "but it was made with true") in p.stderr, p.stderr
+    assert "==== Stage" not in p.stderr

@@ -4,6 +4,9 @@
 Usage:
     python -m espnet_ext.bin.speechllm_train --config conf/train_full.yaml \\
         --output_dir exp/train_full --train_data_path_and_name_and_type dump/train/enc_feats.scp,enc_feats,kaldi_ark ...
+    # on-the-fly encoding (encoder_conf.cache_features: false): the 16 kHz audio of the dump
+    python -m espnet_ext.bin.speechllm_train ... --train_data_path_and_name_and_type dump/train/wav.scp,speech,sound \\
+        --train_data_path_and_name_and_type dump/train/text,text,indexed_text ...
 
 Everything ESPnet's ``asr_train`` offers works: ``--resume``, ``--ngpu``, tensorboard,
 ``config.yaml`` in the exp dir, and ``torchrun --nproc_per_node N`` (``--dist_backend gloo``

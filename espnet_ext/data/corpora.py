@@ -67,10 +67,18 @@ Common conventions:
 * Bad sources — a missing path or split, a malformed ``state.json`` /
   ``dataset_dict.json``, a listed shard or split folder that is missing, a parquet or
   Arrow shard that cannot be read — raise :class:`DataError` naming the file or folder.
-* Atomic and idempotent: the Kaldi directory is written in one step at the end
-  (:func:`write_kaldi_dir`), so a failed conversion leaves no (or the previous, complete)
-  directory.  WAVs are written atomically; those written before a failure may remain but
-  are referenced by no Kaldi directory.  Re-running overwrites the same files.
+* Streaming: rows are read one parquet row group / Arrow record batch at a time (64 rows
+  of audio; 8192 rows of text for VoiceAssistant's first-turn pass, which keeps two
+  integers and two flags per row and one key per dialogue, no text), and each utterance
+  goes to the Kaldi files as soon as it is converted
+  (:func:`~espnet_ext.data.kaldi_dir.open_kaldi_dir`); nothing holds the split's audio or
+  texts.  Peak memory follows the largest row group's audio column (parquet decodes a row
+  group's column chunk at once), not the number of rows.
+* Atomic and idempotent: the Kaldi directory is written into a temporary directory that
+  replaces ``out_dir`` when the conversion ends, so a failed conversion leaves no (or the
+  previous, complete) directory.  WAVs are written atomically; those written before a
+  failure may remain but are referenced by no Kaldi directory.  Re-running overwrites the
+  same files.
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ import json
 import logging
 import random
 import re
+from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, NamedTuple, Optional, Sequence, Tuple
@@ -91,7 +100,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from espnet_ext.data.audio import TARGET_SR, resample, write_wav
-from espnet_ext.data.kaldi_dir import DataError, Utterance, write_kaldi_dir
+from espnet_ext.data.kaldi_dir import DataError, KaldiDirWriter, Utterance, open_kaldi_dir
 
 logger = logging.getLogger(__name__)
 
@@ -606,10 +615,16 @@ def _samples_by_channels(wav: np.ndarray, where: str) -> np.ndarray:
 
 
 def _first_turn_rows(shards: Sequence[Shard], corpus: str) -> Tuple[int, List[int]]:
-    """VoiceAssistant first pass (text columns only): total rows and first-turn row indices."""
-    keys: List[Tuple[str, str]] = []
-    rounds: List[Optional[int]] = []
-    history: List[bool] = []
+    """VoiceAssistant first pass (text columns only, one record batch at a time): total
+    rows and first-turn row indices.
+
+    Per row it keeps a dialogue number and a round (8 bytes each, in typed arrays) and two
+    flag bytes; per dialogue its key and lowest round.  No text is kept.
+    """
+    dialogue_of: Dict[Tuple[str, str], int] = {}
+    dialogues, rounds = array("q"), array("q")  # per row
+    numbered = bytearray()  # per row: the round has a number (else rule 1 decides alone)
+    history = bytearray()  # per row: the question carries earlier turns
     for shard in shards:
         names = set(_shard_schema(shard).names)
         cols = [c for c in ("split_name", "index", "round", "question") if c in names]
@@ -620,20 +635,19 @@ def _first_turn_rows(shards: Sequence[Shard], corpus: str) -> Tuple[int, List[in
             ix = get.get("index", [None] * n)
             rd = get.get("round", [None] * n)
             for i in range(n):
-                keys.append((str(sn[i]), str(ix[i])))
-                rounds.append(_round_number(rd[i]))
+                dialogues.append(dialogue_of.setdefault((str(sn[i]), str(ix[i])), len(dialogue_of)))
+                r = _round_number(rd[i])
+                numbered.append(r is not None)
+                rounds.append(r if r is not None else 0)
                 history.append(has_history(get["question"][i]))
-    min_round: Dict[Tuple[str, str], int] = {}
-    for k, r in zip(keys, rounds):
-        if r is not None and (k not in min_round or r < min_round[k]):
-            min_round[k] = r
-    kept = [
-        i
-        for i, (k, r, h) in enumerate(zip(keys, rounds, history))
-        if not h and (r is None or r == min_round[k])
-    ]
-    logger.info("%s: %d of %d rows are first-turn dialogues", corpus, len(kept), len(keys))
-    return len(keys), kept
+    min_round: Dict[int, int] = {}
+    for d, r, has in zip(dialogues, rounds, numbered):
+        if has and (d not in min_round or r < min_round[d]):
+            min_round[d] = r
+    kept = [i for i, (d, r, has, h) in enumerate(zip(dialogues, rounds, numbered, history))
+            if not h and (not has or r == min_round[d])]
+    logger.info("%s: %d of %d rows are first-turn dialogues", corpus, len(kept), len(rounds))
+    return len(rounds), kept
 
 
 def _count_rows(shards: Sequence[Shard]) -> List[int]:
@@ -791,17 +805,16 @@ class _RowConverter:
             report.add_skip(e.reason)
             return None
 
-    def convert_all(self, rows: Iterable[_SourceRow], report: ConversionReport) -> List[Utterance]:
-        """Convert ``rows`` in order; logs progress every 1000 utterances."""
-        utts: List[Utterance] = []
+    def convert_all(self, rows: Iterable[_SourceRow], report: ConversionReport, writer: KaldiDirWriter) -> None:
+        """Convert ``rows`` in order, each utterance written to ``writer`` at once (its ids
+        increase with the row index); logs progress every 1000 utterances."""
         for row in rows:
             utt = self.convert(row, report)
             if utt is None:
                 continue
-            utts.append(utt)
-            if len(utts) % 1000 == 0:
-                logger.info("%s/%s: %d utterances written", self.name, self.split, len(utts))
-        return utts
+            writer.add(utt)
+            if writer.count % 1000 == 0:
+                logger.info("%s/%s: %d utterances written", self.name, self.split, writer.count)
 
 
 def convert_corpus(
@@ -842,13 +855,14 @@ def convert_corpus(
 
     converter = _RowConverter(name, split, spec, wav_dir.resolve(), _id_digits(n_read),
                               max_seconds, skip_bad_utts)
-    utts = converter.convert_all(_selected_rows(shards, shard_rows, columns_of, selected), report)
-    if not utts:
-        raise DataError(
-            f"{name}: no usable utterances in split {split!r} of {src} for {out_dir} "
-            f"({report.summary()})"
-        )
-    report.n_written = write_kaldi_dir(out_dir, utts)
+    with open_kaldi_dir(out_dir) as writer:
+        converter.convert_all(_selected_rows(shards, shard_rows, columns_of, selected), report, writer)
+        if not writer.count:
+            raise DataError(
+                f"{name}: no usable utterances in split {split!r} of {src} for {out_dir} "
+                f"({report.summary()})"
+            )
+    report.n_written = writer.count
     return report
 
 
