@@ -208,3 +208,19 @@ def test_clustering_claim_needs_the_ratio_above_its_random_null():
     assert claim[2] == FAILS and "null of 20 random masks 0.85-1.20" in claim[1]
     base.update({"ratio": 1.5, "p_null": 0.0})
     assert next(c for c in paper_claims(s) if c[0].startswith("§2.3.1"))[2] == HOLDS
+
+
+def test_each_t2t_reading_gets_its_own_rows():
+    """The speech-LLM prompt (text) and the LLM's own chat template (chat) are judged apart:
+    here Full-FT gains over No-FT in the first reading and loses in the second."""
+    s = _paired_summary({"noft": ("0" * 20, None), "full": ("1" * 10 + "0" * 10, "0" * 20)})
+    chat = {"noft": "1" * 12 + "0" * 8, "full": "1" * 2 + "0" * 18}  # Full-FT loses 10, gains 0
+    for tag, bits in chat.items():
+        s["systems"][tag]["q"]["chat"] = {m: {"accuracy": 100 * bits.count("1") / 20} for m in ("has_answer",
+                                                                                               "contain")}
+        s["correct"][tag]["q"]["chat"] = {"has_answer": bits, "contain": bits}
+    verdicts = {c[0]: (c[1], c[2]) for c in paper_claims(s)}
+    assert verdicts["Table 2: full speech fine-tuning lowers T2T accuracy below No-FT (Full-FT vs No-FT)"][1] == FAILS
+    shown, verdict = verdicts["Table 2: full speech fine-tuning lowers T2T (own chat template) accuracy below "
+                              "No-FT (Full-FT vs No-FT)"]
+    assert verdict == HOLDS and "q: 10.0 vs 60.0" in shown and "p = 0.002" in shown

@@ -75,6 +75,9 @@ train_sharding=""        # FSDP2-sharded training (needs > 1 process: --ngpu > 1
 # ---- Decoding (stage 5) -----------------------------------------------------------------------
 decode_config=conf/decode.yaml  # batch size, max_new_tokens, model checkpoint to use
 decode_args=""           # extra options for espnet_ext.bin.speechllm_inference
+t2t_chat=true            # T2T also in the LLM's own chat template (decode_<set>_chat), besides the
+                         # speech LLM's prompt (decode_<set>_text): the paper does not say which
+                         # prompt its T2T column uses; RESULTS.md checks its claims under both
 cascade=true             # also decode the cascade baseline (an addition to the paper's systems,
                          # the S2T bar): Whisper's own decoder transcribes, the No-FT LLM answers
 
@@ -107,10 +110,12 @@ if [ "$unseen_test_sets" = auto ]; then
   unseen_test_sets=""
   [ "$data_source" = demo ] && unseen_test_sets="test_llamaq_unseen test_webq_unseen"
 fi
-case $adaptor_warmup in
-  true|false) ;;
-  *) echo "run.sh: --adaptor_warmup must be true or false, got '$adaptor_warmup'" >&2; exit 1;;
-esac
+for _opt in adaptor_warmup t2t_chat cascade; do
+  case ${!_opt} in
+    true|false) ;;
+    *) echo "run.sh: --$_opt must be true or false, got '${!_opt}'" >&2; exit 1;;
+  esac
+done
 for _opt in ngpu nproc; do
   case ${!_opt} in
     ''|*[!0-9]*) echo "run.sh: --$_opt must be a whole number, got '${!_opt}'" >&2; exit 1;;
@@ -374,9 +379,10 @@ stage5() {
   for conf in $train_configs; do
     require_outputs 5 4 "" "$expdir/$(tag_of "$conf")/config.yaml" "$expdir/$(tag_of "$conf")/$ckpt"
   done
-  stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_text"
+  local t2t=text; [ "$t2t_chat" = true ] && t2t="text chat"
+  stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_{${t2t// /,}}"
   mkdir -p "$expdir/noft"
-  decode_system noft text "$expdir/pretrained/model.yaml"
+  decode_system noft "$t2t" "$expdir/pretrained/model.yaml"
   if [ "$cascade" = true ]; then
     stage_header 5 "$datadir/<test set>/wav.scp -> Whisper ASR -> No-FT -> $expdir/cascade/decode_*_speech"
     local sets=() s
@@ -389,8 +395,8 @@ stage5() {
   fi
   for conf in $train_configs; do
     local tag; tag=$(tag_of "$conf")
-    stage_header 5 "$expdir/$tag/$ckpt -> $expdir/$tag/decode_*_{text,speech}"
-    decode_system "$tag" "text speech" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
+    stage_header 5 "$expdir/$tag/$ckpt -> $expdir/$tag/decode_*_{${t2t// /,},speech}"
+    decode_system "$tag" "$t2t speech" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
   done
 }
 
@@ -419,12 +425,14 @@ stage6() {
     require_outputs 6 4 "" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
   done
   # what stage 5 decodes with the same options: No-FT T2T, cascade S2T, trained T2T + S2T
-  for s in $test_sets; do hyps+=("$expdir/noft/decode_${s}_text/hyp"); done
+  local t2t=text m; [ "$t2t_chat" = true ] && t2t="text chat"
+  for tag in noft $trained; do
+    for m in $t2t; do
+      for s in $test_sets; do hyps+=("$expdir/$tag/decode_${s}_$m/hyp"); done
+    done
+  done
   for tag in ${systems#noft}; do
     for s in $test_sets $unseen_test_sets; do hyps+=("$expdir/$tag/decode_${s}_speech/hyp"); done
-  done
-  for tag in $trained; do
-    for s in $test_sets; do hyps+=("$expdir/$tag/decode_${s}_text/hyp"); done
   done
   require_outputs 6 5 "" "${hyps[@]}"
   stage_header 6 "$expdir/{$(echo "$systems" | tr ' ' ,)}/decode_* -> $results_md"

@@ -26,6 +26,8 @@ Claims (paper section):
    relative importance.
 4. Table 2: full speech fine-tuning lowers T2T accuracy below No-FT.
 5. Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT.
+   (4, 5 and 7 are checked for each T2T reading that was decoded: the transcript in the
+   speech LLM's prompt, and in the LLM's own chat template; :data:`T2T_READINGS`.)
 6. Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT.
 7. §3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T of the two.
 8. §3.3.1 / Fig. 3: Layer-LR and LoRA shift the importance distribution less than Full-FT
@@ -226,30 +228,44 @@ def shift_claim(summary: dict) -> Optional[Claim]:
             _verdict([m["js"] > 0 and m["pearson"] < 0.99, after < before]))
 
 
-def accuracy_claims(summary: dict, matcher: str) -> List[Claim]:
-    out: List[Claim] = []
+#: the two readings of the paper's T2T column, each checked on its own when decoded: the
+#: transcript in the speech LLM's prompt (``text``), or in the LLM's own chat template
+#: with no system prompt of ours (``chat``: the text LLM as its users query it)
+T2T_READINGS = (("text", "T2T"), ("chat", "T2T (own chat template)"))
+
+
+def _mitigation_claim(summary: dict, matcher: str, modality: str, claim: str) -> Optional[Claim]:
+    """Layer-LR and LoRA each against Full-FT, ``modality`` accuracy at least as high."""
     full = _name(summary, tag_of(summary, "full_ft"))
-    c = _compare(summary, matcher, "text", "full_ft", "base", lambda a, b: a < b)
-    if c:
-        out.append(("Table 2: full speech fine-tuning lowers T2T accuracy below No-FT (Full-FT vs No-FT)",
-                    c.describe(), c.verdict(-1)))
-    for modality, claim in (("text", "Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT"),
-                            ("speech", "Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT")):
-        shown, verdicts = [], []
-        for role in ("layer_lr", "lora"):
-            c = _compare(summary, matcher, modality, role, "full_ft", lambda a, b: a >= b)
-            if c:
-                shown.append(f"{_name(summary, tag_of(summary, role))} vs {full}: {c.describe()}")
-                verdicts.append(c.verdict(+1))
-        if verdicts:
-            out.append((claim, "; ".join(shown), _combine(verdicts)))
-    t = _compare(summary, matcher, "text", "layer_lr", "lora", lambda a, b: a >= b)
+    shown, verdicts = [], []
+    for role in ("layer_lr", "lora"):
+        c = _compare(summary, matcher, modality, role, "full_ft", lambda a, b: a >= b)
+        if c:
+            shown.append(f"{_name(summary, tag_of(summary, role))} vs {full}: {c.describe()}")
+            verdicts.append(c.verdict(+1))
+    return (claim, "; ".join(shown), _combine(verdicts)) if verdicts else None
+
+
+def accuracy_claims(summary: dict, matcher: str) -> List[Claim]:
+    """Table 2 and §3.2, for each decoded T2T reading (:data:`T2T_READINGS`) and S2T."""
+    out: List[Optional[Claim]] = []
+    for modality, t2t in T2T_READINGS:
+        c = _compare(summary, matcher, modality, "full_ft", "base", lambda a, b: a < b)
+        if c:
+            out.append((f"Table 2: full speech fine-tuning lowers {t2t} accuracy below No-FT (Full-FT vs No-FT)",
+                        c.describe(), c.verdict(-1)))
+        out.append(_mitigation_claim(summary, matcher, modality,
+                                     f"Table 2: Layer-LR and LoRA keep more {t2t} accuracy than Full-FT"))
+    out.append(_mitigation_claim(summary, matcher, "speech",
+                                 "Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT"))
     s = _compare(summary, matcher, "speech", "lora", "layer_lr", lambda a, b: a >= b)
-    if t and s:
-        out.append(("§3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T",
-                    f"T2T Layer-LR vs LoRA: {t.describe()}; S2T LoRA vs Layer-LR: {s.describe()}",
-                    _combine([t.verdict(+1), s.verdict(+1)])))
-    return out
+    for modality, t2t in T2T_READINGS:
+        t = _compare(summary, matcher, modality, "layer_lr", "lora", lambda a, b: a >= b)
+        if t and s:
+            out.append((f"§3.2: trade-off: Layer-LR has the higher {t2t}, LoRA the higher S2T",
+                        f"{t2t} Layer-LR vs LoRA: {t.describe()}; S2T LoRA vs Layer-LR: {s.describe()}",
+                        _combine([t.verdict(+1), s.verdict(+1)])))
+    return [c for c in out if c is not None]
 
 
 def cascade_claim(summary: dict, matcher: str, unseen: bool = False) -> Optional[Claim]:

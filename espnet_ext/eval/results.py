@@ -2,7 +2,7 @@
 
 Layout read here (written by stage 5)::
 
-    exp/<system>/decode_<test set>_<text|speech>/hyp         # "<utt id> <answer>"
+    exp/<system>/decode_<test set>_<text|chat|speech>/hyp    # "<utt id> <answer>"
     dump/<test set>/answer                                     # JSON reference lists
 
 ``score_decode_dir`` writes ``score.json`` (both matchers) and ``score_detail.tsv`` next
@@ -25,8 +25,9 @@ from espnet_ext.eval.qa_match import MATCHERS, score_predictions
 from espnet_ext.tasks.systems import BASE_MODEL_NAME, read_systems
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
 
-MODALITY_NAMES = {"text": "T2T", "speech": "S2T"}
-_DECODE_RE = re.compile(r"^decode_(?P<set>.+)_(?P<modality>text|speech)$")
+#: decoded inputs: T2T in the speech LLM's prompt, T2T in the LLM's own chat template, S2T
+MODALITY_NAMES = {"text": "T2T", "chat": "T2T chat", "speech": "S2T"}
+_DECODE_RE = re.compile(r"^decode_(?P<set>.+)_(?P<modality>text|chat|speech)$")
 
 
 def read_references(data_dir: str | Path) -> Dict[str, List[str]]:
@@ -139,10 +140,10 @@ def _acc(score: Optional[dict], matcher: str) -> str:
 
 
 def _columns(systems: Dict[str, dict]) -> List[tuple]:
-    """``(set, modality)`` pairs that some system has a number for, by set, T2T first
-    (a speaker-disjoint set, ``test_*_unseen``, has S2T only)."""
+    """``(set, modality)`` pairs that some system has a number for, by set, T2T (both
+    prompts) first (a speaker-disjoint set, ``test_*_unseen``, has S2T only)."""
     sets = sorted({s for per in systems.values() for s in per})
-    return [(s, m) for s in sets for m in ("text", "speech") if any(m in per.get(s, {}) for per in systems.values())]
+    return [(s, m) for s in sets for m in MODALITY_NAMES if any(m in per.get(s, {}) for per in systems.values())]
 
 
 def render_table2(summary: dict, matcher: str) -> str:

@@ -138,7 +138,7 @@ def decode_dump_dir(
     model: ESPnetSpeechLLM,
     data_dir: str | Path,
     output_dir: str | Path,
-    modality: Literal["speech", "text"],
+    modality: Literal["speech", "text", "chat"],
     batch_size: int = 16,
     max_new_tokens: int = 64,
     stamp: Optional[dict] = None,
@@ -149,8 +149,9 @@ def decode_dump_dir(
     rank = torch.distributed.get_rank() if dist else 0
     world = torch.distributed.get_world_size() if dist else 1
     device = next(model.parameters()).device
-    batches = list(dump_batches(data_dir, preprocessor_for(model), modality, batch_size,
-                                with_answer=False, device=device))
+    # "chat" (T2T in the LLM's own template) reads the same text batches as "text"
+    batches = list(dump_batches(data_dir, preprocessor_for(model), "text" if modality == "chat" else modality,
+                                batch_size, with_answer=False, device=device))
     tok = model.llm.tokenizer
     journal = BatchJournal(Path(output_dir) / f".hyp.partial.rank{rank}.jsonl",
                            {"stamp": stamp, "data_dir": str(data_dir), "modality": modality, "batch_size": batch_size,

@@ -137,6 +137,18 @@ def task_prompt_list(
     return out
 
 
+def own_chat_prompt(tokenizer, placeholder: str = "<speech>",
+                    chat_template_kwargs: Optional[Dict[str, object]] = None) -> ChatPrompt:
+    """The LLM's own chat template with the question as the whole user turn and no system
+    message of ours (a template that has a default system prompt, e.g. SmolLM2's, writes
+    it): the prompt of the "chat" T2T reading, i.e. the text LLM as its users query it.
+
+    The paper leaves open which prompt its T2T column uses; the other reading keeps the
+    speech LLM's prompt (LLaMA-Omni's system prompt and instruction) with the transcript
+    in place of the speech.  Both are decoded (``text`` and ``chat`` modalities)."""
+    return ChatPrompt.from_tokenizer(tokenizer, None, placeholder, placeholder, chat_template_kwargs)
+
+
 def task_prompts_from_conf(tokenizer, llm_conf: Dict) -> Dict[str, ChatPrompt]:
     """:func:`task_prompt_list` for an ``llm_conf`` mapping, with :class:`HFCausalLM`'s
     defaults (for jobs that need the prompts without loading the model)."""
@@ -189,6 +201,8 @@ class HFCausalLM(torch.nn.Module):
         self.task_prompts = task_prompt_list(self.tokenizer, system_prompt or None, user_prompt,
                                              placeholder, task_prompts, chat_template_kwargs)
         self.prompt = self.task_prompts[QA_TASK]
+        # the LLM's own chat template around the question alone: T2T as the text LLM is used
+        self.chat_prompt = own_chat_prompt(self.tokenizer, placeholder, chat_template_kwargs)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.prompt.stop_token_ids[0]
 
