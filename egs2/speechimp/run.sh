@@ -63,6 +63,9 @@ train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml
                          # $expdir/importance/base. Ours (importance-weighted anchoring, not in the
                          # default: it costs 5 min): add conf/train_impanchor.yaml. LoRA rank ablation
                          # (Table 3): add conf/train_lora_r16.yaml conf/train_lora_r24.yaml (lora is r 8)
+seeds=""                 # training seeds: empty = one run per config with its own seed; "0 1 2" =
+                         # one run per config and seed (tag <tag> for the first, <tag>_seed<N> for the
+                         # others; RESULTS.md pools the runs of a system and records their spread)
 ngpu=0                   # GPUs of every model job (stages 2-6; 0 = CPU): --device cuda; > 1 runs
                          # torchrun, one process per GPU (NCCL): training, importance, decoding and
                          # the cascade are sharded across them; the feature dump and warm-up use one
@@ -123,6 +126,13 @@ for _opt in ngpu nproc; do
 done
 unset _opt
 [ "$nproc" -ge 1 ] || { echo "run.sh: --nproc must be at least 1, got '$nproc'" >&2; exit 1; }
+for _opt in $seeds; do
+  case $_opt in
+    ''|*[!0-9]*) echo "run.sh: --seeds must list whole numbers, got '$seeds'" >&2; exit 1;;
+  esac
+done
+[ "$(printf '%s\n' $seeds | sort | uniq -d)" = "" ] ||
+  { echo "run.sh: --seeds lists a seed twice: '$seeds'" >&2; exit 1; }
 
 # ---- devices and launchers of the model jobs (stages 2-6) ---------------------------------
 # --ngpu N > 0: every job computes on --device cuda (under torchrun each rank takes
@@ -190,6 +200,20 @@ stage_times=$expdir/stage_times.tsv
 printf '%s\n' "cd $(pwd) && $0 $run_args" >>"$expdir/run.sh.cmd"
 
 tag_of() { local b; b=$(basename "$1" .yaml); echo "${b#train_}"; }
+# trained_runs: one "CONF TAG SEED" line per training run (SEED "-": the config's own seed):
+# each --train_configs file once, or once per --seeds value (the first keeps the plain tag)
+trained_runs() {
+  local conf s first
+  for conf in $train_configs; do
+    if [ -z "$seeds" ]; then echo "$conf $(tag_of "$conf") -"; continue; fi
+    first=true
+    for s in $seeds; do
+      if $first; then echo "$conf $(tag_of "$conf") $s"; first=false
+      else echo "$conf $(tag_of "$conf")_seed$s $s"; fi
+    done
+  done
+}
+trained_tags() { trained_runs | cut -d' ' -f2 | paste -sd' ' -; }
 all_sets() { echo "$train_set $valid_set $test_sets $unseen_test_sets"; }
 
 # require_outputs STAGE MADE_BY WHAT PATH...: stage STAGE reads PATH..., which stage MADE_BY
@@ -292,11 +316,11 @@ stage4() {
   [ "$adaptor_warmup" = true ] &&
     require_outputs 4 2 "--adaptor_warmup true" "$expdir/warmup/adaptor.pth"
   # every system's config first (one validation pass: fails before any training starts)
-  local pairs=() conf
-  for conf in $train_configs; do
-    mkdir -p "$expdir/$(tag_of "$conf")"
-    pairs+=(--train_config "$conf" --out "$expdir/$(tag_of "$conf")/train.yaml")
-  done
+  local pairs=() conf tag seed
+  while read -r conf tag seed; do
+    mkdir -p "$expdir/$tag"
+    pairs+=(--train_config "$conf" --out "$expdir/$tag/train.yaml" --seed "$seed")
+  done < <(trained_runs)
   python -m espnet_ext.bin.compose_config --preset "$model_preset" --recipe_preset "$preset_file" \
     --pretrained_dir "$expdir/pretrained" --expdir "$expdir" "${pairs[@]}"
   # the importance report a system's composed config names (Layer-LR, ImpAnchor): stage 3's
@@ -309,10 +333,10 @@ stage4() {
       require_outputs 4 3 "$key.importance_report of $conf" "$report/summary.json"
     done
   done
-  for conf in $train_configs; do
-    local tag; tag=$(tag_of "$conf")
-    local dir=$expdir/$tag
-    stage_header 4 "$conf + $model_preset -> $dir"
+  while read -r conf tag seed; do
+    local dir=$expdir/$tag what=$conf
+    [ "$seed" = - ] || what+=" (seed $seed)"
+    stage_header 4 "$what + $model_preset -> $dir"
     local data=()
     for part in "enc_feats.scp,enc_feats,kaldi_ark" "text,text,text" "answer,answer,text"; do
       data+=(--train_data_path_and_name_and_type "$train_dump/$part"
@@ -337,7 +361,7 @@ stage4() {
     cmd+=($train_args)
     printf '%q ' "${cmd[@]}" >"$dir/train.sh.cmd"; echo >>"$dir/train.sh.cmd"
     ${cuda_cmd} --gpu "$ngpu" "$dir/train.log" "${cmd[@]}"
-  done
+  done < <(trained_runs)
 }
 
 # ---- stage 5: decoding (No-FT: text only; trained systems: text and speech) -----------------
@@ -376,8 +400,9 @@ stage5() {
     require_outputs 5 2 "" "$expdir/pretrained/whisper"
     for s in $test_sets $unseen_test_sets; do require_outputs 5 1 "" "$datadir/$s/wav.scp"; done
   fi
-  for conf in $train_configs; do
-    require_outputs 5 4 "" "$expdir/$(tag_of "$conf")/config.yaml" "$expdir/$(tag_of "$conf")/$ckpt"
+  local tag
+  for tag in $(trained_tags); do
+    require_outputs 5 4 "" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
   done
   local t2t=text; [ "$t2t_chat" = true ] && t2t="text chat"
   stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_{${t2t// /,}}"
@@ -393,8 +418,7 @@ stage5() {
       --output_dir "$expdir/cascade" --batch_size "$decode_bs" --max_new_tokens "$decode_mnt" \
       --device "$device" "${sets[@]}"
   fi
-  for conf in $train_configs; do
-    local tag; tag=$(tag_of "$conf")
+  for tag in $(trained_tags); do
     stage_header 5 "$expdir/$tag/$ckpt -> $expdir/$tag/decode_*_{${t2t// /,},speech}"
     decode_system "$tag" "$t2t speech" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
   done
@@ -413,7 +437,7 @@ data_description() {
 stage6() {
   local t0=$SECONDS systems="noft" conf trained=""
   [ "$cascade" = true ] && systems+=" cascade"
-  for conf in $train_configs; do trained+=" $(tag_of "$conf")"; done
+  trained=" $(trained_tags)"
   systems+="$trained"
   local ckpt tag s hyps=()
   ckpt=$(conf_get "$decode_config" inference_model)
