@@ -1,23 +1,25 @@
 """The importance analysis on an FSDP2-sharded model equals the one-process analysis.
 
 Two gloo processes (this file run as a script, ``RANK``/``WORLD_SIZE`` set) run the
-stage-3/6 job ``espnet_ext.bin.importance_score`` with ``--sharding_conf`` on a tiny
-random speech LLM checkpoint (text and speech reports, Table 1 with text and speech
-rows); the reference is the same job in this process, unsharded, on the same batches.
-fp32 throughout, so the two differ by float summation order only:
+recipe's stage-3 job (``espnet_ext.bin.importance_score``: the base model, text report and
+Table 1's text row) and stage-6 job (``espnet_ext.bin.importance_analyze``: a Full-FT
+system with text and speech reports and a two-row Table 1, a LoRA system, the shift and
+change analysis) with ``--sharding_conf``; the reference is the same jobs in this process,
+unsharded, on the same batches.  fp32 throughout, so the two differ by float rounding only:
 
-* eq. 2 scores within a stated relative tolerance, the summary's sums and thresholds
-  alike, and Table 1's masks and perplexities equal;
-* on the *same* scores (the sharded report's, and a tie-heavy variant of them, laid out
-  in FSDP2's dim-0 chunks), the sharded thresholds, the top / bottom / random masks of
-  both scopes (ties and coin flips included) and the summary thresholds are identical to
-  the one-process code's; the report rewritten from the shards is bit-identical;
+* eq. 2 scores within a stated relative tolerance, the summaries' sums and thresholds
+  alike, Table 1's masks equal and its perplexities within 1e-5;
+* on the *same* scores (a sharded report's, and a tie-heavy variant of them, laid out in
+  FSDP2's dim-0 chunks), the sharded thresholds, the top / bottom / random masks of both
+  scopes (ties and coin flips included) and the summary thresholds are identical to the
+  one-process code's; the report rewritten from the shards is bit-identical;
 * zeroing the top 3 % on the shards changes the perplexity, and the restore leaves every
   shard and the perplexity bit-identical.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -46,31 +48,50 @@ PPL_RTOL = 1e-5
 
 
 def write_inputs(root: Path, llm_dir: str, whisper_dir: str) -> dict:
-    """A seeded tiny speech LLM as an exp dir (config.yaml + model.pth) and the options."""
+    """The base model's YAML, the options, and an exp dir (``root/single``) with two trained
+    systems (seeded perturbations of the tiny speech LLM): Full-FT and LoRA r 4."""
+    import shutil
+
     import yaml
 
     from espnet_ext.tasks.speech_llm import SpeechLLMTask
+    from espnet_ext.tasks.systems import SystemInfo, write_system
 
-    args = SpeechLLMTask.get_parser().parse_args(
-        ["--llm_conf", f"model_name_or_path={llm_dir}", "--adaptor_conf", "hidden_size=32",
-         "--encoder_conf", f"model_name_or_path={whisper_dir}"])
-    torch.manual_seed(0)
-    model = SpeechLLMTask.build_model(args)
-    (root / "exp").mkdir(parents=True)
-    (root / "exp" / "config.yaml").write_text(yaml.safe_dump(vars(args)))
-    torch.save(model.state_dict(), root / "exp" / "model.pth")
-    # 12 utterances in batches of 5: 3 batches, so the ranks take 2 and 1 (a stand-in step)
+    parts = {"encoder": "whisper", "encoder_conf": {"model_name_or_path": whisper_dir},
+             "adaptor": "concat", "adaptor_conf": {"downsample_rate": 5, "hidden_size": 32},
+             "llm": "hf", "llm_conf": {"model_name_or_path": llm_dir}}
+    (root / "model.yaml").write_text(yaml.safe_dump(parts))
+    # 12 utterances in batches of 5: 3 batches, so the ranks take 2 and 1 (and a stand-in step)
     (root / "importance.yaml").write_text(yaml.safe_dump({
         "scoring": {"num_utts": 12, "batch_size": 5},
-        "deactivation": {"fraction": FRACTION, "num_utts": 4, "batch_size": 3, "modalities": ["text", "speech"]}}))
-    return {"config": root / "exp" / "config.yaml", "model": root / "exp" / "model.pth",
-            "importance": root / "importance.yaml"}
+        "deactivation": {"fraction": FRACTION, "num_utts": 4, "batch_size": 3},
+        "analysis": {"layers": [0, 3], "change_layer": 1, "max_px": 16, "n_null": 4}}))
+    gen = torch.Generator().manual_seed(0)
+    for tag, extra in (("full", {}), ("lora", {"lora_conf": {"r": 4}})):
+        conf = {**parts, **extra}
+        args = {**SpeechLLMTask.default_args(), **conf}
+        torch.manual_seed(0)
+        model = SpeechLLMTask.build_model(argparse.Namespace(**args))
+        state = {k: (v + 0.02 * v.abs().mean() * torch.randn(v.shape, generator=gen) if "layers." in k
+                     and "lora_" not in k else 0.05 * torch.randn(v.shape, generator=gen) if "lora_B" in k else v)
+                 for k, v in model.state_dict().items()}
+        (root / "single" / tag).mkdir(parents=True)
+        (root / "single" / tag / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(args, default=str))))
+        torch.save(state, root / "single" / tag / "valid.loss.best.pth")
+        write_system(root / "single" / tag, SystemInfo("LoRA" if extra else "Full-FT", "lora" if extra else "full_ft"))
+    shutil.copytree(root / "single", root / "sharded")
 
 
-def job_args(paths: dict, dumps: Path, out: Path) -> list:
-    return ["--config", str(paths["importance"]), "--model_config", str(paths["config"]),
-            "--model_file", str(paths["model"]), "--data_dir", str(dumps / "dump" / "train"),
-            "--eval_dir", str(dumps / "dump" / "dev"), "--output_dir", str(out)]
+def stage3_args(root: Path, dumps: Path, exp: str) -> list:
+    return ["--config", str(root / "importance.yaml"), "--model_config", str(root / "model.yaml"),
+            "--data_dir", str(dumps / "dump" / "train"), "--eval_dir", str(dumps / "dump" / "dev"),
+            "--output_dir", str(root / exp / "importance" / "base")]
+
+
+def stage6_args(root: Path, dumps: Path, exp: str) -> list:
+    return ["--config", str(root / "importance.yaml"), "--exp_dir", str(root / exp), "--systems", "full lora",
+            "--base_model_config", str(root / "model.yaml"), "--data_dir", str(dumps / "dump" / "train"),
+            "--eval_dir", str(dumps / "dump" / "dev")]
 
 
 def tie_heavy(scores: dict) -> dict:
@@ -94,6 +115,7 @@ def worker(llm_dir: str, whisper_dir: str, dumps: str, root: str) -> None:
     from torch.distributed.tensor import Shard, distribute_tensor
 
     from espnet_ext.analysis.score import shard_for_analysis
+    from espnet_ext.bin.importance_analyze import main as analyze_cli
     from espnet_ext.bin.importance_score import main as importance_cli
     from espnet_ext.importance.params import select_parameters
     from espnet_ext.importance.sharded import (
@@ -111,17 +133,17 @@ def worker(llm_dir: str, whisper_dir: str, dumps: str, root: str) -> None:
 
     torch.set_num_threads(1)
     root, dumps = Path(root), Path(dumps)
-    paths = {"config": root / "exp" / "config.yaml", "model": root / "exp" / "model.pth",
-             "importance": root / "importance.yaml"}
+    sharding = ["--sharding_conf", "param_dtype=float32"]
     start = time.perf_counter()
-    # 1. the stage-3/6 job, sharded (it joins the process group itself)
-    importance_cli(job_args(paths, dumps, root / "sharded") + ["--sharding_conf", "param_dtype=float32"])
+    # 1. stages 3 and 6, sharded (the jobs join the process group themselves)
+    importance_cli(stage3_args(root, dumps, "sharded") + sharding)
+    analyze_cli(stage6_args(root, dumps, "sharded") + sharding)
     seconds = time.perf_counter() - start
     rank = dist.get_rank()
     mesh = init_device_mesh("cpu", (WORLD,))
     result = {"job_seconds": seconds}
     # 2. thresholds, masks, summary and the report from the same scores as the reference code
-    scores = load_file(root / "sharded" / "scores.safetensors")
+    scores = load_file(root / "sharded" / "importance" / "full" / "scores.safetensors")
     for variant, full in (("same", scores), ("ties", tie_heavy(scores))):
         shards = {n: distribute_tensor(s, mesh, [Shard(0)]) for n, s in full.items()}
         masks = {}
@@ -134,7 +156,7 @@ def worker(llm_dir: str, whisper_dir: str, dumps: str, root: str) -> None:
     write_report_sharded(root / "rewritten_bf16", {n: distribute_tensor(s, mesh, [Shard(0)])
                                                    for n, s in scores.items()}, dtype="bfloat16")
     # 3. Table 1's zeroing on the shards of a sharded model, and its exact restore
-    model = load_model(paths["config"], paths["model"], "cpu")
+    model = load_model(root / "single" / "full" / "config.yaml", root / "single" / "full" / "valid.loss.best.pth")
     shard_for_analysis(model, ShardingConfig(param_dtype="float32"), ("layers",), torch.device("cpu"))
     params = select_parameters(model)
     batches = [b for _, b in dump_batches(dumps / "dump" / "dev", preprocessor_for(model), "text", 3)]
@@ -165,11 +187,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_llm_dir, tiny_whisper_dir, tiny_dumps):
-    """``(root, worker results)``; ``root/single`` is the reference job's report."""
+    """``(root, worker results)``; ``root/single`` holds the reference jobs' outputs,
+    ``root/sharded`` the sharded ones'."""
+    from espnet_ext.bin.importance_analyze import main as analyze_cli
     from espnet_ext.bin.importance_score import main as importance_cli
 
     root = tmp_path_factory.mktemp("sharded_analysis")
-    paths = write_inputs(root, str(tiny_llm_dir), str(tiny_whisper_dir))
+    write_inputs(root, str(tiny_llm_dir), str(tiny_whisper_dir))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(WORLD)}
     cmd = [sys.executable, __file__, str(tiny_llm_dir), str(tiny_whisper_dir), str(tiny_dumps), str(root)]
@@ -179,7 +203,8 @@ def runs(tmp_path_factory, tiny_llm_dir, tiny_whisper_dir, tiny_dumps):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # the one-process reference, while the workers run
-        importance_cli(job_args(paths, tiny_dumps, root / "single"))
+        importance_cli(stage3_args(root, tiny_dumps, "single"))
+        analyze_cli(stage6_args(root, tiny_dumps, "single"))
     finally:
         torch.set_num_threads(threads)
         logs = [p.communicate(timeout=600)[0] for p in procs]
@@ -188,16 +213,19 @@ def runs(tmp_path_factory, tiny_llm_dir, tiny_whisper_dir, tiny_dumps):
     return root, torch.load(root / "worker.pt", weights_only=False)
 
 
+REPORTS = ["base", "full", "full/speech", "lora"]
+
+
 def _load(d: Path) -> dict:
     from espnet_ext.importance.report import load_scores
 
     return load_scores(d)
 
 
-@pytest.mark.parametrize("report", ["", "speech"])
+@pytest.mark.parametrize("report", REPORTS)
 def test_sharded_scores_and_summary_equal_one_process(runs, report):
     root, result = runs
-    single, sharded = _load(root / "single" / report), _load(root / "sharded" / report)
+    single, sharded = (_load(root / exp / "importance" / report) for exp in ("single", "sharded"))
     assert single.keys() == sharded.keys()
     worst_rel, worst_norm, beyond, total = 0.0, 0.0, 0, 0
     for n, s in single.items():
@@ -208,11 +236,11 @@ def test_sharded_scores_and_summary_equal_one_process(runs, report):
         worst_norm = max(worst_norm, float(d.max() / s.max()))
         beyond += int((d > SCORE_RTOL * s).sum())
         total += s.numel()
-    print(f"{report or 'text'} scores, sharded vs one process: max relative difference {worst_rel:.1e} "
+    print(f"{report} scores, sharded vs one process: max relative difference {worst_rel:.1e} "
           f"(entries >= {SCORE_FLOOR:g} x their matrix's mean), {beyond} of {total} entries beyond "
-          f"{SCORE_RTOL:g} relative, max |Δ| / max score {worst_norm:.1e}; sharded job {result['job_seconds']:.1f} s")
-    a = json.loads((root / "single" / report / "summary.json").read_text())
-    b = json.loads((root / "sharded" / report / "summary.json").read_text())
+          f"{SCORE_RTOL:g} relative, max |Δ| / max score {worst_norm:.1e}; sharded jobs {result['job_seconds']:.1f} s")
+    a, b = (json.loads((root / exp / "importance" / report / "summary.json").read_text())
+            for exp in ("single", "sharded"))
     assert a["num_parameters"] == b["num_parameters"] and a["shapes"] == b["shapes"]
     assert (a["meta"]["n_utts"], a["meta"]["n_batches"]) == (b["meta"]["n_utts"], b["meta"]["n_batches"]) == (12, 3)
     assert b["meta"]["mean_loss"] == pytest.approx(a["meta"]["mean_loss"], rel=1e-6)
@@ -226,27 +254,40 @@ def test_sharded_scores_and_summary_equal_one_process(runs, report):
             assert b["thresholds_per_matrix"][n][q] == pytest.approx(v, rel=SCORE_RTOL), (n, q)
 
 
-def test_table1_on_the_shards_equals_one_process(runs):
+@pytest.mark.parametrize("system", ["base", "full"])
+def test_table1_on_the_shards_equals_one_process(runs, system):
     from espnet_ext.importance.deactivate import deactivation_masks
 
     root, _ = runs
-    a = json.loads((root / "single" / "table1.json").read_text())
-    b = json.loads((root / "sharded" / "table1.json").read_text())
-    assert a["masks_from"] == b["masks_from"] == {"text": "text", "speech": "speech"}
+    a, b = (json.loads((root / exp / "importance" / system / "table1.json").read_text())
+            for exp in ("single", "sharded"))
+    rows = {"text": "text"} if system == "base" else {"text": "text", "speech": "speech"}
+    assert a["masks_from"] == b["masks_from"] == rows
     assert b["zeroed_fraction"] == a["zeroed_fraction"]  # the same number of weights zeroed
     worst = 0.0
     for row in a["table"]:
         for which, ppl in a["table"][row].items():
             worst = max(worst, abs(b["table"][row][which] / ppl - 1))
             assert b["table"][row][which] == pytest.approx(ppl, rel=PPL_RTOL), (row, which)
-    print(f"Table 1, sharded vs one process: max relative perplexity difference {worst:.1e}")
+    print(f"Table 1 of {system}, sharded vs one process: max relative perplexity difference {worst:.1e}")
     for row in a["table"].values():  # not vacuous: zeroing moves the perplexity far beyond the tolerance
         assert all(abs(row[w] / row["base"] - 1) > 100 * PPL_RTOL for w in ("top", "random")), row
-    for report in ("", "speech"):  # the masks the two Table 1s zeroed are the same sets
-        single, sharded = _load(root / "single" / report), _load(root / "sharded" / report)
+    for report in [system] + ([f"{system}/speech"] if system == "full" else []):  # the same sets zeroed
+        single, sharded = (_load(root / exp / "importance" / report) for exp in ("single", "sharded"))
         for which in WHICH:
             want, got = deactivation_masks(single, FRACTION, which), deactivation_masks(sharded, FRACTION, which)
             assert all(torch.equal(got[n], want[n]) for n in want), (report, which)
+
+
+def test_stage6_analysis_on_the_shards_equals_one_process(runs):
+    root, _ = runs
+    a, b = (json.loads((root / exp / "results" / "analysis.json").read_text()) for exp in ("single", "sharded"))
+    assert a["change"] == b["change"]  # whole weights, read before sharding
+    for tag in ("full", "lora"):
+        for k, v in a["shift"][tag].items():
+            assert b["shift"][tag][k] == pytest.approx(v, rel=1e-3, abs=1e-9), (tag, k)
+    assert set(b["rank_clustering"]) == {"base", "full", "lora", "full:speech"}
+    assert (root / "sharded" / "results" / "figures" / "fig1_rank_clustering.png").is_file()
 
 
 @pytest.mark.parametrize("variant", ["same", "ties"])
@@ -257,7 +298,7 @@ def test_masks_and_thresholds_on_the_same_scores_are_identical(runs, variant):
     from espnet_ext.importance.threshold import threshold_for_fraction
 
     root, result = runs
-    scores = _load(root / "sharded")
+    scores = _load(root / "sharded" / "importance" / "full")
     full = scores if variant == "same" else tie_heavy(scores)
     got = result[variant]
     for which in WHICH:
@@ -286,7 +327,7 @@ def test_report_written_from_the_shards_is_the_whole_report(runs):
     from espnet_ext.importance.report import load_summary
 
     root, _ = runs
-    scores = _load(root / "sharded")
+    scores = _load(root / "sharded" / "importance" / "full")
     for variant, full in (("same", scores), ("ties", tie_heavy(scores))):
         again = _load(root / f"rewritten_{variant}")
         assert again.keys() == full.keys() and all(torch.equal(again[n], full[n]) for n in full)
