@@ -8,7 +8,9 @@ change analysis) with ``--sharding_conf``; the reference is the same jobs in thi
 unsharded, on the same batches.  fp32 throughout, so the two differ by float rounding only:
 
 * eq. 2 scores within a stated relative tolerance, the summaries' sums and thresholds
-  alike, Table 1's masks equal and its perplexities within 1e-5;
+  alike, Table 1's masks equal and its perplexities within 1e-5; against a one-process
+  run without the shared prompt-prefix cache (which the sharded path turns off) the
+  scores and Table 1 are bit-identical;
 * on the *same* scores (a sharded report's, and a tie-heavy variant of them, laid out in
   FSDP2's dim-0 chunks), the sharded thresholds, the top / bottom / random masks of both
   scopes (ties and coin flips included) and the summary thresholds are identical to the
@@ -61,6 +63,8 @@ def write_inputs(root: Path, llm_dir: str, whisper_dir: str) -> dict:
              "adaptor": "concat", "adaptor_conf": {"downsample_rate": 5, "hidden_size": 32},
              "llm": "hf", "llm_conf": {"model_name_or_path": llm_dir}}
     (root / "model.yaml").write_text(yaml.safe_dump(parts))
+    # the sharded path runs every sample's prompt prefix itself (no shared prefix cache)
+    (root / "model_noprefix.yaml").write_text(yaml.safe_dump({**parts, "model_conf": {"share_prompt_prefix": False}}))
     # 12 utterances in batches of 5: 3 batches, so the ranks take 2 and 1 (and a stand-in step)
     (root / "importance.yaml").write_text(yaml.safe_dump({
         "scoring": {"num_utts": 12, "batch_size": 5},
@@ -82,8 +86,8 @@ def write_inputs(root: Path, llm_dir: str, whisper_dir: str) -> dict:
     shutil.copytree(root / "single", root / "sharded")
 
 
-def stage3_args(root: Path, dumps: Path, exp: str) -> list:
-    return ["--config", str(root / "importance.yaml"), "--model_config", str(root / "model.yaml"),
+def stage3_args(root: Path, dumps: Path, exp: str, model: str = "model.yaml") -> list:
+    return ["--config", str(root / "importance.yaml"), "--model_config", str(root / model),
             "--data_dir", str(dumps / "dump" / "train"), "--eval_dir", str(dumps / "dump" / "dev"),
             "--output_dir", str(root / exp / "importance" / "base")]
 
@@ -205,6 +209,7 @@ def runs(tmp_path_factory, tiny_llm_dir, tiny_whisper_dir, tiny_dumps):
     try:  # the one-process reference, while the workers run
         importance_cli(stage3_args(root, tiny_dumps, "single"))
         analyze_cli(stage6_args(root, tiny_dumps, "single"))
+        importance_cli(stage3_args(root, tiny_dumps, "noprefix", "model_noprefix.yaml"))
     finally:
         torch.set_num_threads(threads)
         logs = [p.communicate(timeout=600)[0] for p in procs]
@@ -252,6 +257,20 @@ def test_sharded_scores_and_summary_equal_one_process(runs, report):
     for n, per in a["thresholds_per_matrix"].items():
         for q, v in per.items():
             assert b["thresholds_per_matrix"][n][q] == pytest.approx(v, rel=SCORE_RTOL), (n, q)
+
+
+def test_sharded_scores_are_one_process_scores_without_the_prefix_cache(runs):
+    """Where the difference comes from: with 3 batches on 2 ranks the gradient sums are added
+    in the one-process order ((g1 + g2) + g3: each reduce-scatter of a step sums the ranks'
+    two batches, x 2 / 2 exactly), and each batch's gradient is the same computation, so the
+    sharded report equals bit for bit a one-process report that, like the sharded path,
+    runs every sample's prompt prefix itself; the shared prefix cache is what moves digits."""
+    root, _ = runs
+    single, sharded = (_load(root / exp / "importance" / "base") for exp in ("noprefix", "sharded"))
+    assert all(torch.equal(sharded[n], single[n]) for n in single)
+    a, b = (json.loads((root / exp / "importance" / "base" / "table1.json").read_text())
+            for exp in ("noprefix", "sharded"))
+    assert a["table"] == b["table"]
 
 
 @pytest.mark.parametrize("system", ["base", "full"])

@@ -171,6 +171,7 @@ def score_importance_sharded(
         raise ValueError(f"importance accumulate={config.accumulate!r} is not available under sharding: "
                          "each batch's own gradient never exists on one rank (the reduce-scatter sums "
                          "the ranks' gradients); use signed_sum (eq. 2)")
+    batches = list(batches)
     if not batches:
         raise ValueError("importance scoring got no batches")
     params = select_parameters(model, config.groups)
@@ -181,8 +182,8 @@ def score_importance_sharded(
     if frozen:
         raise ValueError(f"sharded scoring: {frozen[0]} does not require grad (make the scored parameters "
                          "trainable before sharding)")
-    extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in
-             {id(q) for q in params.values()} and "lora_" not in n]
+    scored = {id(p) for p in params.values()}
+    extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in scored]
     if extra:
         logger.warning("sharded scoring: %d other trainable parameters (e.g. %s) get gradients too",
                        len(extra), extra[0])
@@ -296,8 +297,9 @@ def deactivated_shards(params: Mapping[str, torch.nn.Parameter], masks: Mapping[
 def perplexity_sharded(model: torch.nn.Module, batches: Sequence[Dict[str, torch.Tensor]], modality: str) -> float:
     """:func:`~espnet_ext.importance.deactivate.perplexity` with every rank taking every
     ``world``-th batch (token-weighted sums all-reduced); collective."""
+    batches = list(batches)
     rank, world = _rank_world()
-    mine, steps = _rank_batches(list(batches), rank, world)
+    mine, steps = _rank_batches(batches, rank, world)
     was = model.training
     model.eval()
     total = tokens = 0.0
