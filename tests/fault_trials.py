@@ -51,6 +51,7 @@ class Job:
     name: str
     command: Callable[[Path], List[str]]
     compare: Callable[[Path, Path], List[str]]  # differences (empty: equal)
+    by_default: bool = True  # False: only when --jobs names it (a long job)
     seconds: float = 0.0  # wall time of the unbroken run
     first_output: float = 0.0  # when its first output file appeared (start-up before it)
     trials: List[dict] = field(default_factory=list)
@@ -124,6 +125,12 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
     def train(out: Path) -> List[str]:
         return py + ["espnet_ext.bin.speechllm_train", *train_cmd(root, conf, out, "--resume", "true")]
 
+    def train_sharded(out: Path) -> List[str]:  # 2 gloo processes, FSDP2, DCP checkpoints
+        return py + ["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                     "espnet_ext.bin.speechllm_train", "--multiprocessing_distributed", "false",
+                     "--dist_backend", "gloo",
+                     *train_cmd(root, conf, out, "--resume", "true", "--sharding_conf", "param_dtype=float32")]
+
     def decode(out: Path) -> List[str]:
         return py + ["espnet_ext.bin.speechllm_inference", "--config", str(ref_model / "config.yaml"),
                      "--model_file", str(ref_model / "5epoch.pth"),
@@ -156,6 +163,8 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
     return [
         Job("training (ESPnet Trainer, --resume true)", train,
             lambda a, b: compare_states(a, b, ["5epoch.pth", "checkpoint.pth"])),
+        Job("sharded training (FSDP2, 2 processes, DCP, --resume true)", train_sharded,
+            lambda a, b: compare_states(a, b, ["5epoch.pth"]), by_default=False),  # ~2 min a trial
         Job("decoding (S2T + T2T)", decode,
             lambda a, b: compare_files(a, b, ["s2t/hyp", "t2t/hyp"])),
         Job("feature dump (stage 2)", dump,
@@ -192,7 +201,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8, help="SIGKILL trials per job")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="", help="keep the trial dirs here (default: a temp dir)")
-    p.add_argument("--jobs", default="", help="only the jobs whose name contains this text")
+    p.add_argument("--jobs", default="", help="only the jobs whose name contains this text (default: every "
+                   "job but the sharded training, which --jobs sharded runs)")
     args = p.parse_args()
     from espnet_ext.convert.tiny import build_tiny_llm, build_tiny_whisper
 
@@ -204,7 +214,7 @@ def main() -> None:
         build_tiny_whisper(whisper)
         build_tiny_dumps(root, llm, whisper)
     rng = random.Random(args.seed)
-    jobs = [j for j in build_jobs(root, llm, whisper) if args.jobs in j.name]
+    jobs = [j for j in build_jobs(root, llm, whisper) if (args.jobs in j.name if args.jobs else j.by_default)]
     for job in jobs:
         ref = root / f"ref_{jobs.index(job)}"
         shutil.rmtree(ref, ignore_errors=True)

@@ -161,3 +161,20 @@ def test_seeds_train_decode_and_score_one_run_per_config_and_seed(tmp_path):
     for bad, why in (("0 x", "--seeds must list whole numbers"), ("1 1", "--seeds lists a seed twice")):
         p = _run(tmp_path / bad.replace(" ", "_"), "--seeds", bad)
         assert p.returncode == 1 and why in p.stderr, p.stderr
+
+
+def test_importance_sharding_reaches_stages_3_and_6_only(tmp_path):
+    p = _run(tmp_path, "--ngpu", "0", "--nproc", "2", "--importance_sharding", "engine=fsdp2,param_dtype=float32")
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    calls = _calls(tmp_path)
+    for module in ("importance_score", "importance_analyze"):
+        assert _opt(calls[module][0], "--sharding_conf") == "engine=fsdp2,param_dtype=float32"
+    assert "--sharding_conf" not in calls["speechllm_train"][0]  # training has its own option
+
+
+@pytest.mark.parametrize("option", ["--importance_sharding", "--train_sharding"])
+def test_sharding_with_one_process_is_refused(tmp_path, option):
+    p = _run(tmp_path, option, "engine=fsdp2")
+    assert p.returncode == 1
+    assert f"run.sh: {option} needs more than one process" in p.stderr, p.stderr
+    assert "==== Stage" not in p.stderr

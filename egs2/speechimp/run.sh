@@ -55,6 +55,9 @@ long_audio=truncate      # audio longer than the encoder window: truncate | reje
 # ---- Model and its parameter importance -------------------------------------------------------
 model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained models (conf/model/)
 importance_config=conf/importance.yaml  # importance scoring (stage 3) and analysis (stage 6) options
+importance_sharding=""   # FSDP2-shard the model of the importance jobs (stages 3, 6; needs > 1 process,
+                         # as --train_sharding), e.g. "engine=fsdp2,param_dtype=float32": eq. 2,
+                         # thresholds and Table 1 on the shards; empty = every rank holds the model
 
 # ---- Training (stage 4) -----------------------------------------------------------------------
 train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml"
@@ -157,6 +160,16 @@ fi
 # the launcher of a sharded job, followed by the module name: python -m, or torchrun -m
 sharded=(python -m)
 [ "$job_nproc" -gt 1 ] && sharded=(torchrun --standalone --nproc_per_node "$job_nproc" -m)
+for _opt in train_sharding importance_sharding; do
+  if [ -n "${!_opt}" ] && [ "$job_nproc" -le 1 ]; then
+    echo "run.sh: --$_opt needs more than one process (--ngpu > 1, or --ngpu 0 --nproc > 1)" >&2
+    exit 1
+  fi
+done
+unset _opt
+# the importance jobs' sharding option (stages 3, 6)
+importance_shard_opts=()
+[ -n "$importance_sharding" ] && importance_shard_opts=(--sharding_conf "$importance_sharding")
 
 mkdir -p "$expdir"
 
@@ -300,7 +313,7 @@ stage3() {
   ${gpu_cmd} "$expdir/importance/base/score.log" "${sharded[@]}" espnet_ext.bin.importance_score \
     --config "$importance_config" --model_config "$expdir/pretrained/model.yaml" \
     --data_dir "$dumpdir/$train_set" --eval_dir "$dumpdir/$valid_set" \
-    --output_dir "$expdir/importance/base" --device "$device"
+    --output_dir "$expdir/importance/base" --device "$device" "${importance_shard_opts[@]}"
 }
 
 # ---- stage 4: stage-1 training, one run per training config --------------------------------
@@ -478,7 +491,7 @@ stage6() {
   ${gpu_cmd} "$expdir/log/importance_analyze.log" "${sharded[@]}" espnet_ext.bin.importance_analyze \
     --config "$importance_config" --exp_dir "$expdir" --systems "$trained" \
     --base_model_config "$expdir/pretrained/model.yaml" --data_dir "$dumpdir/$train_set" \
-    --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt" --device "$device"
+    --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt" --device "$device" "${importance_shard_opts[@]}"
   python -m espnet_ext.bin.make_results --exp_dir "$expdir" --systems "$systems" \
     --stage_times "$stage_times" --running_stage "6=$((SECONDS - t0))" --out_md "$results_md" \
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \
