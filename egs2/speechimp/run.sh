@@ -66,10 +66,10 @@ train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml
                          # $expdir/importance/base. Ours (importance-weighted anchoring, not in the
                          # default: it costs 5 min): add conf/train_impanchor.yaml. LoRA rank ablation
                          # (Table 3): add conf/train_lora_r16.yaml conf/train_lora_r24.yaml (lora is r 8)
-seeds=""                 # training seeds: empty = the preset's recipe.seeds, else one run per config
-                         # with its own seed; "0 1 2" =
-                         # one run per config and seed (tag <tag> for the first, <tag>_seed<N> for the
-                         # others; RESULTS.md pools the runs of a system and records their spread)
+seeds=""                 # training seeds: empty = the preset's recipe.seeds (none: the configs' own);
+                         # "0 1 2" = one run per config and seed (tag <tag> for the first,
+                         # <tag>_seed<N> for the others; RESULTS.md pools the runs of a system and
+                         # records their spread)
 ngpu=0                   # GPUs of every model job (stages 2-6; 0 = CPU): --device cuda; > 1 runs
                          # torchrun, one process per GPU (NCCL): training, importance, decoding and
                          # the cascade are sharded across them; the feature dump and warm-up use one
