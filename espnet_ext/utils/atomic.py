@@ -71,6 +71,20 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         f.write(text)
 
 
+def replace_dir(src: PathLike, path: PathLike) -> None:
+    """Move the finished directory ``src`` to ``path`` (same file system); a previous
+    ``path`` is moved aside first and removed only once ``src`` is in its place."""
+    src, path = Path(src), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(src, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, path)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` when the block succeeds.
@@ -83,14 +97,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         err = _disk_full(e, path)
