@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 from espnet_ext.data.kaldi_dir import DataError, parse_answers, read_table
 from espnet_ext.eval.claims import render_claims
 from espnet_ext.eval.qa_match import MATCHERS, score_predictions
+from espnet_ext.inference.decode_dir import hyp_damage
 from espnet_ext.tasks.systems import BASE_MODEL_NAME, read_systems
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
 from espnet_ext.utils.records import read_json
@@ -45,8 +46,6 @@ def read_references(data_dir: str | Path) -> Dict[str, List[str]]:
 
 def score_decode_dir(decode_dir: str | Path, ref_dir: str | Path) -> dict:
     """Score ``decode_dir/hyp`` against ``ref_dir/answer`` with every matcher."""
-    from espnet_ext.inference.decode import hyp_damage  # (torch and ESPnet: imported when scoring)
-
     decode_dir = Path(decode_dir)
     hyp = decode_dir / "hyp"
     why = hyp_damage(decode_dir) if hyp.is_file() else None

@@ -30,11 +30,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from espnet_ext.inference.decode_dir import hyp_damage
 from espnet_ext.models.speech_llm import ESPnetSpeechLLM
 from espnet_ext.tasks.speech_llm import SpeechLLMTask
 from espnet_ext.train.batches import dump_batches, preprocessor_for
 from espnet_ext.utils.atomic import DiskFullError, atomic_open, atomic_write_text
-from espnet_ext.utils.records import read_json_or_none
 from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
 logger = logging.getLogger(__name__)
@@ -91,19 +91,6 @@ def model_stamp(config: str | Path, model_file: Optional[str | Path], modality: 
     return canonical({"config": file_identity(config, content=True),
                       "model_file": file_identity(model_file, content=False),
                       "modality": modality, "max_new_tokens": max_new_tokens})
-
-
-def hyp_damage(output_dir: str | Path) -> Optional[str]:
-    """Why ``output_dir/hyp`` is not the whole file its ``decode_report.json`` describes (a
-    last line cut short, fewer or more lines than decoded utterances), or ``None``."""
-    data = (Path(output_dir) / "hyp").read_bytes()
-    if data and not data.endswith(b"\n"):
-        return "its last line is cut short (truncated)"
-    report = read_json_or_none(Path(output_dir) / "decode_report.json")
-    n_lines = data.count(b"\n")
-    if isinstance(report, dict) and isinstance(report.get("n_utts"), int) and n_lines != report["n_utts"]:
-        return f"it holds {n_lines} hypotheses, its decode_report.json counts {report['n_utts']} (truncated?)"
-    return None
 
 
 def is_decoded(output_dir: str | Path, stamp: dict) -> bool:
