@@ -243,19 +243,27 @@ def test_stage5_and_stage6_need_the_earlier_stages(tmp_path):
     (exp / "importance/base").mkdir(parents=True)
     (exp / "importance/base/summary.json").write_text("{}")
     p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1  # the analysis reads the scores too
+    assert _needs(6, exp / "importance/base/scores.safetensors", 3) in p.stderr, p.stderr
+    (exp / "importance/base/scores.safetensors").write_text("")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
     assert p.returncode == 1 and _needs(6, exp / "lora/config.yaml", 4) in p.stderr, p.stderr
     (exp / "lora").mkdir()
     for f in ("config.yaml", "valid.loss.best.pth"):
         (exp / "lora" / f).write_text("")
     p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1 and _needs(6, exp / "lora/system.json", 4) in p.stderr, p.stderr
+    (exp / "lora" / "system.json").write_text("{}")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
     assert p.returncode == 1
     assert _needs(6, exp / "noft/decode_test_llamaq_text/hyp", 5) in p.stderr, p.stderr
     for s in ("test_llamaq", "test_webq"):
-        (exp / "noft" / f"decode_{s}_text").mkdir(parents=True)
-        (exp / "noft" / f"decode_{s}_text" / "hyp").write_text("")
+        for m in ("text", "chat"):  # --t2t_chat true (the default): No-FT T2T in both prompts
+            (exp / "noft" / f"decode_{s}_{m}").mkdir(parents=True)
+            (exp / "noft" / f"decode_{s}_{m}" / "hyp").write_text("")
     p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
     assert p.returncode == 1
-    assert _needs(6, exp / "lora/decode_test_llamaq_speech/hyp", 5) in p.stderr, p.stderr
+    assert _needs(6, exp / "lora/decode_test_llamaq_text/hyp", 5) in p.stderr, p.stderr
     assert "==== Stage" not in p.stderr
 
 
