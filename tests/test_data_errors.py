@@ -515,6 +515,31 @@ def test_two_dumps_of_one_set_at_once_are_refused(tmp_path, tiny_kaldi_dir, dump
     assert (out / "dump_report.json").is_file()
 
 
+def test_temporaries_of_killed_writers_are_removed_by_the_next_writer(tmp_path):
+    """SIGKILL leaves a writer's temporary behind (a multi-GB checkpoint at scale): the next
+    write into that directory on this host removes the ones whose process is gone."""
+    import subprocess
+    import sys
+
+    from espnet_ext.utils import atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    out = tmp_path / "out"
+    out.mkdir()
+    host = atomic._HOST
+    killed = out / f".checkpoint.pth.{host}.{dead}.abc123.tmp"
+    killed.write_bytes(b"half a checkpoint")
+    (out / f".dump.{host}.{dead}.xyz.tmp").mkdir()  # an atomic_dir's
+    kept = [out / f".hyp.{host}.{os.getpid()}.live1.tmp",  # a live writer's (this process)
+            out / f".hyp.otherhost.{dead}.r4nd.tmp",  # another host's: its pid means nothing here
+            out / ".hyp.old_style.tmp"]
+    for k in kept:
+        k.write_text("x")
+    atomic_write_text(out / "hyp", "new\n")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["hyp", *(k.name for k in kept)])
+
+
 def test_atomic_dir_keeps_old_dir_on_error(tmp_path):
     target = tmp_path / "dump"
     with atomic_dir(target) as tmp:
