@@ -76,6 +76,24 @@ class Job:
                               text=True, timeout=900)
 
 
+def wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
+    """Wait until no live (non-zombie) process of process group ``pgid`` is left."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        alive = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+                alive = True
+                break
+        if not alive:
+            return
+        time.sleep(0.05)
+
+
 def run(cmd: List[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
 
@@ -102,7 +120,10 @@ def compare_trees(a: Path, b: Path, root_a: Optional[Path] = None, root_b: Optio
     ra, rb = str((root_a or a).resolve()).encode(), str((root_b or b).resolve()).encode()
     # (a trial dir's own path, in text outputs, is the only allowed difference)
     for n in sorted(set(la) & set(lb)):
-        if la[n].read_bytes().replace(ra, b"<dir>") != lb[n].read_bytes().replace(rb, b"<dir>"):
+        da, db = la[n].read_bytes().replace(ra, b"<dir>"), lb[n].read_bytes().replace(rb, b"<dir>")
+        if n.endswith("demo_manifest.json"):  # its sha256 covers the wav paths, i.e. the trial's dir
+            da, db = (json.dumps({**json.loads(x), "sha256": None}).encode() for x in (da, db))
+        if da != db:
             diffs.append(n)
     return diffs
 
@@ -233,8 +254,11 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
 
     # ---- stage 1: data preparation, the demo and the four real-corpus converters + combine
     def data_demo(out: Path) -> List[str]:
+        # flite (a process per utterance): espeak-ng's output depends on what the process spoke
+        # before (espnet_ext/data/tts.py), so a rerun that skips finished sets speaks the rest
+        # a few samples differently from an unbroken run
         return ["bash", "local/data.sh", "--data_source", "demo", "--datadir", f"{out}/data",
-                "--max_utts_per_set", "4", "--demo_voices", "espeak"]
+                "--max_utts_per_set", "4", "--demo_voices", "flite"]
 
     corpora = {"voiceassistant": "VOICEASSISTANT_400K", "spoken_alpaca": "SPOKEN_ALPACA_GPT4",
                "llama_questions": "LLAMA_QUESTIONS", "web_questions": "SPOKEN_WEB_QUESTIONS"}
@@ -276,7 +300,7 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
                      "--data_dir", str(root / "dump/train"), "--eval_dir", str(root / "dump/dev"),
                      "--checkpoint", "valid.loss.best.pth"]
 
-    # ---- stage 6: QA scoring of 12 decode dirs of 500 questions (stage 5's hyp files and the
+    # ---- stage 6: QA scoring of 12 decode dirs of 3000 questions (stage 5's hyp files and the
     # references of stage 2's dumps, made up here)
     from espnet_ext.data.kaldi_dir import Utterance, write_kaldi_dir
     from espnet_ext.eval.results import read_references
@@ -287,7 +311,7 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
             write_kaldi_dir(root / "dump" / s, [
                 Utterance(f"q{s}-{i:04d}", "q", "none.wav", f"Question {i} of {s}?",
                           [f"answer {i} {s}", f"{i} alternative", "São Paulo" if i % 7 == 0 else f"number {i}"])
-                for i in range(500)])
+                for i in range(3000)])
 
     def qa_inputs(out: Path) -> None:
         for k, (tag, s, m) in enumerate(decodes):
@@ -362,6 +386,7 @@ def trial(job: Job, ref: Path, out: Path, rng: random.Random) -> dict:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         killed = True
+        wait_group_gone(proc.pid)  # its other processes (a job under bash) die a moment later
     # what the killed run had written (0: it died before its first output)
     files_at_kill = len(files_of(out) - inputs)
     reruns, rc, err = 0, 0 if not killed else 1, ""

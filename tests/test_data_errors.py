@@ -520,6 +520,7 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_writer(tmp_path):
     write into that directory on this host removes the ones whose process is gone."""
     import subprocess
     import sys
+    import time
 
     from espnet_ext.utils import atomic
 
@@ -530,6 +531,10 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_writer(tmp_path):
     host = atomic._HOST
     killed = out / f".checkpoint.pth.{host}.{dead}.abc123.tmp"
     killed.write_bytes(b"half a checkpoint")
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exited, not yet reaped: gone too
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        time.sleep(0.01)
+    (out / f".ark.{host}.{zombie.pid}.zz.tmp").write_text("x")
     (out / f".dump.{host}.{dead}.xyz.tmp").mkdir()  # an atomic_dir's
     kept = [out / f".hyp.{host}.{os.getpid()}.live1.tmp",  # a live writer's (this process)
             out / f".hyp.otherhost.{dead}.r4nd.tmp",  # another host's: its pid means nothing here
@@ -537,6 +542,7 @@ def test_temporaries_of_killed_writers_are_removed_by_the_next_writer(tmp_path):
     for k in kept:
         k.write_text("x")
     atomic_write_text(out / "hyp", "new\n")
+    zombie.wait()
     assert sorted(p.name for p in out.iterdir()) == sorted(["hyp", *(k.name for k in kept)])
 
 

@@ -43,13 +43,19 @@ def _disk_full(e: BaseException, path: Path) -> BaseException:
 
 
 def _pid_gone(pid: int) -> bool:
+    """True when no process ``pid`` runs on this host (a zombie, killed but not yet reaped,
+    counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # another user's live process
         return False
-    return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def sweep_temporaries(directory: PathLike) -> List[Path]:
