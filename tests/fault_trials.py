@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -41,12 +42,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from helpers import (  # noqa: E402
+    QA,
     REPO,
     build_tiny_dumps,
     corpus_rows,
     train_cmd,
     train_config,
     write_corpus,
+    write_noise_kaldi_dir,
 )
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -64,6 +67,7 @@ class Job:
     prepare: Optional[Callable[[Path], None]] = None  # puts the job's inputs into ``out`` first
     cwd: Optional[Path] = None  # where the command runs (default: here)
     env: Dict[str, str] = field(default_factory=dict)  # added to the environment
+    continued: str = ""  # a regex the rerun logs when it continues a killed run's partial work
     seconds: float = 0.0  # wall time of the unbroken run
     first_output: float = 0.0  # when its first output file appeared (start-up before it)
     trials: List[dict] = field(default_factory=list)
@@ -175,6 +179,8 @@ def compare_dump(a: Path, b: Path) -> List[str]:
     if sorted(fa) != sorted(fb):
         return diffs + ["enc_feats.scp keys"]
     diffs += [f"enc_feats[{u}]" for u in fa if not np.allclose(fa[u], fb[u], atol=1e-5)]
+    if (a / "enc_feats.ark").read_bytes() != (b / "enc_feats.ark").read_bytes():
+        diffs.append("enc_feats.ark bytes")
     return diffs
 
 
@@ -230,10 +236,18 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
                      "--modality", "text", "--data_dir", str(root / "dump/train"), "--output_dir", str(out / "t2t"),
                      "--batch_size", "2", "--max_new_tokens", "6"]
 
+    if not (root / "data/big").exists():  # a set long enough to be killed in its middle
+        import numpy as np
+
+        rng = np.random.default_rng(1)
+        write_noise_kaldi_dir(root / "data/big", root / "wav/big", [
+            (f"spk-big{i:03d}", "spk", 0.5 + 0.01 * (i % 100), QA[i % len(QA)][0], [QA[i % len(QA)][1]])
+            for i in range(400)], rng, scale=0.05)
+
     def dump(out: Path) -> List[str]:
         return py + ["espnet_ext.bin.dump_features", "--whisper", str(whisper), "--llm", str(llm),
                      "--data_dir", str(root / "data/train"), "--out_dir", str(out / "train"),
-                     "--data_dir", str(root / "data/dev"), "--out_dir", str(out / "dev"),
+                     "--data_dir", str(root / "data/big"), "--out_dir", str(out / "big"),
                      "--downsample_rate", "5", "--batch_size", "2"]
 
     def importance(out: Path) -> List[str]:
@@ -356,9 +370,11 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
         Job("training (ESPnet Trainer, --resume true)", train,
             lambda a, b: compare_states(a, b, ["5epoch.pth", "checkpoint.pth"])),
         Job("decoding (S2T + T2T)", decode,
-            lambda a, b: compare_files(a, b, ["s2t/hyp", "t2t/hyp"])),
+            lambda a, b: compare_files(a, b, ["s2t/hyp", "t2t/hyp"]),
+            continued=r"resuming; \d+ batches already decoded"),
         Job("feature dump (stage 2)", dump,
-            lambda a, b: compare_dump(a / "train", b / "train") + compare_dump(a / "dev", b / "dev")),
+            lambda a, b: compare_dump(a / "train", b / "train") + compare_dump(a / "big", b / "big"),
+            continued=r"continuing an interrupted dump: \d+ of \d+ batches"),
         Job("importance scoring + Table 1 (stages 3, 6)", importance, compare_importance),
         Job("adaptor CTC warm-up (stage 2)", warmup, lambda a, b: compare_states(a, b, ["adaptor.pth"])),
         Job("data preparation, demo (stage 1: local/data.sh)", data_demo,
@@ -380,22 +396,25 @@ def trial(job: Job, ref: Path, out: Path, rng: random.Random) -> dict:
     inputs = files_of(out)
     proc = job.start(out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        proc.wait(timeout=delay)
+        first_rc = proc.wait(timeout=delay)  # ended on its own (an error, if not 0)
         killed = False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        killed = True
+        killed, first_rc = True, None
         wait_group_gone(proc.pid)  # its other processes (a job under bash) die a moment later
     # what the killed run had written (0: it died before its first output)
     files_at_kill = len(files_of(out) - inputs)
-    reruns, rc, err = 0, 0 if not killed else 1, ""
+    reruns, rc, err, continued = 0, 1 if killed else first_rc, "", False
     while rc != 0 and reruns < 3:
         r = job.run(out)
+        if reruns == 0 and job.continued:
+            continued = re.search(job.continued, r.stderr) is not None
         reruns, rc, err = reruns + 1, r.returncode, r.stderr[-600:]
     diffs = job.compare(ref, out) if rc == 0 else ["did not complete"]
-    return {"delay": round(delay, 2), "killed": killed, "files_at_kill": files_at_kill, "reruns": reruns,
-            "completed": rc == 0, "diffs": diffs[:5], "error": err if rc else "", "temporaries_left": leftovers(out)}
+    return {"delay": round(delay, 2), "killed": killed, "first_rc": first_rc, "files_at_kill": files_at_kill,
+            "reruns": reruns, "continued": continued, "completed": rc == 0, "diffs": diffs[:5],
+            "error": err if rc else "", "temporaries_left": leftovers(out)}
 
 
 def main() -> None:
@@ -440,15 +459,17 @@ def main() -> None:
             res = trial(job, ref, out, rng)
             job.trials.append(res)
             print(f"{job.name} trial {i}: {res}", flush=True)
-    print("\n| job | SIGKILL trials | killed after writing outputs | survived | anything lost | temporaries "
-          "left | unbroken run (start-up) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| job | SIGKILL trials | killed after writing outputs | survived | anything lost | rerun continued "
+          "partial work | temporaries left | unbroken run (start-up) |")
+    print("|---|---|---|---|---|---|---|---|")
     for job in jobs:
         t = job.trials
         lost = sum(1 for x in t if x["diffs"])
         wrote = sum(x["killed"] and x["files_at_kill"] > 0 for x in t)
+        went_on = sum(x["continued"] for x in t) if job.continued else "-"
+        left = sum(bool(x["temporaries_left"]) for x in t)
         print(f"| {job.name} | {len(t)} (seed {args.seed}) | {wrote} | "
-              f"{sum(x['completed'] for x in t)} | {lost} | {sum(bool(x['temporaries_left']) for x in t)} | "
+              f"{sum(x['completed'] for x in t)} | {lost} | {went_on} | {left} | "
               f"{job.seconds:.1f} s ({job.first_output:.1f} s) |")
     if not args.workdir:
         shutil.rmtree(root, ignore_errors=True)
