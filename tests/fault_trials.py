@@ -68,6 +68,7 @@ class Job:
     cwd: Optional[Path] = None  # where the command runs (default: here)
     env: Dict[str, str] = field(default_factory=dict)  # added to the environment
     continued: str = ""  # a regex the rerun logs when it continues a killed run's partial work
+    by_default: bool = True  # False: only when --jobs names it (a long job)
     seconds: float = 0.0  # wall time of the unbroken run
     first_output: float = 0.0  # when its first output file appeared (start-up before it)
     trials: List[dict] = field(default_factory=list)
@@ -229,6 +230,12 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
     def train(out: Path) -> List[str]:
         return py + ["espnet_ext.bin.speechllm_train", *train_cmd(root, conf, out, "--resume", "true")]
 
+    def train_sharded(out: Path) -> List[str]:  # 2 gloo processes, FSDP2, DCP checkpoints
+        return py + ["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                     "espnet_ext.bin.speechllm_train", "--multiprocessing_distributed", "false",
+                     "--dist_backend", "gloo",
+                     *train_cmd(root, conf, out, "--resume", "true", "--sharding_conf", "param_dtype=float32")]
+
     def decode(out: Path) -> List[str]:
         return py + ["espnet_ext.bin.speechllm_inference", "--config", str(ref_model / "config.yaml"),
                      "--model_file", str(ref_model / "5epoch.pth"),
@@ -369,6 +376,8 @@ def build_jobs(root: Path, llm: Path, whisper: Path) -> List[Job]:
     return [
         Job("training (ESPnet Trainer, --resume true)", train,
             lambda a, b: compare_states(a, b, ["5epoch.pth", "checkpoint.pth"])),
+        Job("sharded training (FSDP2, 2 processes, DCP, --resume true)", train_sharded,
+            lambda a, b: compare_states(a, b, ["5epoch.pth"]), by_default=False),  # ~2 min a trial
         Job("decoding (S2T + T2T)", decode,
             lambda a, b: compare_files(a, b, ["s2t/hyp", "t2t/hyp"]),
             continued=r"resuming; \d+ batches already decoded"),
@@ -423,7 +432,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="", help="keep the trial dirs here (default: a temp dir)")
     p.add_argument("--jobs", action="append", default=[],
-                   help="only the jobs whose name contains this text (repeatable: any of them)")
+                   help="only the jobs whose name contains this text (repeatable: any of them; default: every "
+                        "job but the sharded training, which --jobs sharded runs)")
     args = p.parse_args()
     from espnet_ext.convert.tiny import build_tiny_llm, build_tiny_whisper
 
@@ -434,7 +444,8 @@ def main() -> None:
         build_tiny_llm(llm)
         build_tiny_whisper(whisper)
         build_tiny_dumps(root, llm, whisper)
-    jobs = [j for j in build_jobs(root, llm, whisper) if not args.jobs or any(t in j.name for t in args.jobs)]
+    jobs = [j for j in build_jobs(root, llm, whisper)
+            if (any(t in j.name for t in args.jobs) if args.jobs else j.by_default)]
     for job in jobs:
         rng = random.Random(f"{args.seed}/{job.name}")  # each job's draws, whichever jobs run
         ref = root / f"ref_{jobs.index(job)}"

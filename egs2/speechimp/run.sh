@@ -55,6 +55,9 @@ long_audio=truncate      # audio longer than the encoder window: truncate | reje
 # ---- Model and its parameter importance -------------------------------------------------------
 model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained models (conf/model/)
 importance_config=conf/importance.yaml  # importance scoring (stage 3) and analysis (stage 6) options
+importance_sharding=""   # FSDP2-shard the model of the importance jobs (stages 3, 6; needs > 1 process,
+                         # as --train_sharding), e.g. "engine=fsdp2,param_dtype=float32": eq. 2,
+                         # thresholds and Table 1 on the shards; empty = every rank holds the model
 
 # ---- Training (stage 4) -----------------------------------------------------------------------
 train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml"
@@ -63,6 +66,10 @@ train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml
                          # $expdir/importance/base. Ours (importance-weighted anchoring, not in the
                          # default: it costs 5 min): add conf/train_impanchor.yaml. LoRA rank ablation
                          # (Table 3): add conf/train_lora_r16.yaml conf/train_lora_r24.yaml (lora is r 8)
+seeds=""                 # training seeds: empty = the preset's recipe.seeds, else one run per config
+                         # with its own seed; "0 1 2" =
+                         # one run per config and seed (tag <tag> for the first, <tag>_seed<N> for the
+                         # others; RESULTS.md pools the runs of a system and records their spread)
 ngpu=0                   # GPUs of every model job (stages 2-6; 0 = CPU): --device cuda; > 1 runs
                          # torchrun, one process per GPU (NCCL): training, importance, decoding and
                          # the cascade are sharded across them; the feature dump and warm-up use one
@@ -106,6 +113,7 @@ if [ ! -f "$preset_file" ]; then
   exit 1
 fi
 [ -n "$adaptor_warmup" ] || adaptor_warmup=$(conf_get "$preset_file" recipe.adaptor_warmup)
+[ -n "$seeds" ] || seeds=$(conf_get "$preset_file" recipe.seeds "")
 if [ "$unseen_test_sets" = auto ]; then
   unseen_test_sets=""
   [ "$data_source" = demo ] && unseen_test_sets="test_llamaq_unseen test_webq_unseen"
@@ -123,6 +131,13 @@ for _opt in ngpu nproc; do
 done
 unset _opt
 [ "$nproc" -ge 1 ] || { echo "run.sh: --nproc must be at least 1, got '$nproc'" >&2; exit 1; }
+for _opt in $seeds; do
+  case $_opt in
+    ''|*[!0-9]*) echo "run.sh: --seeds must list whole numbers, got '$seeds'" >&2; exit 1;;
+  esac
+done
+[ "$(printf '%s\n' $seeds | sort | uniq -d)" = "" ] ||
+  { echo "run.sh: --seeds lists a seed twice: '$seeds'" >&2; exit 1; }
 
 # ---- devices and launchers of the model jobs (stages 2-6) ---------------------------------
 # --ngpu N > 0: every job computes on --device cuda (under torchrun each rank takes
@@ -145,6 +160,16 @@ fi
 # the launcher of a sharded job, followed by the module name: python -m, or torchrun -m
 sharded=(python -m)
 [ "$job_nproc" -gt 1 ] && sharded=(torchrun --standalone --nproc_per_node "$job_nproc" -m)
+for _opt in train_sharding importance_sharding; do
+  if [ -n "${!_opt}" ] && [ "$job_nproc" -le 1 ]; then
+    echo "run.sh: --$_opt needs more than one process (--ngpu > 1, or --ngpu 0 --nproc > 1)" >&2
+    exit 1
+  fi
+done
+unset _opt
+# the importance jobs' sharding option (stages 3, 6)
+importance_shard_opts=()
+[ -n "$importance_sharding" ] && importance_shard_opts=(--sharding_conf "$importance_sharding")
 
 mkdir -p "$expdir"
 
@@ -190,6 +215,20 @@ stage_times=$expdir/stage_times.tsv
 printf '%s\n' "cd $(pwd) && $0 $run_args" >>"$expdir/run.sh.cmd"
 
 tag_of() { local b; b=$(basename "$1" .yaml); echo "${b#train_}"; }
+# trained_runs: one "CONF TAG SEED" line per training run (SEED "-": the config's own seed):
+# each --train_configs file once, or once per --seeds value (the first keeps the plain tag)
+trained_runs() {
+  local conf s first
+  for conf in $train_configs; do
+    if [ -z "$seeds" ]; then echo "$conf $(tag_of "$conf") -"; continue; fi
+    first=true
+    for s in $seeds; do
+      if $first; then echo "$conf $(tag_of "$conf") $s"; first=false
+      else echo "$conf $(tag_of "$conf")_seed$s $s"; fi
+    done
+  done
+}
+trained_tags() { trained_runs | cut -d' ' -f2 | paste -sd' ' -; }
 all_sets() { echo "$train_set $valid_set $test_sets $unseen_test_sets"; }
 
 # require_outputs STAGE MADE_BY WHAT PATH...: stage STAGE reads PATH..., which stage MADE_BY
@@ -274,7 +313,7 @@ stage3() {
   ${gpu_cmd} "$expdir/importance/base/score.log" "${sharded[@]}" espnet_ext.bin.importance_score \
     --config "$importance_config" --model_config "$expdir/pretrained/model.yaml" \
     --data_dir "$dumpdir/$train_set" --eval_dir "$dumpdir/$valid_set" \
-    --output_dir "$expdir/importance/base" --device "$device"
+    --output_dir "$expdir/importance/base" --device "$device" "${importance_shard_opts[@]}"
 }
 
 # ---- stage 4: stage-1 training, one run per training config --------------------------------
@@ -292,11 +331,11 @@ stage4() {
   [ "$adaptor_warmup" = true ] &&
     require_outputs 4 2 "--adaptor_warmup true" "$expdir/warmup/adaptor.pth"
   # every system's config first (one validation pass: fails before any training starts)
-  local pairs=() conf
-  for conf in $train_configs; do
-    mkdir -p "$expdir/$(tag_of "$conf")"
-    pairs+=(--train_config "$conf" --out "$expdir/$(tag_of "$conf")/train.yaml")
-  done
+  local pairs=() conf tag seed
+  while read -r conf tag seed; do
+    mkdir -p "$expdir/$tag"
+    pairs+=(--train_config "$conf" --out "$expdir/$tag/train.yaml" --seed "$seed")
+  done < <(trained_runs)
   python -m espnet_ext.bin.compose_config --preset "$model_preset" --recipe_preset "$preset_file" \
     --pretrained_dir "$expdir/pretrained" --expdir "$expdir" "${pairs[@]}"
   # the importance report a system's composed config names (Layer-LR, ImpAnchor): stage 3's
@@ -309,10 +348,10 @@ stage4() {
       require_outputs 4 3 "$key.importance_report of $conf" "$report/summary.json"
     done
   done
-  for conf in $train_configs; do
-    local tag; tag=$(tag_of "$conf")
-    local dir=$expdir/$tag
-    stage_header 4 "$conf + $model_preset -> $dir"
+  while read -r conf tag seed; do
+    local dir=$expdir/$tag what=$conf
+    [ "$seed" = - ] || what+=" (seed $seed)"
+    stage_header 4 "$what + $model_preset -> $dir"
     local data=()
     for part in "enc_feats.scp,enc_feats,kaldi_ark" "text,text,text" "answer,answer,text"; do
       data+=(--train_data_path_and_name_and_type "$train_dump/$part"
@@ -337,7 +376,7 @@ stage4() {
     cmd+=($train_args)
     printf '%q ' "${cmd[@]}" >"$dir/train.sh.cmd"; echo >>"$dir/train.sh.cmd"
     ${cuda_cmd} --gpu "$ngpu" "$dir/train.log" "${cmd[@]}"
-  done
+  done < <(trained_runs)
 }
 
 # ---- stage 5: decoding (No-FT: text only; trained systems: text and speech) -----------------
@@ -376,8 +415,9 @@ stage5() {
     require_outputs 5 2 "" "$expdir/pretrained/whisper"
     for s in $test_sets $unseen_test_sets; do require_outputs 5 1 "" "$datadir/$s/wav.scp"; done
   fi
-  for conf in $train_configs; do
-    require_outputs 5 4 "" "$expdir/$(tag_of "$conf")/config.yaml" "$expdir/$(tag_of "$conf")/$ckpt"
+  local tag
+  for tag in $(trained_tags); do
+    require_outputs 5 4 "" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
   done
   local t2t=text; [ "$t2t_chat" = true ] && t2t="text chat"
   stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_{${t2t// /,}}"
@@ -393,8 +433,7 @@ stage5() {
       --output_dir "$expdir/cascade" --batch_size "$decode_bs" --max_new_tokens "$decode_mnt" \
       --device "$device" "${sets[@]}"
   fi
-  for conf in $train_configs; do
-    local tag; tag=$(tag_of "$conf")
+  for tag in $(trained_tags); do
     stage_header 5 "$expdir/$tag/$ckpt -> $expdir/$tag/decode_*_{${t2t// /,},speech}"
     decode_system "$tag" "$t2t speech" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
   done
@@ -413,7 +452,7 @@ data_description() {
 stage6() {
   local t0=$SECONDS systems="noft" conf trained=""
   [ "$cascade" = true ] && systems+=" cascade"
-  for conf in $train_configs; do trained+=" $(tag_of "$conf")"; done
+  trained=" $(trained_tags)"
   systems+="$trained"
   local ckpt tag s hyps=()
   ckpt=$(conf_get "$decode_config" inference_model)
@@ -453,7 +492,7 @@ stage6() {
   ${gpu_cmd} "$expdir/log/importance_analyze.log" "${sharded[@]}" espnet_ext.bin.importance_analyze \
     --config "$importance_config" --exp_dir "$expdir" --systems "$trained" \
     --base_model_config "$expdir/pretrained/model.yaml" --data_dir "$dumpdir/$train_set" \
-    --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt" --device "$device"
+    --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt" --device "$device" "${importance_shard_opts[@]}"
   python -m espnet_ext.bin.make_results --exp_dir "$expdir" --systems "$systems" \
     --stage_times "$stage_times" --running_stage "6=$((SECONDS - t0))" --out_md "$results_md" \
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \

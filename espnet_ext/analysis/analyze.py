@@ -82,8 +82,13 @@ def run_analysis(
     out_dir: Optional[str | Path] = None,
     device: str = "cpu",
     overwrite: bool = False,
+    sharding=None,
 ) -> dict:
-    """Score every system, then write figures and ``analysis.json`` (see module docstring)."""
+    """Score every system, then write figures and ``analysis.json`` (see module docstring).
+
+    ``sharding`` (a :class:`~espnet_ext.train.sharding.ShardingConfig`, under torchrun):
+    each system's report and Table 1 are computed on its FSDP2 shards; its whole weights
+    for the parameter-change analysis are taken on the CPU before it is sharded."""
     from espnet_ext.inference.decode import load_model
 
     exp_dir = Path(exp_dir)
@@ -128,14 +133,18 @@ def run_analysis(
     change_layer = conf.pick_change_layer(n_layers)
     change, change_detail, change_maps = {}, {}, []
     for tag, (cfg, ckpt, deact, rstamp, speech) in models.items():
-        model = load_model(cfg, ckpt, device)
+        model = load_model(cfg, ckpt, "cpu" if sharding is not None else device)
         report = exp_dir / "importance" / tag
+        # sharded: the whole weights before sharding replaces them (the CPU copies stay intact)
+        tuned_w = ({n: w.cpu() for n, w in effective_weights(model, scoring.groups).items()}
+                   if sharding is not None else None)
         if overwrite or not is_scored(report, rstamp):
             logger.info("scoring %s (%s) -> %s", tag, ckpt, report)
             run_importance(model, data_dir, report, scoring, deact, eval_dir,
                            provenance={"model_config": str(cfg), "model_file": str(ckpt), "stamp": rstamp},
-                           score_speech=speech)
-        tuned_w = {n: w.cpu() for n, w in effective_weights(model, scoring.groups).items()}
+                           score_speech=speech, sharding=sharding, device=torch.device(device))
+        if tuned_w is None:
+            tuned_w = {n: w.cpu() for n, w in effective_weights(model, scoring.groups).items()}
         del model
         stats, maps = analyze_change(base_w, tuned_w, change_layer, MODULE_TYPES, conf.top_fraction,
                                      conf.line_fraction, conf.seed, conf.n_null, base_scores)

@@ -11,11 +11,18 @@ The paper scores each input modality separately (§2.2, §2.3.1: "speech and tex
 so when the Table-1 check has a speech row (or the caller asks for it, as stage 6 does
 for Full-FT's Fig. 1) a second report of speech-input importance, on the same
 utterances, is written to ``<output_dir>/speech/``; the speech row's masks come from it.
+
+With a sharding config (an addition: ``--sharding_conf``, the paper-scale path) the model
+is FSDP2-sharded over the ranks first (:func:`shard_for_analysis`) and eq. 2, the report
+and Table 1 run on the shards (:mod:`espnet_ext.importance.sharded`): no rank holds a
+whole gradient or score vector, and the report equals the one-process report within
+float rounding (its masks are the one-process masks of the same scores).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -29,8 +36,17 @@ from espnet_ext.importance.deactivate import deactivation_check, render_table1
 from espnet_ext.importance.params import lora_layers, select_parameters
 from espnet_ext.importance.report import report_damage, write_report
 from espnet_ext.importance.scoring import ImportanceConfig, score_importance
+from espnet_ext.importance.sharded import (
+    deactivated_shards,
+    perplexity_sharded,
+    score_importance_sharded,
+    sharded_masks,
+    write_report_sharded,
+)
 from espnet_ext.train.batches import dump_batches, preprocessor_for, subset_ids
+from espnet_ext.train.sharding import ShardingConfig, shard_model
 from espnet_ext.utils.atomic import atomic_write_text
+from espnet_ext.utils.conf import build_from_conf
 from espnet_ext.utils.records import read_json_or_none
 from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
@@ -77,9 +93,40 @@ def is_scored(output_dir: str | Path, stamp: dict) -> bool:
     return not stamp.get("deactivation") or isinstance(read_json_or_none(Path(output_dir) / "table1.json"), dict)
 
 
-def _score(model, pre, data_dir: str | Path, ids, config: ImportanceConfig, device):
+def sharding_config(conf: Optional[Dict[str, Any]], key: str = "--sharding_conf") -> Optional[ShardingConfig]:
+    """The :class:`ShardingConfig` of a job's ``--sharding_conf`` (``None``: unsharded)."""
+    return None if conf is None else build_from_conf(ShardingConfig, conf, key)
+
+
+def shard_for_analysis(model: torch.nn.Module, sharding: ShardingConfig, groups, device: torch.device) -> None:
+    """FSDP2-shard ``model`` in place for the sharded analysis, over every rank, on ``device``.
+
+    First LoRA adapters are merged (eq. 2's θ and Table 1's "θ_i = 0" are the effective
+    weight; the gradient of the merged weight is the base weight's) and only the scored
+    parameters are left trainable (FSDP2 reduces gradients of trainable parameters only).
+    The model may sit on the CPU: FSDP2 moves each layer to ``device`` as it shards it, so
+    no device ever holds the whole model; the replicated speech encoder is moved whole.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError("sharding_conf: the sharded analysis runs under torchrun with more than one process")
+    for layer in lora_layers(model).values():
+        layer.merge()
+    scored = {id(p) for p in select_parameters(model, groups).values()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in scored)
+    if getattr(model, "encoder", None) is not None and not sharding.shard_encoder:
+        model.encoder.to(device)
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    shard_model(model, sharding, mesh=mesh)
+
+
+def _score(model, pre, data_dir: str | Path, ids, config: ImportanceConfig, device, sharded: bool = False):
     """Eq. 2 of ``model`` on the utterances ``ids`` (this rank's share under torch.distributed)."""
     batches = [b for _, b in dump_batches(data_dir, pre, config.modality, config.batch_size, ids, device=device)]
+    if sharded:  # every rank takes every world-th batch; the reduce-scatter sums them
+        return score_importance_sharded(model, batches, config)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         batches = batches[rank::world]  # gradient sums are all-reduced in score_importance
@@ -90,12 +137,17 @@ def run_importance(
     model, data_dir: str | Path, output_dir: str | Path, config: ImportanceConfig,
     deactivation: Optional[DeactivationConfig] = None, eval_dir: Optional[str | Path] = None,
     provenance: Optional[Dict[str, Any]] = None, score_speech: bool = False,
+    sharding: Optional[ShardingConfig] = None, device: Optional[torch.device] = None,
 ) -> dict:
     """Score, write the report(s), and (optionally) the Table-1 deactivation check.
 
     ``score_speech`` also writes the speech-input report (always done when Table 1 has a
-    speech row; see the module docstring)."""
+    speech row; see the module docstring).  ``sharding``: shard the (unsharded) ``model``
+    onto ``device`` (default: where it is) and run everything on the shards."""
     output_dir = Path(output_dir)
+    sharded = sharding is not None
+    if sharded:
+        shard_for_analysis(model, sharding, config.groups, device or next(model.parameters()).device)
     pre = preprocessor_for(model)
     device = next(model.parameters()).device
     ids = subset_ids(data_dir, config.subset_fraction, config.num_utts, config.seed)
@@ -107,7 +159,7 @@ def run_importance(
     for modality, conf in configs.items():
         out = output_dir if conf is config else output_dir / SPEECH_REPORT
         t0 = time.perf_counter()
-        result = _score(model, pre, data_dir, ids, conf, device)
+        result = _score(model, pre, data_dir, ids, conf, device, sharded)
         seconds = time.perf_counter() - t0
         meta = {
             "config": dataclasses.asdict(conf), "data_dir": str(data_dir), "n_utts": result.n_utts,
@@ -115,17 +167,21 @@ def run_importance(
             **(provenance or {}),
         }
         # an earlier run's Table 1 goes with its report (it would not match this one)
-        s = write_report(out, result.scores, meta, dtype=conf.score_dtype,
-                         invalidates=("table1.json", "table1.md") if out == output_dir else ()) if rank0 else {}
+        stale = ("table1.json", "table1.md") if out == output_dir else ()
+        if sharded:  # every rank writes its rows; rank 0 the header, the summary and the rename
+            meta["sharding"] = {**dataclasses.asdict(sharding), "world_size": torch.distributed.get_world_size()}
+            s = write_report_sharded(out, result.scores, meta, dtype=conf.score_dtype, invalidates=stale)
+        else:
+            s = write_report(out, result.scores, meta, dtype=conf.score_dtype, invalidates=stale) if rank0 else {}
         if rank0:
             logger.info("%s importance of %d utts in %.1f s; layer sums %s", modality, result.n_utts, seconds,
                         ", ".join(f"{x:.3g}" for x in s["layer_sums"]))
         summary = summary or s
         scores[modality] = result.scores
-    if "speech" not in configs:  # a speech report of an earlier run no longer matches
+    if "speech" not in configs and rank0:  # a speech report of an earlier run no longer matches
         for stale in ("summary.json", "scores.safetensors"):
             (output_dir / SPEECH_REPORT / stale).unlink(missing_ok=True)
-    if not rank0:
+    if not rank0 and not sharded:
         return summary
     if deactivation is not None and eval_dir is not None:
         eval_ids = subset_ids(eval_dir, 1.0, deactivation.num_utts, deactivation.seed)
@@ -134,12 +190,17 @@ def run_importance(
             for m in deactivation.modalities
         }
         # LoRA: zeroing θ_i must zero the *effective* weight, so the adapters are merged
-        # into the base weights first (in place; the model computes the same function)
+        # into the base weights first (in place; the model computes the same function;
+        # shard_for_analysis merged them before sharding)
         for layer in lora_layers(model).values():
             layer.merge()
         params = select_parameters(model, config.groups)
+        on_shards = dict(masks_fn=sharded_masks, zeroed_fn=functools.partial(deactivated_shards, model=model),
+                         perplexity_fn=perplexity_sharded) if sharded else {}
         check = deactivation_check(model, params, scores, eval_batches,
-                                   deactivation.fraction, deactivation.scope, deactivation.seed)
+                                   deactivation.fraction, deactivation.scope, deactivation.seed, **on_shards)
+        if not rank0:
+            return summary
         payload = {"table": check["table"], "fraction": deactivation.fraction, "scope": deactivation.scope,
                    "eval_dir": str(eval_dir), "n_utts": len(eval_ids),
                    "zeroed_fraction": check["zeroed_fraction"], "masks_from": check["masks_from"]}

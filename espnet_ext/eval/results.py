@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from espnet_ext.data.kaldi_dir import DataError, parse_answers, read_table
-from espnet_ext.eval.claims import render_claims
+from espnet_ext.eval.claims import render_claims, render_seed_spread, seed_spread
 from espnet_ext.eval.qa_match import MATCHERS, score_predictions
 from espnet_ext.inference.decode_dir import hyp_damage
 from espnet_ext.tasks.systems import BASE_MODEL_NAME, read_systems
@@ -109,6 +109,9 @@ def collect_summary(exp_dir: str | Path, systems: List[str]) -> dict:
     if analysis.is_file():  # stage 6's importance analysis (figure paths relative to exp/results)
         a = read_json(analysis, ANALYZER)
         out["analysis"] = {k: v for k, v in a.items() if k != "stamp"}
+    spread = seed_spread(out)  # systems trained with several seeds (run.sh --seeds)
+    if spread:
+        out["seed_spread"] = spread
     return out
 
 
@@ -314,6 +317,7 @@ def render_results_md(summary: dict) -> str:
     if summary.get("analysis"):
         lines += render_analysis(summary["analysis"], system_names(summary))
     lines += render_claims(summary)
+    lines += render_seed_spread(summary)
     if summary.get("decode"):
         lines += ["## Decoding cost", "",
                   "| System | decode dir | utts | s/utt | new tokens | batch | max_new_tokens |",

@@ -13,9 +13,10 @@ shapes) and names the first mismatch otherwise.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 
@@ -29,23 +30,29 @@ SUMMARY_FILE = "summary.json"
 QUANTILES = (0.01, 0.03, 0.05)
 
 
-def layer_sums(scores: Dict[str, torch.Tensor]) -> List[float]:
-    """I_layer(i) = Σ of the importance of every parameter in layer i (eq. 3)."""
+def _total(s: torch.Tensor | float) -> float:
+    """The sum of one tensor's scores in float64 (a number is taken as that sum already)."""
+    return float(s.double().sum()) if isinstance(s, torch.Tensor) else float(s)
+
+
+def layer_sums(scores: Mapping[str, torch.Tensor | float]) -> List[float]:
+    """I_layer(i) = Σ of the importance of every parameter in layer i (eq. 3); ``scores``
+    maps names to score tensors or to their sums."""
     sums = [0.0] * num_layers(scores)
     for name, s in scores.items():
         layer, _ = split_name(name)
         if layer is not None:
-            sums[layer] += float(s.double().sum())
+            sums[layer] += _total(s)
     return sums
 
 
-def module_type_sums(scores: Dict[str, torch.Tensor]) -> Dict[str, float]:
-    """Σ importance per projection type (q, k, v, o, gate, up, down)."""
+def module_type_sums(scores: Mapping[str, torch.Tensor | float]) -> Dict[str, float]:
+    """Σ importance per projection type (q, k, v, o, gate, up, down); tensors or their sums."""
     out = {t: 0.0 for t in MODULE_TYPES}
     for name, s in scores.items():
         _, mtype = split_name(name)
         if mtype is not None:
-            out[mtype] += float(s.double().sum())
+            out[mtype] += _total(s)
     return out
 
 
@@ -59,14 +66,24 @@ def summarize(scores: Dict[str, torch.Tensor], meta: Optional[dict] = None) -> d
         name: {f"top_{q:g}": threshold_for_fraction([s], q, "top") for q in QUANTILES}
         for name, s in scores.items() if s.dim() == 2
     }
+    sums = {n: _total(s) for n, s in scores.items()}
+    return assemble_summary(sums, {n: list(t.shape) for n, t in scores.items()}, thresholds, per_matrix, meta)
+
+
+def assemble_summary(
+    sums: Mapping[str, float], shapes: Mapping[str, Sequence[int]], thresholds: Dict[str, float],
+    per_matrix: Dict[str, Dict[str, float]], meta: Optional[dict] = None,
+) -> dict:
+    """The summary from per-tensor sums, shapes and thresholds (shared by the one-process
+    and the sharded writer, so both write the same fields)."""
     return {
-        "num_parameters": int(sum(t.numel() for t in tensors)),
-        "total": float(sum(float(t.double().sum()) for t in tensors)),
-        "layer_sums": layer_sums(scores),
-        "module_type_sums": module_type_sums(scores),
+        "num_parameters": int(sum(math.prod(s) for s in shapes.values())),
+        "total": float(sum(sums.values())),
+        "layer_sums": layer_sums(sums),
+        "module_type_sums": module_type_sums(sums),
         "thresholds_global": thresholds,
         "thresholds_per_matrix": per_matrix,
-        "shapes": {n: list(t.shape) for n, t in scores.items()},
+        "shapes": {n: list(s) for n, s in shapes.items()},
         "meta": meta or {},
     }
 

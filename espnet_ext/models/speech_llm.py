@@ -267,7 +267,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
             acc = (logits.argmax(-1) == targets).float().mean()
         stats = {"loss": loss.detach(), "acc": acc}
         if self.anchor is not None and self.training:
-            penalty = self.anchor(self)  # importance-weighted anchoring, training only
+            penalty = self.anchor(self, n_tokens=len(targets))  # importance-weighted anchoring, training only
             stats["anchor"] = penalty.detach()
             loss = loss + penalty
         loss, stats, weight = force_gatherable((loss, stats, torch.tensor(len(targets))), loss.device)

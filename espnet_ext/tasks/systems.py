@@ -6,7 +6,9 @@ A training config declares its system once, in its ``system:`` section::
       name: Layer-LR      # display name in tables and figure legends
       role: layer_lr      # what the paper's claims compare: full_ft, layer_lr, lora, anchor
 
-The exp-dir tag stays the config's file name without ``train_`` and ``.yaml``.  The
+The exp-dir tag stays the config's file name without ``train_`` and ``.yaml`` (with
+``run.sh --seeds "0 1 2"`` the first seed's run keeps it, the others add ``_seed<N>``,
+and every run's system records its ``seed``: runs of one role are replicas).  The
 composer writes the section to ``exp/<tag>/system.json``; the No-FT baseline
 (the pretrained model, ``exp/noft``) is :data:`NO_FT`, the ASR cascade (``exp/cascade``)
 :data:`CASCADE`.  Renaming a config file renames
@@ -35,6 +37,7 @@ class SystemInfo:
     name: str  # display name
     role: str  # one of ROLES
     lora_rank: Optional[int] = None  # LoRA systems: r (the Table 3 rank ablation groups by it)
+    seed: Optional[int] = None  # the training seed of one of several runs (run.sh --seeds), else None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
