@@ -243,10 +243,17 @@ def test_stage5_and_stage6_need_the_earlier_stages(tmp_path):
     (exp / "importance/base").mkdir(parents=True)
     (exp / "importance/base/summary.json").write_text("{}")
     p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1  # the analysis reads the scores too
+    assert _needs(6, exp / "importance/base/scores.safetensors", 3) in p.stderr, p.stderr
+    (exp / "importance/base/scores.safetensors").write_text("")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
     assert p.returncode == 1 and _needs(6, exp / "lora/config.yaml", 4) in p.stderr, p.stderr
     (exp / "lora").mkdir()
     for f in ("config.yaml", "valid.loss.best.pth"):
         (exp / "lora" / f).write_text("")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1 and _needs(6, exp / "lora/system.json", 4) in p.stderr, p.stderr
+    (exp / "lora" / "system.json").write_text("{}")
     p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
     assert p.returncode == 1
     assert _needs(6, exp / "noft/decode_test_llamaq_text/hyp", 5) in p.stderr, p.stderr

@@ -459,9 +459,10 @@ stage6() {
   require_outputs 6 2 "" "$expdir/pretrained/model.yaml"
   # shellcheck disable=SC2086
   require_dumps 6 "$train_set" "$valid_set" $test_sets $unseen_test_sets
-  require_outputs 6 3 "" "$expdir/importance/base/summary.json"
+  # the analysis reads the base report and every trained system's model and system.json
+  require_outputs 6 3 "" "$expdir/importance/base/summary.json" "$expdir/importance/base/scores.safetensors"
   for tag in $trained; do
-    require_outputs 6 4 "" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
+    require_outputs 6 4 "" "$expdir/$tag/config.yaml" "$expdir/$tag/system.json" "$expdir/$tag/$ckpt"
   done
   # what stage 5 decodes with the same options: No-FT T2T, cascade S2T, trained T2T + S2T
   local t2t=text m; [ "$t2t_chat" = true ] && t2t="text chat"

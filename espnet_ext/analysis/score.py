@@ -34,7 +34,7 @@ import torch
 from espnet_ext.analysis.settings import DeactivationConfig
 from espnet_ext.importance.deactivate import deactivation_check, render_table1
 from espnet_ext.importance.params import lora_layers, select_parameters
-from espnet_ext.importance.report import write_report
+from espnet_ext.importance.report import report_damage, write_report
 from espnet_ext.importance.scoring import ImportanceConfig, score_importance
 from espnet_ext.importance.sharded import (
     deactivated_shards,
@@ -47,6 +47,7 @@ from espnet_ext.train.batches import dump_batches, preprocessor_for, subset_ids
 from espnet_ext.train.sharding import ShardingConfig, shard_model
 from espnet_ext.utils.atomic import atomic_write_text
 from espnet_ext.utils.conf import build_from_conf
+from espnet_ext.utils.records import read_json_or_none
 from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
 logger = logging.getLogger(__name__)
@@ -77,10 +78,19 @@ def report_stamp(
 
 
 def is_scored(output_dir: str | Path, stamp: dict) -> bool:
-    """True when ``output_dir`` holds a finished report with this stamp (and its speech-input
-    report, when the stamp asks for one)."""
+    """True when ``output_dir`` holds a finished, undamaged report with this stamp (and its
+    speech-input report, when the stamp asks for one, and its Table 1, when the stamp has a
+    deactivation check)."""
     dirs = [Path(output_dir)] + ([Path(output_dir) / SPEECH_REPORT] if stamp.get("speech_report") else [])
-    return all(has_stamp(d / "summary.json", stamp, key=("meta", "stamp")) for d in dirs)
+    if not all(has_stamp(d / "summary.json", stamp, key=("meta", "stamp")) for d in dirs):
+        return False
+    for d in dirs:
+        why = report_damage(d)
+        if why:
+            logger.warning("%s; redoing the report", why)
+            return False
+    # Table 1 is written after the report: a run killed in between has no (or a damaged) one
+    return not stamp.get("deactivation") or isinstance(read_json_or_none(Path(output_dir) / "table1.json"), dict)
 
 
 def sharding_config(conf: Optional[Dict[str, Any]], key: str = "--sharding_conf") -> Optional[ShardingConfig]:
@@ -156,11 +166,13 @@ def run_importance(
             "n_batches": result.n_batches, "mean_loss": result.mean_loss, "seconds": round(seconds, 2),
             **(provenance or {}),
         }
+        # an earlier run's Table 1 goes with its report (it would not match this one)
+        stale = ("table1.json", "table1.md") if out == output_dir else ()
         if sharded:  # every rank writes its rows; rank 0 the header, the summary and the rename
             meta["sharding"] = {**dataclasses.asdict(sharding), "world_size": torch.distributed.get_world_size()}
-            s = write_report_sharded(out, result.scores, meta, dtype=conf.score_dtype)
+            s = write_report_sharded(out, result.scores, meta, dtype=conf.score_dtype, invalidates=stale)
         else:
-            s = write_report(out, result.scores, meta, dtype=conf.score_dtype) if rank0 else {}
+            s = write_report(out, result.scores, meta, dtype=conf.score_dtype, invalidates=stale) if rank0 else {}
         if rank0:
             logger.info("%s importance of %d utts in %.1f s; layer sums %s", modality, result.n_utts, seconds,
                         ", ".join(f"{x:.3g}" for x in s["layer_sums"]))
@@ -198,7 +210,4 @@ def run_importance(
         atomic_write_text(output_dir / "table1.md", md)
         summary["table1"] = payload
         logger.info("Table 1:\n%s", md)
-    elif rank0:  # a Table 1 of an earlier run would no longer match this report
-        for stale in ("table1.json", "table1.md"):
-            (output_dir / stale).unlink(missing_ok=True)
     return summary

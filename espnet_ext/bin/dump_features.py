@@ -12,7 +12,8 @@ Usage:
 Writes ``enc_feats.{ark,scp}``, ESPnet shape files and copies of the Kaldi files (see
 ``espnet_ext.data.dump``).  A finished dump is not redone unless ``--overwrite true``, its archive is
 damaged, or it was made with another ``--pad_to_30s`` or ``--downsample_rate`` (its ``dump_report.json``
-records both).
+records both).  A killed dump continues from the encoder batches it finished (kept in
+``dump/.<set>.partial/`` with an fsynced journal) when rerun with the same inputs and options.
 
 ``--pad_to_30s true`` is LLaMA-Omni's input path: every utterance is padded to 30 s, i.e. 3000 mel
 frames → 1500 encoder frames → ``1500 // k`` adaptor embeddings (300 at k = 5), and the shape

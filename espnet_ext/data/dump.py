@@ -11,8 +11,12 @@ of the recipe.  For each data directory this writes a dump directory::
                                              # and the options the features depend on
 
 The shape files let ESPnet's ``sorted``/``numel`` batch samplers bucket by the real LLM
-sequence length.  Everything is written into a temporary directory that replaces
-``dump/<set>`` only when complete.
+sequence length.  Everything is written into a work directory (``dump/.<set>.partial``)
+that replaces ``dump/<set>`` only when complete.  The archive there grows one encoder
+batch at a time with an fsynced journal of the finished batches
+(:class:`~espnet_ext.data.ark_journal.ResumableArk`), so a killed dump continues where
+it stopped when rerun with the same inputs and options, and ends with the archive an
+unbroken run writes.
 
 With ``pad_to_30s`` (LLaMA-Omni's input path) every utterance is padded to the 30 s
 window, so every utterance has the same encoder frame count (1500 for Whisper: 3000 mel
@@ -23,6 +27,8 @@ other options is recognised (:func:`dump_options_mismatch`) and redone.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import shutil
@@ -35,9 +41,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from espnet_ext.data.ark_journal import JOURNAL_NAME, LOCK_NAME, ResumableArk
 from espnet_ext.data.audio import fit_to_window, load_audio
 from espnet_ext.data.kaldi_dir import DataError, Utterance, read_kaldi_dir, write_kaldi_dir
-from espnet_ext.utils.atomic import atomic_dir
+from espnet_ext.utils.atomic import DiskFullError, replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,29 @@ class DumpReport:
 
 def _shape_lines(ids: List[str], values: Dict[str, int]) -> str:
     return "".join(f"{u} {values[u]}\n" for u in ids)
+
+
+def partial_dir(out_dir: str | Path) -> Path:
+    """Where the dump of ``out_dir`` is built (and kept for a rerun when interrupted)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """A digest of the encoder's weights (name, shape, sum and absolute sum of every tensor):
+    an interrupted dump is continued only with the encoder that started it."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in encoder.state_dict().items():
+            t = t.detach().double()
+            h.update(f"{name} {tuple(t.shape)} {float(t.sum())!r} {float(t.abs().sum())!r};".encode())
+    return h.hexdigest()
+
+
+def _plan_digest(batches: List[List[str]], wavs: Dict[str, np.ndarray]) -> str:
+    """A digest of the batches (their utterances and sample counts, in order)."""
+    plan = [[[u, int(wavs[u].shape[0])] for u in b] for b in batches]
+    return hashlib.sha256(json.dumps(plan).encode()).hexdigest()
 
 
 def dump_encoder_features(
@@ -81,8 +111,6 @@ def dump_encoder_features(
         long_audio: audio longer than the encoder window is truncated or rejected.
         skip_bad_utts: skip (and report) unreadable/invalid utterances instead of failing.
     """
-    import kaldiio
-
     utts = read_kaldi_dir(data_dir)
     report = DumpReport(data_dir=str(data_dir), n_input=len(utts),
                         pad_to_30s=bool(getattr(encoder, "pad_to_30s", False)), downsample_rate=downsample_rate)
@@ -108,38 +136,57 @@ def dump_encoder_features(
         raise DataError(f"{data_dir}: no usable utterance left ({len(report.skipped)} skipped)")
 
     order = sorted(wavs, key=lambda k: wavs[k].shape[0])  # length bucketing
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     llm_len_speech: Dict[str, int] = {}
     llm_len_text: Dict[str, int] = {}
-    enc_frames: Dict[str, int] = {}
     answer_len = {u.utt_id: len(tokenizer(u.answers[0], add_special_tokens=False)["input_ids"]) + 1 for u in kept}
-    with atomic_dir(out_dir) as tmp:
-        ark, scp = tmp / "enc_feats.ark", tmp / "enc_feats.scp"
-        with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer, torch.inference_mode():
-            for start in tqdm(range(0, len(order), batch_size), desc=f"encode {Path(data_dir).name}", unit="batch"):
-                ids = order[start : start + batch_size]
+    out_dir = Path(out_dir)
+    work = partial_dir(out_dir)
+    header = {"format": 1, "data_dir": str(Path(data_dir).resolve()), "long_audio": long_audio,
+              "downsample_rate": downsample_rate, "pad_to_30s": report.pad_to_30s,
+              "max_seconds": float(encoder.max_seconds), "encoder": encoder_fingerprint(encoder),
+              "batches": _plan_digest(batches, wavs)}
+    ark = ResumableArk(work, header)
+    try:
+        if ark.done:
+            logger.info("%s: continuing an interrupted dump: %d of %d batches already encoded (%s)",
+                        out_dir, len(ark.done), len(batches), work)
+        todo = [i for i in range(len(batches)) if i not in ark.done]
+        with torch.inference_mode():
+            for index in tqdm(todo, desc=f"encode {Path(data_dir).name}", unit="batch"):
+                ids = batches[index]
                 feats, lengths = encoder.encode_waveforms([wavs[i] for i in ids])
-                for j, uid in enumerate(ids):
-                    writer[uid] = feats[j, : lengths[j]].float().cpu().numpy()
-                    enc_frames[uid] = int(lengths[j])
-                    llm_len_speech[uid] = int(lengths[j]) // downsample_rate + prompt_overhead + answer_len[uid]
-        # scp lines point at the temporary ark path: rewrite them to the final location
-        final_ark = Path(out_dir).resolve() / "enc_feats.ark"
-        lines = scp.read_text().splitlines()
-        scp.write_text("".join(line.replace(str(ark), str(final_ark)) + "\n" for line in sorted(lines)))
+                ark.add(index, [(uid, feats[j, : lengths[j]].float().cpu().numpy()) for j, uid in enumerate(ids)])
+        offsets, enc_frames = ark.offsets(), ark.frames()
+        # the scp points at the archive's final location
+        final_ark = out_dir.resolve() / "enc_feats.ark"
+        (work / "enc_feats.scp").write_text("".join(f"{u} {final_ark}:{offsets[u]}\n" for u in sorted(offsets)))
         for u in kept:
+            llm_len_speech[u.utt_id] = enc_frames[u.utt_id] // downsample_rate + prompt_overhead + answer_len[u.utt_id]
             q = len(tokenizer(u.text, add_special_tokens=False)["input_ids"])
             llm_len_text[u.utt_id] = q + prompt_overhead + answer_len[u.utt_id]
         ids = sorted(wavs)
-        kaldi_tmp = tmp / "kaldi"
+        kaldi_tmp = work / "kaldi"
         write_kaldi_dir(kaldi_tmp, kept)
         for name in ("wav.scp", "text", "answer", "utt2spk", "spk2utt"):
-            shutil.move(str(kaldi_tmp / name), tmp / name)
+            shutil.move(str(kaldi_tmp / name), work / name)
         kaldi_tmp.rmdir()
-        (tmp / "llm_len.speech").write_text(_shape_lines(ids, llm_len_speech))
-        (tmp / "llm_len.text").write_text(_shape_lines(ids, llm_len_text))
+        (work / "llm_len.speech").write_text(_shape_lines(ids, llm_len_speech))
+        (work / "llm_len.text").write_text(_shape_lines(ids, llm_len_text))
         report.n_written = len(kept)
         report.encoder_frames = {"min": min(enc_frames.values()), "max": max(enc_frames.values())}
-        (tmp / "dump_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+        (work / "dump_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+        replace_dir(work, out_dir)
+    except OSError as e:  # what is encoded stays in the work dir for a rerun
+        if e.errno != errno.ENOSPC or isinstance(e, DiskFullError):
+            raise
+        raise DiskFullError(errno.ENOSPC, f"no space left on the device while writing {out_dir}; its previous "
+                            f"version (if any) is intact, and the encoded features are kept in {work} for a "
+                            f"rerun of the same command (free space first, or delete {work})") from e
+    finally:
+        ark.close()
+    for name in (JOURNAL_NAME, LOCK_NAME):  # the work dir's bookkeeping, now inside out_dir
+        (out_dir / name).unlink(missing_ok=True)
     logger.info(
         "%s → %s: %d written, %d truncated, %d skipped",
         data_dir, out_dir, report.n_written, report.n_truncated, len(report.skipped),
@@ -148,9 +195,17 @@ def dump_encoder_features(
 
 
 def read_dump_report(out_dir: str | Path) -> Optional[dict]:
-    """The ``dump_report.json`` of a finished dump, or ``None``."""
+    """The ``dump_report.json`` of a finished dump, or ``None`` (also when it is damaged, with
+    a warning: the dump is then redone)."""
     p = Path(out_dir) / "dump_report.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    if not p.exists():
+        return None
+    try:
+        report = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        logger.warning("%s is damaged (%s); the dump counts as unfinished", p, e)
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def dump_options_mismatch(report: dict, pad_to_30s: bool, downsample_rate: int) -> Optional[str]:
@@ -172,26 +227,45 @@ def dump_options_mismatch(report: dict, pad_to_30s: bool, downsample_rate: int) 
 def check_feature_archive(scp: str | Path) -> None:
     """Raise :class:`DataError` when the archive behind a feature ``scp`` is damaged.
 
-    Cheap: per archive it checks that the file exists, that every offset lies inside
-    it, and reads the matrix stored last (a truncated archive fails there).  The error
-    names the archive and the utterance, and says how to rebuild the dump.
+    Cheap: the scp must end with a complete line and list every utterance of the
+    ``text`` file beside it (a truncated scp fails there); per archive it checks that
+    the file exists, that every offset lies inside it, and reads the matrix stored last
+    (a truncated archive fails there).  The error names the file and the utterance, and
+    says how to rebuild the dump.
     """
     import kaldiio
 
     scp = Path(scp)
     if not scp.is_file():
         raise DataError(f"missing file {scp} (run the feature dump, recipe stage 2)")
+    redo = "the dump is damaged; rebuild it (recipe stage 2 redoes a damaged dump)"
+    try:
+        content = scp.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{scp}: not a text file ({e}); {redo}") from e
+    if content and not content.endswith("\n"):
+        raise DataError(f"{scp}: its last line is cut short (truncated); {redo}")
     last: Dict[str, Tuple[int, str]] = {}  # archive -> (largest offset, its utterance)
-    for lineno, line in enumerate(scp.read_text(encoding="utf-8").splitlines(), 1):
+    ids = set()
+    for lineno, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         uid, _, where = line.partition(" ")
         ark, sep, offset = where.strip().rpartition(":")
         if not sep or not offset.isdigit():
             raise DataError(f"{scp}:{lineno}: utterance {uid}: expected '<ark path>:<offset>', got {where!r}")
+        ids.add(uid)
         if int(offset) >= last.get(ark, (-1, ""))[0]:
             last[ark] = (int(offset), uid)
-    redo = "the dump is damaged; rebuild it (recipe stage 2 redoes a damaged dump)"
+    peer = scp.parent / "text"
+    if peer.is_file():
+        listed = {ln.split(maxsplit=1)[0] for ln in peer.read_text(encoding="utf-8", errors="replace").splitlines()
+                  if ln.strip()}
+        missing = sorted(listed - ids)
+        if missing:
+            raise DataError(f"{scp} lists {len(ids)} utterances, {peer} {len(listed)}: {missing[0]}"
+                            f"{f' and {len(missing) - 1} more have' if len(missing) > 1 else ' has'} no features "
+                            f"(truncated?); {redo}")
     for ark, (offset, uid) in last.items():
         if not Path(ark).is_file():
             raise DataError(f"{scp}: utterance {uid}: its archive {ark} is missing; {redo}")

@@ -19,11 +19,19 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from espnet_ext.data.kaldi_dir import parse_answers, read_table
+from espnet_ext.data.kaldi_dir import DataError, parse_answers, read_table
 from espnet_ext.eval.claims import render_claims, render_seed_spread, seed_spread
 from espnet_ext.eval.qa_match import MATCHERS, score_predictions
+from espnet_ext.inference.decode_dir import hyp_damage
 from espnet_ext.tasks.systems import BASE_MODEL_NAME, read_systems
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
+from espnet_ext.utils.records import read_json
+
+#: the jobs that write what this module reads, named when a file is damaged
+SCORER = "recipe stage 6's QA scoring (espnet_ext.bin.score_qa)"
+DECODER = "recipe stage 5's decoding (it redoes a damaged hyp or decode_report.json)"
+IMPORTANCE = "the importance job (recipe stage 3 for the base model, stage 6 for a trained system)"
+ANALYZER = "recipe stage 6's analysis (espnet_ext.bin.importance_analyze; it redoes a damaged analysis.json)"
 
 #: decoded inputs: T2T in the speech LLM's prompt, T2T in the LLM's own chat template, S2T
 MODALITY_NAMES = {"text": "T2T", "chat": "T2T chat", "speech": "S2T"}
@@ -39,9 +47,16 @@ def read_references(data_dir: str | Path) -> Dict[str, List[str]]:
 def score_decode_dir(decode_dir: str | Path, ref_dir: str | Path) -> dict:
     """Score ``decode_dir/hyp`` against ``ref_dir/answer`` with every matcher."""
     decode_dir = Path(decode_dir)
-    hyps = read_table(decode_dir / "hyp", allow_empty_value=True)
+    hyp = decode_dir / "hyp"
+    why = hyp_damage(decode_dir) if hyp.is_file() else None
+    if why:
+        raise DataError(f"{hyp}: {why}; {DECODER} writes it: rerun ./run.sh --stage 5 --stop_stage 5 (same options)")
+    hyps = read_table(hyp, allow_empty_value=True)
     refs = read_references(ref_dir)
-    scores = {m: score_predictions(hyps, refs, m) for m in MATCHERS}
+    try:
+        scores = {m: score_predictions(hyps, refs, m) for m in MATCHERS}
+    except DataError as e:
+        raise DataError(f"{hyp} against {Path(ref_dir) / 'answer'}: {e}") from e
     result = {
         "n": len(refs),
         **{m: {"n_correct": s.n_correct, "accuracy": round(s.accuracy, 2)} for m, s in scores.items()},
@@ -77,22 +92,22 @@ def collect_summary(exp_dir: str | Path, systems: List[str]) -> dict:
             m = _DECODE_RE.match(d.name)
             if not m or not (d / "score.json").exists():
                 continue
-            score = json.loads((d / "score.json").read_text())
+            score = read_json(d / "score.json", SCORER)
             out["systems"].setdefault(tag, {}).setdefault(m["set"], {})[m["modality"]] = score
             if (d / "score_detail.tsv").is_file():
                 out["correct"].setdefault(tag, {}).setdefault(m["set"], {})[m["modality"]] = read_correct(d)
             rep = d / "decode_report.json"
             if rep.exists():
-                r = json.loads(rep.read_text())
+                r = read_json(rep, DECODER)
                 out["decode"].setdefault(tag, {})[d.name] = {
                     k: r[k] for k in ("n_utts", "n_new_tokens", "seconds", "seconds_per_utt",
                                       "batch_size", "max_new_tokens")
                 }
     for t1 in sorted((exp_dir / "importance").glob("*/table1.json")):
-        out.setdefault("table1", {})[t1.parent.name] = json.loads(t1.read_text())
+        out.setdefault("table1", {})[t1.parent.name] = read_json(t1, IMPORTANCE)
     analysis = exp_dir / "results" / "analysis.json"
     if analysis.is_file():  # stage 6's importance analysis (figure paths relative to exp/results)
-        a = json.loads(analysis.read_text())
+        a = read_json(analysis, ANALYZER)
         out["analysis"] = {k: v for k, v in a.items() if k != "stamp"}
     spread = seed_spread(out)  # systems trained with several seeds (run.sh --seeds)
     if spread:

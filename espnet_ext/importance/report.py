@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -21,7 +22,8 @@ import torch
 
 from espnet_ext.importance.params import MODULE_TYPES, num_layers, split_name
 from espnet_ext.importance.threshold import threshold_for_fraction
-from espnet_ext.utils.atomic import atomic_open, atomic_write_text
+from espnet_ext.utils.atomic import atomic_open
+from espnet_ext.utils.records import DamagedFileError, read_json
 
 SCORES_FILE = "scores.safetensors"
 SUMMARY_FILE = "summary.json"
@@ -88,12 +90,15 @@ def assemble_summary(
 
 def write_report(
     out_dir: str | Path, scores: Dict[str, torch.Tensor], meta: Optional[dict] = None,
-    dtype: str = "float32",
+    dtype: str = "float32", invalidates: Sequence[str] = (),
 ) -> dict:
     """Write ``scores.safetensors`` and ``summary.json`` atomically; returns the summary.
 
-    ``summary.json`` marks a finished report: it is removed first and written last, so
-    an interrupted rewrite never leaves a summary next to scores it does not describe.
+    ``summary.json`` marks a finished report.  Both files are first written in full to
+    temporary names (a full disk fails there, leaving the previous report intact); then
+    the old summary goes (with ``invalidates``, files of ``out_dir`` that describe the old
+    report), the scores are renamed into place and the summary last, so a kill in between
+    never leaves a summary next to scores it does not describe.
     """
     from safetensors.torch import save
 
@@ -101,16 +106,43 @@ def write_report(
 
     check_score_dtype(dtype)
     out_dir = Path(out_dir)
-    (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
     cast = {n: t.detach().to(getattr(torch, dtype)).contiguous() for n, t in scores.items()}
-    with atomic_open(out_dir / SCORES_FILE, "wb") as f:
-        f.write(save(cast, metadata={"dtype": dtype}))
     summary = summarize(scores, meta)
-    atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+    # the inner block's file is renamed first: the scores, then the summary
+    with atomic_open(out_dir / SUMMARY_FILE) as f_summary, atomic_open(out_dir / SCORES_FILE, "wb") as f_scores:
+        f_summary.write(json.dumps(summary, indent=1) + "\n")
+        f_scores.write(save(cast, metadata={"dtype": dtype}))
+        for f in (f_summary, f_scores):  # both on disk before the old report goes
+            f.flush()
+            os.fsync(f.fileno())
+        for name in (SUMMARY_FILE, *invalidates):
+            (out_dir / name).unlink(missing_ok=True)
     return summary
 
 
 STAGE3_HINT = "run stage 3 first (./run.sh --stage 3 --stop_stage 3)"
+#: the job that writes a report, named when one is damaged
+WRITER = ("the importance job (recipe stage 3 for exp/importance/base, stage 6 for a trained system's "
+          "report; both redo a damaged report)")
+
+
+def report_damage(report_dir: str | Path) -> Optional[str]:
+    """Why a report's files are damaged (a summary that does not parse, scores whose
+    safetensors header is cut short or does not cover the file), or ``None``.  Cheap: the
+    scores' header only."""
+    from safetensors import safe_open
+
+    summary, scores = Path(report_dir) / SUMMARY_FILE, Path(report_dir) / SCORES_FILE
+    try:
+        read_json(summary, WRITER)
+    except DamagedFileError as e:
+        return str(e)
+    try:
+        with safe_open(str(scores), "pt"):
+            pass
+    except Exception as e:  # SafetensorError: header too small, incomplete metadata ...
+        return f"{scores} is damaged ({e}; truncated?); {WRITER} writes it: rerun that to write it again"
+    return None
 
 
 def load_summary(report_dir: str | Path, conf_key: Optional[str] = None) -> dict:
@@ -120,7 +152,10 @@ def load_summary(report_dir: str | Path, conf_key: Optional[str] = None) -> dict
     if not p.is_file():
         msg = f"no importance report at {report_dir} ({SUMMARY_FILE} missing)"
         raise FileNotFoundError(f"{conf_key}: {msg}; {STAGE3_HINT}" if conf_key else msg)
-    return json.loads(p.read_text())
+    try:
+        return read_json(p, WRITER)
+    except DamagedFileError as e:
+        raise DamagedFileError(f"{conf_key}: {e}" if conf_key else str(e)) from e
 
 
 def check_shapes(
@@ -154,7 +189,12 @@ def load_scores(
     if not p.is_file():
         msg = f"no importance scores at {p}"
         raise FileNotFoundError(f"{conf_key}: {msg}; {STAGE3_HINT}" if conf_key else msg)
-    scores = {n: t.float() for n, t in load_file(str(p)).items()}
+    try:
+        loaded = load_file(str(p))
+    except Exception as e:  # SafetensorError: a truncated or damaged file
+        msg = f"{p} is damaged ({e}; truncated?); {WRITER} writes it: rerun that to write it again"
+        raise DamagedFileError(f"{conf_key}: {msg}" if conf_key else msg) from e
+    scores = {n: t.float() for n, t in loaded.items()}
     if expected_shapes is not None:
         check_shapes(report_dir, {n: t.shape for n, t in scores.items()}, expected_shapes, subset=subset)
     return scores

@@ -405,17 +405,19 @@ def _write_scores(path: Path, scores: Mapping[str, torch.Tensor], dtype: str) ->
 
 def write_report_sharded(
     out_dir: str | Path, scores: Mapping[str, torch.Tensor], meta: Optional[dict] = None, dtype: str = "float32",
+    invalidates: Sequence[str] = (),
 ) -> dict:
     """:func:`~espnet_ext.importance.report.write_report` from the shards; collective.
 
-    ``summary.json`` (rank 0) is removed first and written last, as in the one-process
-    writer; the summary is returned on every rank."""
+    ``summary.json`` (rank 0; with ``invalidates``, files of ``out_dir`` that describe the
+    old report) is removed first and written last; the summary is returned on every rank."""
     check_score_dtype(dtype)
     rank, _ = _rank_world()
     out_dir = Path(out_dir)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
+        for name in (SUMMARY_FILE, *invalidates):
+            (out_dir / name).unlink(missing_ok=True)
     summary = summarize_sharded(scores, meta)  # collective; also a barrier before the file
     _write_scores(out_dir / SCORES_FILE, scores, dtype)
     if rank == 0:

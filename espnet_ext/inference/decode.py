@@ -17,6 +17,7 @@ on a rerun, so the hypotheses are too.  The journals are removed once ``hyp`` is
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -29,10 +30,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from espnet_ext.inference.decode_dir import hyp_damage
 from espnet_ext.models.speech_llm import ESPnetSpeechLLM
 from espnet_ext.tasks.speech_llm import SpeechLLMTask
 from espnet_ext.train.batches import dump_batches, preprocessor_for
-from espnet_ext.utils.atomic import atomic_open, atomic_write_text
+from espnet_ext.utils.atomic import DiskFullError, atomic_open, atomic_write_text
 from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
 logger = logging.getLogger(__name__)
@@ -92,8 +94,13 @@ def model_stamp(config: str | Path, model_file: Optional[str | Path], modality: 
 
 
 def is_decoded(output_dir: str | Path, stamp: dict) -> bool:
-    """True when ``output_dir`` holds a finished decode of the same model and options."""
-    return has_stamp(Path(output_dir) / "decode_report.json", stamp, required=[Path(output_dir) / "hyp"])
+    """True when ``output_dir`` holds a finished, undamaged decode of the same model and options."""
+    if not has_stamp(Path(output_dir) / "decode_report.json", stamp, required=[Path(output_dir) / "hyp"]):
+        return False
+    why = hyp_damage(output_dir)
+    if why:
+        logger.warning("%s: %s; decoding it again", Path(output_dir) / "hyp", why)
+    return why is None
 
 
 class BatchJournal:
@@ -119,17 +126,28 @@ class BatchJournal:
         self._f: IO = open(path, "a", encoding="utf-8")
 
     def _write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise DiskFullError(
+                errno.ENOSPC, f"no space left on the device while writing {self.path}; the {len(self.done)} "
+                "batch(es) decoded before are kept there and a rerun of the same command continues from them "
+                "(free space first)") from e
 
     def add(self, batch: int, hyps: Dict[str, str], n_tokens: int) -> None:
         record = {"batch": batch, "hyps": hyps, "n_tokens": n_tokens}
-        self.done[batch] = record
         self._write(record)
+        self.done[batch] = record
 
     def close(self, remove: bool) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # ENOSPC again while flushing a torn line: a rerun drops it
+            pass
         if remove:
             self.path.unlink(missing_ok=True)
 

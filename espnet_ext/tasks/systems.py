@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from espnet_ext.utils.atomic import atomic_write_text
+from espnet_ext.utils.records import read_json
 
 SYSTEM_FILE = "system.json"
 #: what a system is to the paper's claims (Table 2 and §3)
@@ -67,7 +68,7 @@ def read_system(exp_root: str | Path, tag: str) -> SystemInfo:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: system {tag!r} was not composed by stage 4 "
                                 "(run ./run.sh --stage 4 first)")
-    return SystemInfo(**json.loads(path.read_text(encoding="utf-8")))
+    return SystemInfo(**read_json(path, "recipe stage 4's config composer (./run.sh --stage 4)"))
 
 
 def read_systems(exp_root: str | Path, tags: Sequence[str]) -> Dict[str, SystemInfo]:
