@@ -4,6 +4,8 @@
                               fp16 is refused: it flushes scores < 6e-8 to zero)
 ``<dir>/summary.json``        per-layer sums (I_layer of eq. 3), per-module-type sums,
                               global and per-matrix quantile thresholds, provenance
+                              (and ``layout``, the decoder layout, when the scores were
+                              named by one: :mod:`espnet_ext.importance.layout`)
 
 Both files are written atomically (``summary.json`` last: it marks a finished report).
 :func:`load_report` checks that the report matches a model (same parameter names and
@@ -18,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from espnet_ext.importance.layout import DecoderLayout
 from espnet_ext.importance.params import MODULE_TYPES, num_layers, split_name
 from espnet_ext.importance.threshold import threshold_for_fraction
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
@@ -27,27 +30,28 @@ SUMMARY_FILE = "summary.json"
 QUANTILES = (0.01, 0.03, 0.05)
 
 
-def layer_sums(scores: Dict[str, torch.Tensor]) -> List[float]:
+def layer_sums(scores: Dict[str, torch.Tensor], layout: Optional[DecoderLayout] = None) -> List[float]:
     """I_layer(i) = Σ of the importance of every parameter in layer i (eq. 3)."""
-    sums = [0.0] * num_layers(scores)
+    sums = [0.0] * num_layers(scores, layout)
     for name, s in scores.items():
-        layer, _ = split_name(name)
+        layer, _ = split_name(name, layout)
         if layer is not None:
             sums[layer] += float(s.double().sum())
     return sums
 
 
-def module_type_sums(scores: Dict[str, torch.Tensor]) -> Dict[str, float]:
-    """Σ importance per projection type (q, k, v, o, gate, up, down)."""
-    out = {t: 0.0 for t in MODULE_TYPES}
+def module_type_sums(scores: Dict[str, torch.Tensor], layout: Optional[DecoderLayout] = None) -> Dict[str, float]:
+    """Σ importance per projection type (q, k, v, o, gate, up, down; a layout's own types)."""
+    out = {t: 0.0 for t in (layout.module_types if layout is not None else MODULE_TYPES)}
     for name, s in scores.items():
-        _, mtype = split_name(name)
+        _, mtype = split_name(name, layout)
         if mtype is not None:
             out[mtype] += float(s.double().sum())
     return out
 
 
-def summarize(scores: Dict[str, torch.Tensor], meta: Optional[dict] = None) -> dict:
+def summarize(scores: Dict[str, torch.Tensor], meta: Optional[dict] = None,
+              layout: Optional[DecoderLayout] = None) -> dict:
     """The JSON summary of a report (see module docstring)."""
     tensors = list(scores.values())
     thresholds = {
@@ -57,21 +61,24 @@ def summarize(scores: Dict[str, torch.Tensor], meta: Optional[dict] = None) -> d
         name: {f"top_{q:g}": threshold_for_fraction([s], q, "top") for q in QUANTILES}
         for name, s in scores.items() if s.dim() == 2
     }
-    return {
+    summary = {
         "num_parameters": int(sum(t.numel() for t in tensors)),
         "total": float(sum(float(t.double().sum()) for t in tensors)),
-        "layer_sums": layer_sums(scores),
-        "module_type_sums": module_type_sums(scores),
+        "layer_sums": layer_sums(scores, layout),
+        "module_type_sums": module_type_sums(scores, layout),
         "thresholds_global": thresholds,
         "thresholds_per_matrix": per_matrix,
         "shapes": {n: list(t.shape) for n, t in scores.items()},
         "meta": meta or {},
     }
+    if layout is not None:
+        summary["layout"] = layout.to_json()
+    return summary
 
 
 def write_report(
     out_dir: str | Path, scores: Dict[str, torch.Tensor], meta: Optional[dict] = None,
-    dtype: str = "float32",
+    dtype: str = "float32", layout: Optional[DecoderLayout] = None,
 ) -> dict:
     """Write ``scores.safetensors`` and ``summary.json`` atomically; returns the summary.
 
@@ -88,7 +95,7 @@ def write_report(
     cast = {n: t.detach().to(getattr(torch, dtype)).contiguous() for n, t in scores.items()}
     with atomic_open(out_dir / SCORES_FILE, "wb") as f:
         f.write(save(cast, metadata={"dtype": dtype}))
-    summary = summarize(scores, meta)
+    summary = summarize(scores, meta, layout)
     atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -143,9 +150,10 @@ def load_scores(
     return scores
 
 
-def load_report(report_dir: str | Path, model: torch.nn.Module, groups=("layers",)) -> Dict[str, torch.Tensor]:
+def load_report(report_dir: str | Path, model: torch.nn.Module, groups=("layers",),
+                layout: Optional[DecoderLayout] = None) -> Dict[str, torch.Tensor]:
     """Scores of ``report_dir`` checked against ``model``'s parameters in ``groups``."""
     from espnet_ext.importance.params import select_parameters
 
-    shapes = {n: p.shape for n, p in select_parameters(model, groups).items()}
+    shapes = {n: p.shape for n, p in select_parameters(model, groups, layout).items()}
     return load_scores(report_dir, expected_shapes=shapes)
