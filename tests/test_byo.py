@@ -223,6 +223,7 @@ def _check_report(out: Path, summary: dict, names, n_layers: int = 3) -> None:
     for fig in ("fig1_rank_clustering.png", "fig2_layer_shift_text.png", "fig4_param_change.png"):
         assert (out / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "RESULTS.md").read_text()
+    assert f"| Importance of | {' | '.join(layout['module_types'])} | all |" in md  # the family's own columns
     assert "JS divergence" in md and "![Fig. 1: rank clustering](figures/fig1_rank_clustering.png)" in md
     assert (out / "utt_list").read_text().split() == sorted((out / "utt_list").read_text().split())
 

@@ -189,17 +189,16 @@ def render_rank_ablation(summary: dict, matcher: str) -> str:
     return "\n".join(rows) + f"\n\nMatcher: `{matcher}`.\n"
 
 
-def _concentration_table(rows: Dict[str, dict], label: str) -> List[str]:
+def _concentration_table(rows: Dict[str, dict], label: str, types: Optional[List[str]] = None) -> List[str]:
     """Markdown rows of mean concentration ratios per module type (see importance.structure);
     where the rows carry a null range (seeded random baselines), two more columns give the
     2.5-97.5 % range of the null mean ratio over all matrices and the share of the null at
     or above the observed ratio."""
     from espnet_ext.importance.params import MODULE_TYPES
 
-    # the Llama types in their order, then any other family's types as they come ("other":
-    # matrices without a type, e.g. the adaptor, is not a column), "all" last
-    seen = [k for r in rows.values() for k in r if k not in ("all", "other")]
-    cols = [t for t in (*dict.fromkeys([*MODULE_TYPES, *seen]), "all") if any(t in r for r in rows.values())]
+    # the module types of the decoder's family (``types``; the Llama ones by default) in their
+    # order ("other": matrices without a type, e.g. the adaptor, is not a column), "all" last
+    cols = [t for t in (*(types or MODULE_TYPES), "all") if any(t in r for r in rows.values())]
     null = any("null_hi" in r.get("all", {}) for r in rows.values())
     extra = " | all: null 2.5-97.5 % | P(null ≥ all)" if null else ""
     out = [f"| {label} | " + " | ".join(cols) + extra + " |", "|---|" + "---:|" * (len(cols) + 2 * null)]
@@ -218,6 +217,7 @@ def render_analysis(a: dict, system_name: Dict[str, str]) -> List[str]:
     from espnet_ext.importance.shift import render_shift_table
 
     names = {"base": BASE_MODEL_NAME, **system_name}
+    types = a.get("layout", {}).get("module_types")  # a non-Llama decoder's own module types
     figs = a.get("figures", {})
     conf = a.get("config", {})
     pct = f"{100 * conf.get('top_fraction', 0.05):g}%"
@@ -238,7 +238,7 @@ def render_analysis(a: dict, system_name: Dict[str, str]) -> List[str]:
                     "the same share for a random set of equal size")
         lines += ["### Rank clustering of the importance (Fig. 1)", "",
                   *_concentration_table({shown.get(k, k): v for k, v in a["rank_clustering"].items()},
-                                        "Importance of"), "",
+                                        "Importance of", types), "",
                   f"Concentration ratio: share of each matrix's top-{pct} importance lying in its top-"
                   f"{line_pct} rows or columns, divided by {baseline} "
                   "(1 = scattered like noise; mean over the matrices of each type)."
@@ -250,13 +250,13 @@ def render_analysis(a: dict, system_name: Dict[str, str]) -> List[str]:
         rows = {names.get(t, t): c["concentration"] for t, c in a["change"].items() if c.get("concentration")}
         lines += ["### Parameter changes (Fig. 4)", ""]
         if rows:
-            lines += [*_concentration_table(rows, "Δθ of"), "",
+            lines += [*_concentration_table(rows, "Δθ of", types), "",
                       f"The same concentration ratio for the top-{pct} |θ_ft − θ_base| of each matrix "
                       "(LoRA: the merged update).", ""]
         overlap = {names.get(t, t): {"all": c["line_overlap"]["all"]} for t, c in a["change"].items()
                    if c.get("line_overlap", {}).get("all")}
         if overlap:
-            lines += [*_concentration_table(overlap, "Δθ lines of"), "",
+            lines += [*_concentration_table(overlap, "Δθ lines of", types), "",
                       f"Line overlap: share of the top-{line_pct} rows and columns of each matrix's top-{pct} "
                       f"|Δθ| that are also top-{line_pct} rows or columns of the base importance's top-{pct} "
                       "set, divided by the same share for random lines (1 = unrelated).", ""]

@@ -104,8 +104,11 @@ class DecoderLayout:
 
 def _unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a ``PeftModel`` (LoRA layers included), else ``model``."""
-    get = getattr(model, "get_base_model", None)
-    return get() if callable(get) and type(model).__module__.startswith("peft") else model
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is optional for plain models
+        return model
+    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def _param_count(module: torch.nn.Module) -> int:
@@ -168,8 +171,3 @@ def _qualified(root: torch.nn.Module, module: torch.nn.Module) -> Optional[str]:
     """``module``'s qualified name inside ``root`` (``None`` when absent)."""
     return next((name for name, m in root.named_modules() if m is module), None)
 
-
-def layout_from_json(data: Mapping[str, object]) -> DecoderLayout:
-    """The layout :meth:`DecoderLayout.to_json` described (names of embeddings/head not kept)."""
-    return DecoderLayout(str(data["family"]), str(data["layers_path"]), int(data["n_layers"]),
-                         dict(data["type_of"]), table=str(data.get("table", "")))

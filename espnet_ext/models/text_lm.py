@@ -71,9 +71,10 @@ class TextLM(torch.nn.Module):
     @property
     def causal_lm(self) -> torch.nn.Module:
         """The transformers model (inside peft's wrapper: LoRA layers are injected into it)."""
+        from peft import PeftModel
+
         model = self.llm["model"]
-        get = getattr(model, "get_base_model", None)
-        return get() if callable(get) and type(model).__module__.startswith("peft") else model
+        return model.get_base_model() if isinstance(model, PeftModel) else model
 
     def _ids(self, text: str) -> List[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
