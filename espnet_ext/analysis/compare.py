@@ -205,7 +205,6 @@ def _rank0() -> bool:
 class _Run:
     """What every model of one comparison shares."""
 
-    base: str
     items: Dict[str, TextItem]
     ids: List[str]
     eval_items: Optional[Dict[str, TextItem]]
@@ -316,12 +315,12 @@ def run_compare(
     fmt = source_format(data, options.data_format)
     items = read_text_source(data, fmt)
     ids = choose_subset(items, settings, data, utt_list, reuse_subset_from)
-    plain = {items[u].prompt is None for u in ids}
-    prompt = None if plain == {True} else options.prompt
     eval_items, eval_ids = None, []
     if eval_data is not None:
         eval_items = read_text_source(eval_data, options.data_format)
         eval_ids = pick_subset(list(eval_items), 1.0, settings.deactivation.num_utts, settings.deactivation.seed)
+    plain = all(items[u].prompt is None for u in ids) and all(eval_items[u].prompt is None for u in eval_ids)
+    prompt = None if plain else options.prompt  # plain text needs no chat template
     if _rank0():
         atomic_write_text(out_dir / UTT_LIST, "".join(f"{u}\n" for u in ids))
     ids_sha = hashlib.sha256("\n".join(ids).encode()).hexdigest()
@@ -331,7 +330,7 @@ def run_compare(
         "deactivation": dataclasses.asdict(settings.deactivation) if eval_data else None,
         "eval": _data_identity(eval_data, source_format(eval_data, options.data_format)) if eval_data else None,
     })
-    run = _Run(str(base), items, ids, eval_items, eval_ids, str(data), str(eval_data) if eval_data else None,
+    run = _Run(items, ids, eval_items, eval_ids, str(data), str(eval_data) if eval_data else None,
                settings, options, prompt, out_dir, device, stamp, overwrite)
 
     # 3. the base once, then every fine-tuned model against it
@@ -380,7 +379,9 @@ def run_compare(
             "tuned": {n: {"path": str(p), "kind": kinds[n]} for n, p in tuned.items()},
             "data": str(data), "data_format": fmt, "n_utts": len(ids),
             "subset": (f"--utt_list {utt_list}" if utt_list else f"--reuse_subset_from {reuse_subset_from}"
-                       if reuse_subset_from else f"seeded: {dataclasses.asdict(scoring)}"),
+                       if reuse_subset_from else f"seed {scoring.seed}, " + (
+                           f"num_utts {scoring.num_utts}" if scoring.num_utts is not None
+                           else f"subset_fraction {scoring.subset_fraction:g}")),
             "prompt": prompt or "none (plain text: language-model loss)",
             "eval_data": str(eval_data) if eval_data else None,
             "speech": dataclasses.asdict(speech) if speech else None,
