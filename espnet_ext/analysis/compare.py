@@ -93,10 +93,18 @@ class CompareOptions:
     mixed_precision: str = "none"  # none | bf16 | auto: bf16 autocast, as model_conf.mixed_precision
     attn_implementation: Optional[str] = None  # transformers attention backend; None = its default
     check_dtype: bool = True  # a tensor stored in another dtype than the base's is a mismatch
+    share_prompt_prefix: str = "auto"  # compute as the speech LLM does (shared prompt-prefix cache, LM head
+    # alone): auto = with the recipe prompt, where it reproduces stage 6 in any precision; true | false
 
     def __post_init__(self) -> None:
         if self.prompt not in PROMPT_STYLES:
             raise ValueError(f"--prompt must be one of {PROMPT_STYLES}, got {self.prompt!r}")
+        if self.share_prompt_prefix not in ("auto", "true", "false"):
+            raise ValueError(f"--share_prompt_prefix must be auto, true or false, got {self.share_prompt_prefix!r}")
+
+    def shares_prefix(self) -> bool:
+        """Whether prompt/response batches are computed with the shared prompt prefix."""
+        return self.prompt == "recipe" if self.share_prompt_prefix == "auto" else self.share_prompt_prefix == "true"
         if self.torch_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--torch_dtype must be float32, bfloat16 or float16, got {self.torch_dtype!r}")
 
@@ -229,7 +237,8 @@ def _score_text_model(run: _Run, name: str, path: str, adapter: Optional[str]):
     """Load one model, score it (unless up to date) and return ``(model, layout, report dir)``."""
     scoring, deact = run.settings.scoring, run.settings.deactivation
     model = load_text_lm(path, adapter, run.prompt, run.options.torch_dtype, run.device,
-                         run.options.mixed_precision, run.options.attn_implementation)
+                         run.options.mixed_precision, run.options.attn_implementation,
+                         share_prompt_prefix=run.options.shares_prefix())
     layout = discover_layout(model.llm["model"])
     report = run.out_dir / "importance" / name
     stamp = canonical({**run.stamp, "model": _folder_identity(path), "adapter": _folder_identity(adapter)})

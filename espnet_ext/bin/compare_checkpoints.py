@@ -73,6 +73,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn_implementation", default=None, help="transformers attention backend (default: its own)")
     p.add_argument("--check_dtype", choices=["true", "false"], default="true",
                    help="a tensor stored in another dtype than the base's is a mismatch")
+    p.add_argument("--share_prompt_prefix", choices=["auto", "true", "false"], default="auto",
+                   help="compute as the speech LLM does (the prompt prefix once per batch, the LM head alone); "
+                        "auto: with --prompt recipe, where it reproduces stage 6's numbers in any precision")
     p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:$LOCAL_RANK), cuda:N")
     p.add_argument("--overwrite", choices=["true", "false"], default="false", help="rescore up-to-date reports")
     return p
@@ -97,7 +100,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         speech = SpeechExp(str(exp / "config.yaml"), str(exp / args.speech_checkpoint),
                            args.speech_data_dir or args.data, args.speech_name or exp.name)
     options = CompareOptions(args.prompt, args.data_format, args.torch_dtype, args.mixed_precision,
-                             args.attn_implementation, args.check_dtype == "true")
+                             args.attn_implementation, args.check_dtype == "true", args.share_prompt_prefix)
     device = job_device(args.device)
     init_distributed(device)
     command = shlex.join(["python", "-m", "espnet_ext.bin.compare_checkpoints",

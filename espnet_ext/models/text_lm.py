@@ -12,10 +12,16 @@ The speech LLM scores text through its LLaMA-Omni prompt (:mod:`espnet_ext.model
   ``recipe`` uses the speech LLM's prompt (LLaMA-Omni's system prompt, the question in place
   of ``<speech>``), tokenised piece by piece exactly as the speech LLM's T2T path does;
 * ``forward`` returns ``(loss, stats, weight)`` like the speech LLM: the mean cross-entropy
-  over the batch's target tokens, with logits only at the target positions (the model's
-  own LM head and output transform, through ``logits_to_keep``), so
+  over the batch's target tokens, with logits only at the target positions, so
   :func:`~espnet_ext.importance.scoring.score_importance` and the Table-1 perplexity run on it
-  unchanged;
+  unchanged.  By default the logits come from the model's own forward (``logits_to_keep``:
+  its LM head and any output transform, e.g. Gemma-2's soft-capping).  With
+  ``share_prompt_prefix`` a batch is computed as the speech LLM computes its text input
+  (:mod:`espnet_ext.models.speech_llm`): the chat prompt's common prefix runs once and its
+  key/value cache is shared over the batch (:func:`~espnet_ext.models.llm.prompt_prefix_cache`),
+  the rest runs through the decoder (:func:`~espnet_ext.models.llm.decoder_hidden_states`)
+  and the LM head alone gives the logits; with the recipe's prompt that reproduces the
+  speech LLM's numbers in any precision, bf16 autocast included;
 * parameters are named ``llm.model.<Hugging Face name>``, as inside the speech LLM, so the
   reports of a text LLM and of a speech LLM built on it share their keys.
 """
@@ -28,7 +34,7 @@ from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 
-from espnet_ext.models.llm import ChatPrompt, own_chat_prompt
+from espnet_ext.models.llm import ChatPrompt, decoder_hidden_states, own_chat_prompt, prompt_prefix_cache
 from espnet_ext.utils.precision import autocast_dtype, maybe_autocast
 
 PromptStyle = Literal["own", "recipe"]
@@ -53,10 +59,12 @@ class TextLM(torch.nn.Module):
         prompt: chat prompt pieces for prompt/response samples (``None``: plain text only).
         mixed_precision: ``none`` | ``bf16`` | ``auto`` (bf16 autocast, fp32 loss; as the
             speech LLM's ``model_conf.mixed_precision``).
+        share_prompt_prefix: compute prompt/response batches as the speech LLM does (module
+            docstring); refused for a model whose forward transforms its logits.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, prompt: Optional[ChatPrompt] = None,
-                 mixed_precision: str = "none") -> None:
+                 mixed_precision: str = "none", share_prompt_prefix: bool = False) -> None:
         super().__init__()
         self.llm = torch.nn.ModuleDict({"model": model})  # names: llm.model.<HF name>
         self.tokenizer = tokenizer
@@ -67,6 +75,11 @@ class TextLM(torch.nn.Module):
         self.pad_token_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         inner = self.causal_lm
         self._keeps_logits = "logits_to_keep" in inspect.signature(inner.forward).parameters
+        cap = getattr(inner.config, "final_logit_softcapping", None)
+        if share_prompt_prefix and cap is not None:
+            raise ValueError(f"{inner.config.model_type} soft-caps its logits (final_logit_softcapping {cap}), which "
+                             "the shared-prefix computation (the LM head alone) would skip; score it without it")
+        self.share_prompt_prefix = share_prompt_prefix and prompt is not None
 
     @property
     def causal_lm(self) -> torch.nn.Module:
@@ -109,6 +122,19 @@ class TextLM(torch.nn.Module):
         """
         if modality not in (None, "text"):
             raise ValueError(f"a text LM scores text input only, got modality {modality!r}")
+        with maybe_autocast(autocast_dtype(self.mixed_precision, context.device), context.device):
+            if self.share_prompt_prefix:
+                logits, targets = self._prefix_shared_logits(context, context_lengths, target, target_lengths)
+            else:
+                logits, targets = self._own_logits(context, context_lengths, target, target_lengths)
+        logits = logits.reshape(-1, logits.shape[-1]).float()  # (N_tokens, Vocab); the loss in fp32
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == targets).float().mean()
+        return loss, {"loss": loss.detach(), "acc": acc}, torch.tensor(len(targets), device=context.device)
+
+    def _own_logits(self, context, context_lengths, target, target_lengths) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Target-position logits from the model's own forward, and the targets."""
         device = context.device
         seqs = [torch.cat([context[i, : context_lengths[i]], target[i, : target_lengths[i]]])
                 for i in range(len(context))]
@@ -122,17 +148,39 @@ class TextLM(torch.nn.Module):
             c = int(context_lengths[i])
             keep[i, c - 1 : c - 1 + int(target_lengths[i])] = True  # position t predicts token t + 1
         targets = torch.cat([target[i, : target_lengths[i]] for i in range(len(target))])
-        with maybe_autocast(autocast_dtype(self.mixed_precision, device), device):
-            if self._keeps_logits:
-                logits = self.causal_lm(input_ids=ids, attention_mask=mask, logits_to_keep=keep,
-                                        use_cache=False).logits
-            else:  # an older model class: every position's logits, then the target rows
-                logits = self.causal_lm(input_ids=ids, attention_mask=mask, use_cache=False).logits[keep]
-        logits = logits.reshape(-1, logits.shape[-1]).float()  # (N_tokens, Vocab); the loss in fp32
-        loss = torch.nn.functional.cross_entropy(logits, targets)
-        with torch.no_grad():
-            acc = (logits.argmax(-1) == targets).float().mean()
-        return loss, {"loss": loss.detach(), "acc": acc}, torch.tensor(len(targets), device=device)
+        if self._keeps_logits:
+            logits = self.causal_lm(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+        else:  # an older model class: every position's logits, then the target rows
+            logits = self.causal_lm(input_ids=ids, attention_mask=mask, use_cache=False).logits[keep]
+        return logits, targets
+
+    def _prefix_shared_logits(self, context, context_lengths, target, target_lengths
+                              ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Target-position logits computed as the speech LLM computes its text input: the
+        prompt prefix once (its cache shared), the rest right-padded, the LM head on the
+        target rows only; and the targets."""
+        lm, n_prefix, batch = self.causal_lm, len(self.prompt.prefix), len(context)
+        device = context.device
+        rests = [torch.cat([context[i, n_prefix : context_lengths[i]], target[i, : target_lengths[i]]])
+                 for i in range(batch)]
+        if any(int(context_lengths[i]) <= n_prefix for i in range(batch)):
+            raise ValueError("a sample's context is no longer than the shared prompt prefix")
+        prefix_ids = torch.tensor(self.prompt.prefix, dtype=torch.long, device=device)
+        table = lm.get_input_embeddings()(torch.cat([prefix_ids, *rests]))  # one lookup for the batch
+        prefix, *embs = table.split([n_prefix, *(len(r) for r in rests)])
+        length = max(len(e) for e in embs)
+        x = prefix.new_zeros(batch, length, prefix.shape[-1])  # (Batch, Length, Hidden), right-padded
+        mask = torch.zeros(batch, length, dtype=torch.long, device=device)
+        for i, e in enumerate(embs):
+            x[i, : len(e)] = e
+            mask[i, : len(e)] = 1
+        hidden = decoder_hidden_states(lm, x, mask, cache=prompt_prefix_cache(lm, prefix, batch))
+        # the hidden state at position t predicts token t + 1
+        rows = torch.cat([torch.full((int(n),), i, device=device) for i, n in enumerate(target_lengths)])
+        cols = torch.cat([torch.arange(int(n), device=device) + int(c) - n_prefix - 1
+                          for n, c in zip(target_lengths, context_lengths)])
+        targets = torch.cat([target[i, : target_lengths[i]] for i in range(batch)])
+        return lm.get_output_embeddings()(hidden[rows, cols]), targets
 
 
 def load_text_lm(
@@ -144,6 +192,7 @@ def load_text_lm(
     mixed_precision: str = "none",
     attn_implementation: Optional[str] = None,
     chat_template_kwargs: Optional[Dict[str, object]] = None,
+    share_prompt_prefix: bool = False,
 ) -> TextLM:
     """A :class:`TextLM` from a model folder (plus a peft ``adapter`` folder on it), in eval mode.
 
@@ -162,4 +211,4 @@ def load_text_lm(
 
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
     prompt = chat_prompt(tokenizer, prompt_style, chat_template_kwargs) if prompt_style else None
-    return TextLM(model, tokenizer, prompt, mixed_precision).to(device).eval()
+    return TextLM(model, tokenizer, prompt, mixed_precision, share_prompt_prefix).to(device).eval()
