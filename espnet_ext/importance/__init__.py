@@ -2,6 +2,9 @@
 
 * ``params``     — which parameters are scored (LLM transformer layers by default) and how
                    names map to layers and module types;
+* ``layout``     — where a Hugging Face decoder keeps its layers and which module type each
+                   weight is, found from the model object (Llama, Qwen2, Mistral, Gemma,
+                   Phi-3, GPT-NeoX, GPT-2 tables; the recipe's Llama names need none);
 * ``scoring``    — eq. (2), I = |θ ⊙ Σ_b ∂L_b/∂θ| over a data subset (no optimizer step);
 * ``report``     — safetensors scores + JSON summary (I_layer of eq. 3, per-module sums,
                    thresholds, provenance), atomically written and checked on load;

@@ -4,6 +4,8 @@
                               fp16 is refused: it flushes scores < 6e-8 to zero)
 ``<dir>/summary.json``        per-layer sums (I_layer of eq. 3), per-module-type sums,
                               global and per-matrix quantile thresholds, provenance
+                              (and ``layout``, the decoder layout, when the scores were
+                              named by one: :mod:`espnet_ext.importance.layout`)
 
 Both files are written atomically (``summary.json`` last: it marks a finished report).
 :func:`load_report` checks that the report matches a model (same parameter names and
@@ -20,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from espnet_ext.importance.layout import DecoderLayout
 from espnet_ext.importance.params import MODULE_TYPES, num_layers, split_name
 from espnet_ext.importance.threshold import threshold_for_fraction
 from espnet_ext.utils.atomic import atomic_open
@@ -35,28 +38,32 @@ def _total(s: torch.Tensor | float) -> float:
     return float(s.double().sum()) if isinstance(s, torch.Tensor) else float(s)
 
 
-def layer_sums(scores: Mapping[str, torch.Tensor | float]) -> List[float]:
+def layer_sums(scores: Mapping[str, torch.Tensor | float], layout: Optional[DecoderLayout] = None) -> List[float]:
     """I_layer(i) = Σ of the importance of every parameter in layer i (eq. 3); ``scores``
     maps names to score tensors or to their sums."""
-    sums = [0.0] * num_layers(scores)
+    sums = [0.0] * num_layers(scores, layout)
     for name, s in scores.items():
-        layer, _ = split_name(name)
+        layer, _ = split_name(name, layout)
         if layer is not None:
             sums[layer] += _total(s)
     return sums
 
 
-def module_type_sums(scores: Mapping[str, torch.Tensor | float]) -> Dict[str, float]:
-    """Σ importance per projection type (q, k, v, o, gate, up, down); tensors or their sums."""
-    out = {t: 0.0 for t in MODULE_TYPES}
+def module_type_sums(
+    scores: Mapping[str, torch.Tensor | float], layout: Optional[DecoderLayout] = None,
+) -> Dict[str, float]:
+    """Σ importance per projection type (q, k, v, o, gate, up, down; a layout's own types);
+    tensors or their sums."""
+    out = {t: 0.0 for t in (layout.module_types if layout is not None else MODULE_TYPES)}
     for name, s in scores.items():
-        _, mtype = split_name(name)
+        _, mtype = split_name(name, layout)
         if mtype is not None:
             out[mtype] += _total(s)
     return out
 
 
-def summarize(scores: Dict[str, torch.Tensor], meta: Optional[dict] = None) -> dict:
+def summarize(scores: Dict[str, torch.Tensor], meta: Optional[dict] = None,
+              layout: Optional[DecoderLayout] = None) -> dict:
     """The JSON summary of a report (see module docstring)."""
     tensors = list(scores.values())
     thresholds = {
@@ -67,30 +74,35 @@ def summarize(scores: Dict[str, torch.Tensor], meta: Optional[dict] = None) -> d
         for name, s in scores.items() if s.dim() == 2
     }
     sums = {n: _total(s) for n, s in scores.items()}
-    return assemble_summary(sums, {n: list(t.shape) for n, t in scores.items()}, thresholds, per_matrix, meta)
+    return assemble_summary(sums, {n: list(t.shape) for n, t in scores.items()}, thresholds, per_matrix, meta,
+                            layout)
 
 
 def assemble_summary(
     sums: Mapping[str, float], shapes: Mapping[str, Sequence[int]], thresholds: Dict[str, float],
     per_matrix: Dict[str, Dict[str, float]], meta: Optional[dict] = None,
+    layout: Optional[DecoderLayout] = None,
 ) -> dict:
     """The summary from per-tensor sums, shapes and thresholds (shared by the one-process
     and the sharded writer, so both write the same fields)."""
-    return {
+    summary = {
         "num_parameters": int(sum(math.prod(s) for s in shapes.values())),
         "total": float(sum(sums.values())),
-        "layer_sums": layer_sums(sums),
-        "module_type_sums": module_type_sums(sums),
+        "layer_sums": layer_sums(sums, layout),
+        "module_type_sums": module_type_sums(sums, layout),
         "thresholds_global": thresholds,
         "thresholds_per_matrix": per_matrix,
         "shapes": {n: list(s) for n, s in shapes.items()},
         "meta": meta or {},
     }
+    if layout is not None:
+        summary["layout"] = layout.to_json()
+    return summary
 
 
 def write_report(
     out_dir: str | Path, scores: Dict[str, torch.Tensor], meta: Optional[dict] = None,
-    dtype: str = "float32", invalidates: Sequence[str] = (),
+    dtype: str = "float32", invalidates: Sequence[str] = (), layout: Optional[DecoderLayout] = None,
 ) -> dict:
     """Write ``scores.safetensors`` and ``summary.json`` atomically; returns the summary.
 
@@ -107,7 +119,7 @@ def write_report(
     check_score_dtype(dtype)
     out_dir = Path(out_dir)
     cast = {n: t.detach().to(getattr(torch, dtype)).contiguous() for n, t in scores.items()}
-    summary = summarize(scores, meta)
+    summary = summarize(scores, meta, layout)
     # the inner block's file is renamed first: the scores, then the summary
     with atomic_open(out_dir / SUMMARY_FILE) as f_summary, atomic_open(out_dir / SCORES_FILE, "wb") as f_scores:
         f_summary.write(json.dumps(summary, indent=1) + "\n")
@@ -200,9 +212,10 @@ def load_scores(
     return scores
 
 
-def load_report(report_dir: str | Path, model: torch.nn.Module, groups=("layers",)) -> Dict[str, torch.Tensor]:
+def load_report(report_dir: str | Path, model: torch.nn.Module, groups=("layers",),
+                layout: Optional[DecoderLayout] = None) -> Dict[str, torch.Tensor]:
     """Scores of ``report_dir`` checked against ``model``'s parameters in ``groups``."""
     from espnet_ext.importance.params import select_parameters
 
-    shapes = {n: p.shape for n, p in select_parameters(model, groups).items()}
+    shapes = {n: p.shape for n, p in select_parameters(model, groups, layout).items()}
     return load_scores(report_dir, expected_shapes=shapes)

@@ -159,6 +159,36 @@ def task_prompts_from_conf(tokenizer, llm_conf: Dict) -> Dict[str, ChatPrompt]:
     )
 
 
+def decoder_hidden_states(model: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                          cache=None) -> torch.Tensor:
+    """Last hidden states ``(Batch, Length, Hidden)`` of a causal LM's decoder, no logits.
+
+    With ``cache`` (a key/value cache of ``Past`` positions shared by every sample,
+    :func:`prompt_prefix_cache`), ``attention_mask`` covers the new positions only and right
+    padding is assumed.
+    """
+    decoder = model.get_decoder()
+    if cache is None:
+        return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+    past = cache.get_seq_length()
+    batch, length = attention_mask.shape
+    full_mask = torch.cat([attention_mask.new_ones(batch, past), attention_mask], dim=1)
+    positions = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
+    return decoder(
+        inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions,
+        cache=cache, use_cache=True,
+    ).last_hidden_state
+
+
+def prompt_prefix_cache(model: torch.nn.Module, prefix: torch.Tensor, batch_size: int):
+    """Key/value cache of the prompt prefix (embeddings ``(Prefix, Hidden)``), computed once
+    and repeated over the batch.  Differentiable: each sample's gradient reaches the prefix
+    through the repeated keys and values."""
+    cache = model.get_decoder()(inputs_embeds=prefix[None], use_cache=True).cache
+    cache.batch_repeat_interleave(batch_size)
+    return cache
+
+
 class HFCausalLM(torch.nn.Module):
     """Any ``AutoModelForCausalLM`` with its tokenizer and the LLaMA-Omni prompt.
 
@@ -221,17 +251,7 @@ class HFCausalLM(torch.nn.Module):
         With ``cache`` (a transformers key/value cache of ``Past`` positions shared by every sample),
         ``attention_mask`` covers the new positions only and right padding is assumed.
         """
-        decoder = self.model.get_decoder()
-        if cache is None:
-            return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-        past = cache.get_seq_length()
-        batch, length = attention_mask.shape
-        full_mask = torch.cat([attention_mask.new_ones(batch, past), attention_mask], dim=1)
-        positions = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
-        return decoder(
-            inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions,
-            cache=cache, use_cache=True,
-        ).last_hidden_state
+        return decoder_hidden_states(self.model, inputs_embeds, attention_mask, cache)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Apply the LM head to selected hidden states only."""

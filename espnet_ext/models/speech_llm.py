@@ -34,7 +34,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_ext.models.adaptor import FrameConcatAdaptor
 from espnet_ext.models.encoder import AbsSpeechEncoder
-from espnet_ext.models.llm import HFCausalLM
+from espnet_ext.models.llm import HFCausalLM, prompt_prefix_cache
 from espnet_ext.utils.precision import MixedPrecision, autocast_dtype, maybe_autocast
 
 Modality = Literal["speech", "text", "chat"]  # chat: T2T in the LLM's own template (decoding)
@@ -205,9 +205,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         """
         if prefix is None:
             prefix = self.llm.embed(self.prefix_ids)
-        cache = self.llm.model.get_decoder()(inputs_embeds=prefix[None], use_cache=True).cache
-        cache.batch_repeat_interleave(batch_size)
-        return cache
+        return prompt_prefix_cache(self.llm.model, prefix, batch_size)
 
     # ---- training ----------------------------------------------------------------------
     def forward(
