@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from espnet_ext.eval.claims import FAILS, HOLDS, NOISE, PARTLY, paper_claims, peak_layers, render_claims
+from espnet_ext.eval.claims import (
+    FAILS,
+    HOLDS,
+    NOISE,
+    PARTLY,
+    paper_claims,
+    peak_layers,
+    render_claims,
+    render_seed_spread,
+    replicas,
+    seed_spread,
+)
 
 
 def _score(acc: float) -> dict:
@@ -208,3 +219,47 @@ def test_clustering_claim_needs_the_ratio_above_its_random_null():
     assert claim[2] == FAILS and "null of 20 random masks 0.85-1.20" in claim[1]
     base.update({"ratio": 1.5, "p_null": 0.0})
     assert next(c for c in paper_claims(s) if c[0].startswith("§2.3.1"))[2] == HOLDS
+
+
+def test_each_t2t_reading_gets_its_own_rows():
+    """The speech-LLM prompt (text) and the LLM's own chat template (chat) are judged apart:
+    here Full-FT gains over No-FT in the first reading and loses in the second."""
+    s = _paired_summary({"noft": ("0" * 20, None), "full": ("1" * 10 + "0" * 10, "0" * 20)})
+    chat = {"noft": "1" * 12 + "0" * 8, "full": "1" * 2 + "0" * 18}  # Full-FT loses 10, gains 0
+    for tag, bits in chat.items():
+        s["systems"][tag]["q"]["chat"] = {m: {"accuracy": 100 * bits.count("1") / 20} for m in ("has_answer",
+                                                                                               "contain")}
+        s["correct"][tag]["q"]["chat"] = {"has_answer": bits, "contain": bits}
+    verdicts = {c[0]: (c[1], c[2]) for c in paper_claims(s)}
+    assert verdicts["Table 2: full speech fine-tuning lowers T2T accuracy below No-FT (Full-FT vs No-FT)"][1] == FAILS
+    shown, verdict = verdicts["Table 2: full speech fine-tuning lowers T2T (own chat template) accuracy below "
+                              "No-FT (Full-FT vs No-FT)"]
+    assert verdict == HOLDS and "q: 10.0 vs 60.0" in shown and "p = 0.002" in shown
+
+
+def test_several_seeds_are_pooled_per_question_and_their_spread_recorded():
+    """Two Full-FT runs (seeds 0 and 1): each question's outcome is the share of right runs,
+    the test is the sign-flip test on those shares, and the spread is recorded."""
+    s = _paired_summary({"noft": ("1111" + "0" * 4, None), "full": ("1100" + "0" * 4, None)})
+    seed1 = _paired_summary({"full": ("1000" + "0" * 4, None)})
+    for key in ("systems", "correct"):
+        s[key]["full_seed1"] = seed1[key]["full"]
+    s["system_info"]["full"] = {"name": "Full-FT (seed 0)", "role": "full_ft", "seed": 0}
+    s["system_info"]["full_seed1"] = {"name": "Full-FT (seed 1)", "role": "full_ft", "seed": 1}
+    assert replicas(s, "full") == ["full", "full_seed1"] and replicas(s, "noft") == ["noft"]
+    (claim, shown, verdict), = paper_claims(s)
+    # per question: noft 1,1,1,1 vs full 1, 0.5, 0, 0 -> differences -0.5, -1, -1 (3 nonzero):
+    # |sum| = 2.5 reached by the 2 all-same sign patterns of 8 -> p = 0.25; means 50.0 vs 18.75
+    assert "q: 18.8 vs 50.0" in shown and "sign-flip p = 0.25" in shown and verdict == NOISE
+    s["analysis"] = {"shift": {"full": {"js": 0.01}, "full_seed1": {"js": 0.03}}}
+    spread = seed_spread(s)
+    e = spread["Full-FT (2 seeds)"]
+    assert e["seeds"] == [0, 1] and e["accuracy"]["q text"]["runs"] == [25.0, 12.5]
+    assert e["accuracy"]["q text"]["mean"] == 18.75 and abs(e["accuracy"]["q text"]["sd"] - 8.8388) < 1e-4
+    assert e["js"]["mean"] == 0.02 and (e["js"]["min"], e["js"]["max"]) == (0.01, 0.03)
+    lines = render_seed_spread({**s, "seed_spread": spread})
+    assert any("| Full-FT (2 seeds) | 0 1 | q text | 25.0, 12.5 | 18.8 ± 8.8 [12.5, 25.0] |" in ln for ln in lines)
+    # a rank ablation is not a seed replica: LoRA r8 and r16 stay apart
+    s["system_info"]["lora"] = {"name": "LoRA r8", "role": "lora", "lora_rank": 8}
+    s["system_info"]["lora16"] = {"name": "LoRA r16", "role": "lora", "lora_rank": 16}
+    assert replicas(s, "lora") == ["lora"]

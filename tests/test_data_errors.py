@@ -455,23 +455,145 @@ def test_disk_full_names_the_output_and_keeps_the_old_one(tmp_path):
     assert (tmp_path / "dump" / "a").read_text() == "1" and sorted(os.listdir(tmp_path)) == ["dump", "hyp"]
 
 
-def test_dump_disk_full_keeps_the_previous_dump(tmp_path, tiny_kaldi_dir, dump_parts, monkeypatch):
-    import kaldiio
+class _CountingEncoder:
+    """The dump's encoder, counting the utterances it encodes; raises KeyboardInterrupt (once)
+    on batch number ``fail_at`` (0-based) of this run, as a kill in the middle of a set."""
 
-    from espnet_ext.data.dump import dump_encoder_features
+    def __init__(self, encoder, fail_at: int = -1):
+        self.encoder, self.fail_at, self.calls, self.n_utts = encoder, fail_at, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def encode_waveforms(self, wavs):
+        if self.calls == self.fail_at:
+            self.calls += 1
+            raise KeyboardInterrupt
+        self.calls += 1
+        self.n_utts += len(wavs)
+        return self.encoder.encode_waveforms(wavs)
+
+
+def _dump_files(out: Path) -> dict:
+    """A dump dir's files, its own path in the scp replaced (dumps in two dirs compare equal)."""
+    return {f.name: f.read_bytes().replace(str(out.resolve()).encode(), b"<dump>")
+            for f in sorted(out.iterdir())}
+
+
+def test_dump_disk_full_keeps_the_previous_dump_and_the_finished_batches(
+        tmp_path, tiny_kaldi_dir, dump_parts, monkeypatch):
+    from espnet_ext.data import ark_journal
+    from espnet_ext.data.dump import dump_encoder_features, partial_dir
 
     out = tmp_path / "dump"
-    dump_encoder_features(tiny_kaldi_dir, out, **dump_parts)
-    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    dump_encoder_features(tiny_kaldi_dir, out, batch_size=1, **dump_parts)
+    before = _dump_files(out)
+    real_fsync, calls = os.fsync, []
 
-    def full(self, key, value):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def fsync(fd):  # the disk fills up while the second batch is written
+        calls.append(fd)
+        if len(calls) == 4:  # 1: the journal's header (atomic), 2-3: batch 0's ark and line, 4: batch 1's ark
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
 
-    monkeypatch.setattr(kaldiio.WriteHelper, "__setitem__", full)
-    with pytest.raises(DiskFullError, match=str(out)):
-        dump_encoder_features(tiny_kaldi_dir, out, **dump_parts)  # a rewrite (the function always rewrites)
-    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    monkeypatch.setattr(ark_journal.os, "fsync", fsync)
+    work = partial_dir(out)
+    with pytest.raises(DiskFullError, match="no space left on the device") as e:
+        dump_encoder_features(tiny_kaldi_dir, out, batch_size=1, **dump_parts)  # a rewrite (always rewrites)
+    assert str(work) in str(e.value) and "continues" in str(e.value)
+    assert _dump_files(out) == before  # the previous dump is intact
+    monkeypatch.undo()  # space freed: the rerun encodes only the two batches not finished
+    counting = _CountingEncoder(dump_parts["encoder"])
+    dump_encoder_features(tiny_kaldi_dir, out, batch_size=1, **{**dump_parts, "encoder": counting})
+    assert counting.n_utts == 2 and _dump_files(out) == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work dir left
+
+
+def test_a_killed_dump_continues_from_its_finished_batches(tmp_path, tiny_kaldi_dir, dump_parts, caplog):
+    """Stopped in the middle of a set, the rerun encodes only what is missing and writes the
+    unbroken run's dump byte for byte (the scp names its own dir); bytes the kill left past
+    the journal's last batch and a torn journal line are dropped; other options start over."""
+    import logging
+
+    from espnet_ext.data.ark_journal import JOURNAL_NAME
+    from espnet_ext.data.dump import dump_encoder_features, partial_dir
+
+    ref = tmp_path / "ref"
+    dump_encoder_features(tiny_kaldi_dir, ref, batch_size=1, **dump_parts)
+    out = tmp_path / "dump"
+    work = partial_dir(out)
+    enc = dump_parts["encoder"]
+    killed = _CountingEncoder(enc, fail_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        dump_encoder_features(tiny_kaldi_dir, out, batch_size=1, **{**dump_parts, "encoder": killed})
+    assert not out.exists() and killed.n_utts == 2
+    # a kill between the archive write and its journal line: bytes past the last line, a torn line
+    with open(work / "enc_feats.ark", "ab") as f:
+        f.write(b"spkB-q003 \0BFM half a matrix")
+    with open(work / JOURNAL_NAME, "a") as f:
+        f.write('{"batch": 2, "utts": [["spkB')
+    rerun = _CountingEncoder(enc)
+    with caplog.at_level(logging.INFO, logger="espnet_ext.data.dump"):
+        dump_encoder_features(tiny_kaldi_dir, out, batch_size=1, **{**dump_parts, "encoder": rerun})
+    assert rerun.n_utts == 1 and "2 of 3 batches already encoded" in caplog.text
+    assert _dump_files(out) == _dump_files(ref) and not work.exists()
+    # other options (batch size) than the interrupted run's: that work is not reused
+    with pytest.raises(KeyboardInterrupt):
+        dump_encoder_features(tiny_kaldi_dir, out, batch_size=1, **{**dump_parts, "encoder": _CountingEncoder(
+            enc, fail_at=1)})
+    other = _CountingEncoder(enc)
+    dump_encoder_features(tiny_kaldi_dir, out, batch_size=2, **{**dump_parts, "encoder": other})
+    assert other.n_utts == 3  # (a batch of 2 pads: features equal to float precision, not bytes)
+    import kaldiio
+
+    new, old = kaldiio.load_scp(str(out / "enc_feats.scp")), kaldiio.load_scp(str(ref / "enc_feats.scp"))
+    assert sorted(new) == sorted(old) and all(np.allclose(new[u], old[u], atol=1e-5) for u in old)
+
+
+def test_two_dumps_of_one_set_at_once_are_refused(tmp_path, tiny_kaldi_dir, dump_parts):
+    from espnet_ext.data.ark_journal import ArkBusyError, ResumableArk
+    from espnet_ext.data.dump import dump_encoder_features, partial_dir
+
+    out = tmp_path / "dump"
+    holder = ResumableArk(partial_dir(out), {"another": "process"})
+    try:
+        with pytest.raises(ArkBusyError, match=str(partial_dir(out))):
+            dump_encoder_features(tiny_kaldi_dir, out, **dump_parts)
+    finally:
+        holder.close()
+    dump_encoder_features(tiny_kaldi_dir, out, **dump_parts)  # its journal is another run's: starts over
+    assert (out / "dump_report.json").is_file()
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_writer(tmp_path):
+    """SIGKILL leaves a writer's temporary behind (a multi-GB checkpoint at scale): the next
+    write into that directory on this host removes the ones whose process is gone."""
+    import subprocess
+    import sys
+    import time
+
+    from espnet_ext.utils import atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    out = tmp_path / "out"
+    out.mkdir()
+    host = atomic._HOST
+    killed = out / f".checkpoint.pth.{host}.{dead}.abc123.tmp"
+    killed.write_bytes(b"half a checkpoint")
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exited, not yet reaped: gone too
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        time.sleep(0.01)
+    (out / f".ark.{host}.{zombie.pid}.zz.tmp").write_text("x")
+    (out / f".dump.{host}.{dead}.xyz.tmp").mkdir()  # an atomic_dir's
+    kept = [out / f".hyp.{host}.{os.getpid()}.live1.tmp",  # a live writer's (this process)
+            out / f".hyp.otherhost.{dead}.r4nd.tmp",  # another host's: its pid means nothing here
+            out / ".hyp.old_style.tmp"]
+    for k in kept:
+        k.write_text("x")
+    atomic_write_text(out / "hyp", "new\n")
+    zombie.wait()
+    assert sorted(p.name for p in out.iterdir()) == sorted(["hyp", *(k.name for k in kept)])
 
 
 def test_atomic_dir_keeps_old_dir_on_error(tmp_path):
@@ -510,6 +632,27 @@ def test_a_damaged_feature_archive_is_named(tmp_path, tiny_kaldi_dir, dump_parts
     scp.write_text("utt1 no-offset-here\n")
     with pytest.raises(DataError, match=r"enc_feats.scp:1: utterance utt1"):
         check_feature_archive(scp)
+
+
+def test_a_truncated_scp_is_named_and_redone(tmp_path, tiny_kaldi_dir, tiny_whisper_dir, tiny_llm_dir):
+    from espnet_ext.bin.dump_features import main
+    from espnet_ext.data.dump import check_feature_archive
+
+    out = tmp_path / "dump"
+    args = ["--whisper", str(tiny_whisper_dir), "--llm", str(tiny_llm_dir), "--data_dir", str(tiny_kaldi_dir),
+            "--out_dir", str(out)]
+    main(args)
+    scp = out / "enc_feats.scp"
+    good = scp.read_text()
+    scp.write_text(good[:-4])  # cut inside the last line: its offset is wrong, its newline gone
+    with pytest.raises(DataError, match="last line is cut short") as e:
+        check_feature_archive(scp)
+    assert str(scp) in str(e.value) and "stage 2" in str(e.value)
+    scp.write_text("".join(good.splitlines(keepends=True)[:1]))  # cut at a line end: utterances gone
+    with pytest.raises(DataError, match=r"lists 1 utterances, .*text 3: spkA-q002 and 1 more have no features"):
+        check_feature_archive(scp)
+    main(args)  # the report says finished, the scp says otherwise: redone
+    assert scp.read_text() == good
 
 
 def test_dump_features_redoes_a_damaged_dump(tmp_path, tiny_kaldi_dir, tiny_whisper_dir, tiny_llm_dir):

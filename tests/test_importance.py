@@ -283,16 +283,39 @@ def test_report_roundtrip_and_mismatch_error(text_model, tmp_path, monkeypatch):
     write_report(tmp_path / "bad", bad)
     with pytest.raises(ValueError, match=r"up_proj.weight has shape"):
         load_report(tmp_path / "bad", text_model)
-    # an interrupted rewrite leaves no summary.json (the completion marker)
-    import espnet_ext.importance.report as report
+    # a rewrite that fails while writing (a full disk) leaves the previous report intact ...
+    import errno
+    import os
 
-    def boom(*a, **k):
-        raise OSError("disk full")
+    from espnet_ext.utils.atomic import DiskFullError
 
-    monkeypatch.setattr(report, "atomic_open", boom)
-    with pytest.raises(OSError):
-        write_report(tmp_path / "rep", scores)
-    assert not (tmp_path / "rep" / "summary.json").exists()
+    rep = tmp_path / "rep"
+    before = {f.name: f.read_bytes() for f in rep.iterdir()}
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(DiskFullError, match=str(rep)):
+        write_report(rep, {n: 2 * s for n, s in scores.items()})
+    assert {f.name: f.read_bytes() for f in rep.iterdir()} == before
+    # ... and one stopped between putting the scores and the summary in place leaves no
+    # summary.json (the completion marker) next to the new scores
+    renamed = []
+
+    def stopped(src, dst):
+        renamed.append(dst)
+        if len(renamed) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(rep, {n: 2 * s for n, s in scores.items()})
+    assert [p.name for p in renamed] == ["scores.safetensors", "summary.json"]
+    assert sorted(f.name for f in rep.iterdir()) == ["scores.safetensors"]
 
 
 # --------------------------------------------------------------------------------------

@@ -691,3 +691,16 @@ def test_prompt_prefix_does_not_follow_the_clock(monkeypatch, tmp_path):
     assert train_day[1].prefix != decode_day[1].prefix  # unpinned, the template reads the clock
     assert train_day[0] == decode_day[0] and train_day[2] == decode_day[2]  # pinned: one prompt
     assert "Today Date: 26 Jul 2024" in tok.decode(train_day[2].prefix)
+
+
+def test_a_seeded_run_replaces_the_seed_and_names_it(tmp_path):
+    """run.sh --seeds: each run's composed config trains with its seed, and its system says so."""
+    merged = compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml",
+                                  tmp_path / "full_seed3" / "train.yaml", seed=3)
+    assert merged["seed"] == 3
+    assert read_system(tmp_path, "full_seed3") == SystemInfo("Full-FT (seed 3)", "full_ft", seed=3)
+    plain = compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml",
+                                 tmp_path / "full" / "train.yaml")
+    assert plain["seed"] == 0 and read_system(tmp_path, "full").seed is None
+    with pytest.raises(ValueError, match="a seed applies to a training run"):
+        compose_train_config(CONF / "model/tiny_random.yaml", None, tmp_path / "m.yaml", seed=1)

@@ -425,6 +425,30 @@ def test_generate_left_padding_and_stop_tokens(make_speech_llm):
     assert model.generate("text", max_new_tokens=10, **batch) == shared_text
 
 
+def test_chat_modality_decodes_the_question_in_the_llms_own_template(make_speech_llm):
+    """T2T "chat": the question as the whole user turn of the tokenizer's own template (no
+    LLaMA-Omni system prompt or instruction), decoded greedily: the same tokens as HF's
+    generate on that rendering, batched with left padding as alone."""
+    model = _sharpen(make_speech_llm(encoder=False))
+    tok = model.llm.tokenizer
+    questions = ["Hi?", QUESTIONS[1]]
+    texts = [np.asarray(_ids(tok, q), dtype=np.int64) for q in questions]
+    collate = PadCollate(0.0, -1)
+    _, batch = collate([(f"u{i}", {"text": t}) for i, t in enumerate(texts)])
+    chat = model.generate("chat", max_new_tokens=8, **batch)
+    stops = set(model.llm.chat_prompt.stop_token_ids)
+    for q, out in zip(questions, chat):
+        rendered = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                           add_generation_prompt=True)
+        assert LLAMA_OMNI_SYSTEM_PROMPT not in rendered
+        ids = torch.tensor([tok(rendered, add_special_tokens=False)["input_ids"]])
+        ref = model.llm.model.generate(ids, max_new_tokens=8, do_sample=False,
+                                       pad_token_id=model.llm.pad_token_id)[0, ids.shape[1]:].tolist()
+        cut = next((i for i, t in enumerate(ref) if t in stops), len(ref))
+        assert out == ref[:cut]
+    assert chat != model.generate("text", max_new_tokens=8, **batch)  # another prompt, other answers
+
+
 # --------------------------------------------------------------------------------------
 # build_model errors
 # --------------------------------------------------------------------------------------

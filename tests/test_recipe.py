@@ -243,10 +243,17 @@ def test_stage5_and_stage6_need_the_earlier_stages(tmp_path):
     (exp / "importance/base").mkdir(parents=True)
     (exp / "importance/base/summary.json").write_text("{}")
     p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1  # the analysis reads the scores too
+    assert _needs(6, exp / "importance/base/scores.safetensors", 3) in p.stderr, p.stderr
+    (exp / "importance/base/scores.safetensors").write_text("")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
     assert p.returncode == 1 and _needs(6, exp / "lora/config.yaml", 4) in p.stderr, p.stderr
     (exp / "lora").mkdir()
     for f in ("config.yaml", "valid.loss.best.pth"):
         (exp / "lora" / f).write_text("")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1 and _needs(6, exp / "lora/system.json", 4) in p.stderr, p.stderr
+    (exp / "lora" / "system.json").write_text("{}")
     p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
     assert p.returncode == 1
     assert _needs(6, exp / "noft/decode_test_llamaq_text/hyp", 5) in p.stderr, p.stderr
@@ -254,8 +261,14 @@ def test_stage5_and_stage6_need_the_earlier_stages(tmp_path):
         (exp / "noft" / f"decode_{s}_text").mkdir(parents=True)
         (exp / "noft" / f"decode_{s}_text" / "hyp").write_text("")
     p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
+    assert p.returncode == 1  # --t2t_chat true (the default): the chat-template T2T decodes too
+    assert _needs(6, exp / "noft/decode_test_llamaq_chat/hyp", 5) in p.stderr, p.stderr
+    for s in ("test_llamaq", "test_webq"):
+        (exp / "noft" / f"decode_{s}_chat").mkdir(parents=True)
+        (exp / "noft" / f"decode_{s}_chat" / "hyp").write_text("")
+    p = _quick(*six, *opts, "--cascade", "false", "--train_configs", "conf/train_lora.yaml")
     assert p.returncode == 1
-    assert _needs(6, exp / "lora/decode_test_llamaq_speech/hyp", 5) in p.stderr, p.stderr
+    assert _needs(6, exp / "lora/decode_test_llamaq_text/hyp", 5) in p.stderr, p.stderr  # T2T first
     assert "==== Stage" not in p.stderr
 
 
@@ -263,7 +276,8 @@ OPTIONS = {"stage", "stop_stage", "preset", "datadir", "dumpdir", "expdir", "res
            "demo_max_utts", "local_data_opts", "train_set", "valid_set", "test_sets", "skip_bad_utts",
            "long_audio", "model_preset", "importance_config", "train_configs", "ngpu", "nproc", "train_args",
            "decode_config", "decode_args", "adaptor_warmup", "warmup_config", "transcription_mix",
-           "demo_train", "demo_voices", "unseen_test_sets", "cascade"}
+           "demo_train", "demo_voices", "unseen_test_sets", "cascade", "t2t_chat", "seeds",
+           "importance_sharding", "train_sharding"}
 
 
 def test_help_lists_every_option_with_its_default_under_its_heading():
@@ -273,7 +287,7 @@ def test_help_lists_every_option_with_its_default_under_its_heading():
     lines = block.splitlines()
     opts = {}
     for i, line in enumerate(lines):
-        m = re.match(r'([a-z_]+)=("[^"]*"|\S*)(.*)$', line)
+        m = re.match(r'([a-z0-9_]+)=("[^"]*"|\S*)(.*)$', line)
         if m:
             opts[m[1]] = m[2]
             # a meaning: a comment on the line or on the next one

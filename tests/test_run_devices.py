@@ -39,7 +39,7 @@ def _stub_venv(tmp: Path) -> Path:
     return venv
 
 
-def _fake_earlier_outputs(tmp: Path) -> None:
+def _fake_earlier_outputs(tmp: Path, trained=("full",)) -> None:
     """What stages 1-5 leave (empty stand-ins), so stages 2-6 pass their input checks."""
     exp, dump, data = tmp / "exp", tmp / "dump", tmp / "data"
     for d in ("llm", "whisper"):
@@ -52,19 +52,22 @@ def _fake_earlier_outputs(tmp: Path) -> None:
         (data / s / "wav.scp").write_text("")
     (exp / "importance" / "base").mkdir(parents=True)
     (exp / "importance" / "base" / "summary.json").write_text("{}")
-    (exp / "full").mkdir()
-    for f in ("config.yaml", "valid.loss.best.pth"):
-        (exp / "full" / f).write_text("")
-    for tag, sets, mod in (("noft", SETS[2:4], "text"), ("cascade", SETS[2:], "speech"),
-                           ("full", SETS[2:], "speech"), ("full", SETS[2:4], "text")):
+    for tag in trained:
+        (exp / tag).mkdir()
+        for f in ("config.yaml", "valid.loss.best.pth"):
+            (exp / tag / f).write_text("")
+    decodes = [("noft", SETS[2:4], "text"), ("noft", SETS[2:4], "chat"), ("cascade", SETS[2:], "speech")]
+    for tag in trained:
+        decodes += [(tag, SETS[2:], "speech"), (tag, SETS[2:4], "text"), (tag, SETS[2:4], "chat")]
+    for tag, sets, mod in decodes:
         for s in sets:
             (exp / tag / f"decode_{s}_{mod}").mkdir(parents=True, exist_ok=True)
             (exp / tag / f"decode_{s}_{mod}" / "hyp").write_text("")
 
 
-def _run(tmp: Path, *opts: str) -> subprocess.CompletedProcess:
+def _run(tmp: Path, *opts: str, trained=("full",)) -> subprocess.CompletedProcess:
     venv = _stub_venv(tmp)
-    _fake_earlier_outputs(tmp)
+    _fake_earlier_outputs(tmp, trained)
     cmd = ["./run.sh", "--stage", "2", "--stop_stage", "6", "--preset", "full",
            "--train_configs", "conf/train_full.yaml", "--datadir", str(tmp / "data"),
            "--dumpdir", str(tmp / "dump"), "--expdir", str(tmp / "exp"),
@@ -100,6 +103,11 @@ def test_every_model_job_gets_the_device_and_launcher_of_ngpu(tmp_path, ngpu, np
     calls = _calls(tmp_path)
     assert set(MODEL_JOBS) <= set(calls), sorted(calls)
     assert [len(calls[m]) for m in MODEL_JOBS] == [1, 1, 1, 2, 1, 1]  # 2 decodes: No-FT, Full-FT
+    # T2T in both prompts (the speech LLM's, the LLM's own chat template), S2T for Full-FT
+    noft, full = calls["speechllm_inference"]
+    assert [noft[i + 1] for i, a in enumerate(noft) if a == "--modality"] == ["text"] * 2 + ["chat"] * 2
+    assert [full[i + 1] for i, a in enumerate(full) if a == "--modality"] == ["text"] * 2 + ["chat"] * 2 + \
+        ["speech"] * 4
     for module in MODEL_JOBS[1:]:  # the sharded jobs
         for argv in calls[module]:
             assert argv[:len(launcher) + 1] == launcher + [f"espnet_ext.bin.{module}"], argv
@@ -135,3 +143,38 @@ def test_nproc_other_than_ngpu_is_refused(tmp_path):
     assert p.returncode == 1
     assert "run.sh: --nproc 3 with --ngpu 2: on GPUs a job runs one process per GPU" in p.stderr, p.stderr
     assert "==== Stage" not in p.stderr and not (tmp_path / "calls.log").exists()
+
+
+def test_seeds_train_decode_and_score_one_run_per_config_and_seed(tmp_path):
+    p = _run(tmp_path, "--seeds", "0 3", trained=("full", "full_seed3"))
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    calls = _calls(tmp_path)
+    compose = next(a for a in calls["compose_config"] if "--train_config" in a)
+    assert [compose[i + 1] for i, a in enumerate(compose) if a == "--seed"] == ["0", "3"]
+    assert [compose[i + 1] for i, a in enumerate(compose) if a == "--out"] == \
+        [str(tmp_path / "exp/full/train.yaml"), str(tmp_path / "exp/full_seed3/train.yaml")]
+    assert [_opt(a, "--config") for a in calls["speechllm_train"]] == \
+        [str(tmp_path / f"exp/{t}/train.yaml") for t in ("full", "full_seed3")]
+    decoded = [_opt(a, "--config") for a in calls["speechllm_inference"]]
+    assert decoded[1:] == [str(tmp_path / f"exp/{t}/config.yaml") for t in ("full", "full_seed3")]
+    assert _opt(calls["importance_analyze"][0], "--systems").split() == ["full", "full_seed3"]
+    for bad, why in (("0 x", "--seeds must list whole numbers"), ("1 1", "--seeds lists a seed twice")):
+        p = _run(tmp_path / bad.replace(" ", "_"), "--seeds", bad)
+        assert p.returncode == 1 and why in p.stderr, p.stderr
+
+
+def test_importance_sharding_reaches_stages_3_and_6_only(tmp_path):
+    p = _run(tmp_path, "--ngpu", "0", "--nproc", "2", "--importance_sharding", "engine=fsdp2,param_dtype=float32")
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    calls = _calls(tmp_path)
+    for module in ("importance_score", "importance_analyze"):
+        assert _opt(calls[module][0], "--sharding_conf") == "engine=fsdp2,param_dtype=float32"
+    assert "--sharding_conf" not in calls["speechllm_train"][0]  # training has its own option
+
+
+@pytest.mark.parametrize("option", ["--importance_sharding", "--train_sharding"])
+def test_sharding_with_one_process_is_refused(tmp_path, option):
+    p = _run(tmp_path, option, "engine=fsdp2")
+    assert p.returncode == 1
+    assert f"run.sh: {option} needs more than one process" in p.stderr, p.stderr
+    assert "==== Stage" not in p.stderr

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from espnet_ext.eval.stats import compare_paired, mcnemar_exact, paired_bootstrap
+from espnet_ext.eval.stats import compare_paired, mcnemar_exact, paired_bootstrap, sign_flip_p
 
 
 def _pairs(both: int, only_a: int, only_b: int, neither: int):
@@ -51,3 +51,32 @@ def test_compare_paired_fields_and_errors():
         compare_paired([True, False], [True, False, True])
     with pytest.raises(ValueError, match="zero questions"):
         mcnemar_exact([], [])
+
+
+def test_sign_flip_p_by_hand():
+    # three questions, each favouring A by half a run: all 2^3 sign patterns, only the two
+    # all-same ones reach |sum| = 1.5 -> p = 2 / 8
+    assert sign_flip_p([0.5, 0.5, 0.5]) == pytest.approx(0.25)
+    # differences 1, 0.5 (zeros ignored): sums 1.5, 0.5, -0.5, -1.5 -> |s| >= 1.5 in 2 of 4
+    assert sign_flip_p([1.0, 0.0, 0.5, 0.0]) == pytest.approx(0.5)
+    assert sign_flip_p([0.0, 0.0]) == 1.0
+    # on 0/1 differences it is McNemar's exact test
+    a, b = _pairs(3, 1, 9, 2)
+    assert sign_flip_p([float(x) - float(y) for x, y in zip(a, b)]) == pytest.approx(mcnemar_exact(a, b))
+    # beyond the exact limit: Monte Carlo close to the exact value (20 equal differences)
+    d = [1 / 3] * 20
+    assert sign_flip_p(d, exact_up_to=16) == pytest.approx(2 / 2**20, abs=2e-4)
+    assert sign_flip_p(d, exact_up_to=20) == pytest.approx(2 / 2**20)
+
+
+def test_compare_paired_on_shares_of_several_runs():
+    # A: 3 seeds right on 2 of 3 questions' runs ...; shares, not 0/1 -> the sign-flip test
+    a = [2 / 3, 1.0, 1 / 3, 0.0]
+    b = [0.0, 1.0, 0.0, 0.0]
+    c = compare_paired(a, b, n_resamples=500)
+    assert c.test == "sign-flip" and (c.only_a, c.only_b) == (2, 0)
+    assert c.acc_a == pytest.approx(50.0) and c.acc_b == pytest.approx(25.0)
+    assert c.p_value == pytest.approx(0.5)  # two nonzero differences: 2 of 4 patterns as extreme
+    assert compare_paired(*_pairs(3, 1, 9, 2), n_resamples=100).test == "McNemar"
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        compare_paired([1.5], [0.0])

@@ -56,6 +56,9 @@ long_audio=truncate      # audio longer than the encoder window: truncate | reje
 # ---- Model and its parameter importance -------------------------------------------------------
 model_preset=conf/model/smollm2_135m_whisper_tiny.yaml  # which pretrained models (conf/model/)
 importance_config=conf/importance.yaml  # importance scoring (stage 3) and analysis (stage 6) options
+importance_sharding=""   # FSDP2-shard the model of the importance jobs (stages 3, 6; needs > 1 process,
+                         # as --train_sharding), e.g. "engine=fsdp2,param_dtype=float32": eq. 2,
+                         # thresholds and Table 1 on the shards; empty = every rank holds the model
 
 # ---- Training (stage 4) -----------------------------------------------------------------------
 train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml"
@@ -64,6 +67,10 @@ train_configs="conf/train_full.yaml conf/train_layerlr.yaml conf/train_lora.yaml
                          # $expdir/importance/base. Ours (importance-weighted anchoring, not in the
                          # default: it costs 5 min): add conf/train_impanchor.yaml. LoRA rank ablation
                          # (Table 3): add conf/train_lora_r16.yaml conf/train_lora_r24.yaml (lora is r 8)
+seeds=""                 # training seeds: empty = the preset's recipe.seeds (none: the configs' own);
+                         # "0 1 2" = one run per config and seed (tag <tag> for the first,
+                         # <tag>_seed<N> for the others; RESULTS.md pools the runs of a system and
+                         # records their spread)
 ngpu=0                   # GPUs of every model job (stages 2-6; 0 = CPU): --device cuda; > 1 runs
                          # torchrun, one process per GPU (NCCL): training, importance, decoding and
                          # the cascade are sharded across them; the feature dump and warm-up use one
@@ -76,6 +83,9 @@ train_sharding=""        # FSDP2-sharded training (needs > 1 process: --ngpu > 1
 # ---- Decoding (stage 5) -----------------------------------------------------------------------
 decode_config=conf/decode.yaml  # batch size, max_new_tokens, model checkpoint to use
 decode_args=""           # extra options for espnet_ext.bin.speechllm_inference
+t2t_chat=true            # T2T also in the LLM's own chat template (decode_<set>_chat), besides the
+                         # speech LLM's prompt (decode_<set>_text): the paper does not say which
+                         # prompt its T2T column uses; RESULTS.md checks its claims under both
 cascade=true             # also decode the cascade baseline (an addition to the paper's systems,
                          # the S2T bar): Whisper's own decoder transcribes, the No-FT LLM answers
 
@@ -108,14 +118,17 @@ if [ -z "$adaptor_warmup" ]; then
   adaptor_warmup=$(conf_get "$preset_file" recipe.adaptor_warmup)
   warmup_from_preset=true
 fi
+[ -n "$seeds" ] || seeds=$(conf_get "$preset_file" recipe.seeds "")
 if [ "$unseen_test_sets" = auto ]; then
   unseen_test_sets=""
   [ "$data_source" = demo ] && unseen_test_sets="test_llamaq_unseen test_webq_unseen"
 fi
-case $adaptor_warmup in
-  true|false) ;;
-  *) echo "run.sh: --adaptor_warmup must be true or false, got '$adaptor_warmup'" >&2; exit 1;;
-esac
+for _opt in adaptor_warmup t2t_chat cascade; do
+  case ${!_opt} in
+    true|false) ;;
+    *) echo "run.sh: --$_opt must be true or false, got '${!_opt}'" >&2; exit 1;;
+  esac
+done
 for _opt in ngpu nproc; do
   case ${!_opt} in
     ''|*[!0-9]*) echo "run.sh: --$_opt must be a whole number, got '${!_opt}'" >&2; exit 1;;
@@ -123,6 +136,13 @@ for _opt in ngpu nproc; do
 done
 unset _opt
 [ "$nproc" -ge 1 ] || { echo "run.sh: --nproc must be at least 1, got '$nproc'" >&2; exit 1; }
+for _opt in $seeds; do
+  case $_opt in
+    ''|*[!0-9]*) echo "run.sh: --seeds must list whole numbers, got '$seeds'" >&2; exit 1;;
+  esac
+done
+[ "$(printf '%s\n' $seeds | sort | uniq -d)" = "" ] ||
+  { echo "run.sh: --seeds lists a seed twice: '$seeds'" >&2; exit 1; }
 
 # ---- where the frozen encoder's outputs come from: the model preset's choice ----------------
 # true: stage 2 caches them (dump/<set>/enc_feats.scp), the jobs read the cache; false: on the
@@ -170,6 +190,16 @@ fi
 # the launcher of a sharded job, followed by the module name: python -m, or torchrun -m
 sharded=(python -m)
 [ "$job_nproc" -gt 1 ] && sharded=(torchrun --standalone --nproc_per_node "$job_nproc" -m)
+for _opt in train_sharding importance_sharding; do
+  if [ -n "${!_opt}" ] && [ "$job_nproc" -le 1 ]; then
+    echo "run.sh: --$_opt needs more than one process (--ngpu > 1, or --ngpu 0 --nproc > 1)" >&2
+    exit 1
+  fi
+done
+unset _opt
+# the importance jobs' sharding option (stages 3, 6)
+importance_shard_opts=()
+[ -n "$importance_sharding" ] && importance_shard_opts=(--sharding_conf "$importance_sharding")
 
 mkdir -p "$expdir"
 
@@ -218,6 +248,20 @@ stage_times=$expdir/stage_times.tsv
 printf '%s\n' "cd $(pwd) && $0 $run_args" >>"$expdir/run.sh.cmd"
 
 tag_of() { local b; b=$(basename "$1" .yaml); echo "${b#train_}"; }
+# trained_runs: one "CONF TAG SEED" line per training run (SEED "-": the config's own seed):
+# each --train_configs file once, or once per --seeds value (the first keeps the plain tag)
+trained_runs() {
+  local conf s first
+  for conf in $train_configs; do
+    if [ -z "$seeds" ]; then echo "$conf $(tag_of "$conf") -"; continue; fi
+    first=true
+    for s in $seeds; do
+      if $first; then echo "$conf $(tag_of "$conf") $s"; first=false
+      else echo "$conf $(tag_of "$conf")_seed$s $s"; fi
+    done
+  done
+}
+trained_tags() { trained_runs | cut -d' ' -f2 | paste -sd' ' -; }
 all_sets() { echo "$train_set $valid_set $test_sets $unseen_test_sets"; }
 
 # require_outputs STAGE MADE_BY WHAT PATH...: stage STAGE reads PATH..., which stage MADE_BY
@@ -316,7 +360,7 @@ stage3() {
   ${gpu_cmd} "$expdir/importance/base/score.log" "${sharded[@]}" espnet_ext.bin.importance_score \
     --config "$importance_config" --model_config "$expdir/pretrained/model.yaml" \
     --data_dir "$dumpdir/$train_set" --eval_dir "$dumpdir/$valid_set" \
-    --output_dir "$expdir/importance/base" --device "$device"
+    --output_dir "$expdir/importance/base" --device "$device" "${importance_shard_opts[@]}"
 }
 
 # ---- stage 4: stage-1 training, one run per training config --------------------------------
@@ -334,11 +378,11 @@ stage4() {
   [ "$adaptor_warmup" = true ] &&
     require_outputs 4 2 "--adaptor_warmup true" "$expdir/warmup/adaptor.pth"
   # every system's config first (one validation pass: fails before any training starts)
-  local pairs=() conf
-  for conf in $train_configs; do
-    mkdir -p "$expdir/$(tag_of "$conf")"
-    pairs+=(--train_config "$conf" --out "$expdir/$(tag_of "$conf")/train.yaml")
-  done
+  local pairs=() conf tag seed
+  while read -r conf tag seed; do
+    mkdir -p "$expdir/$tag"
+    pairs+=(--train_config "$conf" --out "$expdir/$tag/train.yaml" --seed "$seed")
+  done < <(trained_runs)
   python -m espnet_ext.bin.compose_config --preset "$model_preset" --recipe_preset "$preset_file" \
     --pretrained_dir "$expdir/pretrained" --expdir "$expdir" "${pairs[@]}"
   # the importance report a system's composed config names (Layer-LR, ImpAnchor): stage 3's
@@ -351,10 +395,10 @@ stage4() {
       require_outputs 4 3 "$key.importance_report of $conf" "$report/summary.json"
     done
   done
-  for conf in $train_configs; do
-    local tag; tag=$(tag_of "$conf")
-    local dir=$expdir/$tag
-    stage_header 4 "$conf + $model_preset -> $dir"
+  while read -r conf tag seed; do
+    local dir=$expdir/$tag what=$conf
+    [ "$seed" = - ] || what+=" (seed $seed)"
+    stage_header 4 "$what + $model_preset -> $dir"
     # the speech input: cached encoder outputs, or the 16 kHz audio the model encodes on the fly;
     # text files line by line (indexed_text: ESPnet's text without loading the whole file)
     local data=() speech="enc_feats.scp,enc_feats,kaldi_ark"
@@ -382,7 +426,7 @@ stage4() {
     cmd+=($train_args)
     printf '%q ' "${cmd[@]}" >"$dir/train.sh.cmd"; echo >>"$dir/train.sh.cmd"
     ${cuda_cmd} --gpu "$ngpu" "$dir/train.log" "${cmd[@]}"
-  done
+  done < <(trained_runs)
 }
 
 # ---- stage 5: decoding (No-FT: text only; trained systems: text and speech) -----------------
@@ -421,12 +465,14 @@ stage5() {
     require_outputs 5 2 "" "$expdir/pretrained/whisper"
     for s in $test_sets $unseen_test_sets; do require_outputs 5 1 "" "$datadir/$s/wav.scp"; done
   fi
-  for conf in $train_configs; do
-    require_outputs 5 4 "" "$expdir/$(tag_of "$conf")/config.yaml" "$expdir/$(tag_of "$conf")/$ckpt"
+  local tag
+  for tag in $(trained_tags); do
+    require_outputs 5 4 "" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
   done
-  stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_text"
+  local t2t=text; [ "$t2t_chat" = true ] && t2t="text chat"
+  stage_header 5 "No-FT ($expdir/pretrained/model.yaml) -> $expdir/noft/decode_*_{${t2t// /,}}"
   mkdir -p "$expdir/noft"
-  decode_system noft text "$expdir/pretrained/model.yaml"
+  decode_system noft "$t2t" "$expdir/pretrained/model.yaml"
   if [ "$cascade" = true ]; then
     stage_header 5 "$datadir/<test set>/wav.scp -> Whisper ASR -> No-FT -> $expdir/cascade/decode_*_speech"
     local sets=() s
@@ -437,10 +483,9 @@ stage5() {
       --output_dir "$expdir/cascade" --batch_size "$decode_bs" --max_new_tokens "$decode_mnt" \
       --device "$device" "${sets[@]}"
   fi
-  for conf in $train_configs; do
-    local tag; tag=$(tag_of "$conf")
-    stage_header 5 "$expdir/$tag/$ckpt -> $expdir/$tag/decode_*_{text,speech}"
-    decode_system "$tag" "text speech" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
+  for tag in $(trained_tags); do
+    stage_header 5 "$expdir/$tag/$ckpt -> $expdir/$tag/decode_*_{${t2t// /,},speech}"
+    decode_system "$tag" "$t2t speech" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
   done
 }
 
@@ -457,24 +502,27 @@ data_description() {
 stage6() {
   local t0=$SECONDS systems="noft" conf trained=""
   [ "$cascade" = true ] && systems+=" cascade"
-  for conf in $train_configs; do trained+=" $(tag_of "$conf")"; done
+  trained=" $(trained_tags)"
   systems+="$trained"
   local ckpt tag s hyps=()
   ckpt=$(conf_get "$decode_config" inference_model)
   require_outputs 6 2 "" "$expdir/pretrained/model.yaml"
   # shellcheck disable=SC2086
   require_dumps 6 "$train_set" "$valid_set" $test_sets $unseen_test_sets
-  require_outputs 6 3 "" "$expdir/importance/base/summary.json"
+  # the analysis reads the base report and every trained system's model and system.json
+  require_outputs 6 3 "" "$expdir/importance/base/summary.json" "$expdir/importance/base/scores.safetensors"
   for tag in $trained; do
-    require_outputs 6 4 "" "$expdir/$tag/config.yaml" "$expdir/$tag/$ckpt"
+    require_outputs 6 4 "" "$expdir/$tag/config.yaml" "$expdir/$tag/system.json" "$expdir/$tag/$ckpt"
   done
   # what stage 5 decodes with the same options: No-FT T2T, cascade S2T, trained T2T + S2T
-  for s in $test_sets; do hyps+=("$expdir/noft/decode_${s}_text/hyp"); done
+  local t2t=text m; [ "$t2t_chat" = true ] && t2t="text chat"
+  for tag in noft $trained; do
+    for m in $t2t; do
+      for s in $test_sets; do hyps+=("$expdir/$tag/decode_${s}_$m/hyp"); done
+    done
+  done
   for tag in ${systems#noft}; do
     for s in $test_sets $unseen_test_sets; do hyps+=("$expdir/$tag/decode_${s}_speech/hyp"); done
-  done
-  for tag in $trained; do
-    for s in $test_sets; do hyps+=("$expdir/$tag/decode_${s}_text/hyp"); done
   done
   require_outputs 6 5 "" "${hyps[@]}"
   stage_header 6 "$expdir/{$(echo "$systems" | tr ' ' ,)}/decode_* -> $results_md"
@@ -494,7 +542,7 @@ stage6() {
   ${gpu_cmd} "$expdir/log/importance_analyze.log" "${sharded[@]}" espnet_ext.bin.importance_analyze \
     --config "$importance_config" --exp_dir "$expdir" --systems "$trained" \
     --base_model_config "$expdir/pretrained/model.yaml" --data_dir "$dumpdir/$train_set" \
-    --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt" --device "$device"
+    --eval_dir "$dumpdir/$valid_set" --checkpoint "$ckpt" --device "$device" "${importance_shard_opts[@]}"
   python -m espnet_ext.bin.make_results --exp_dir "$expdir" --systems "$systems" \
     --stage_times "$stage_times" --running_stage "6=$((SECONDS - t0))" --out_md "$results_md" \
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" --meta "machine=$(uname -m), $(nproc) CPU cores" \

@@ -31,6 +31,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="stage-2 output dir replacing exp/pretrained in model paths")
     p.add_argument("--expdir", default=None,
                    help="the recipe's exp dir: importance_report paths written exp/... are rebased onto it")
+    p.add_argument("--seed", action="append", default=None,
+                   help="training seed of each --train_config (repeatable, one per --out; '-' keeps the "
+                   "config's own): one run of several (run.sh --seeds)")
     p.add_argument("--recipe_preset", default=None,
                    help="conf/preset/<name>.yaml: its train: section (the CPU budget) is merged over "
                    "--train_config when --preset names a train_overlay (the demo-size presets)")
@@ -47,10 +50,13 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     if len(train_configs) != len(args.out):
         raise SystemExit(f"give one --out per --train_config ({len(args.out)} --out, "
                          f"{len(args.train_config or [])} --train_config)")
-    for train_config, out in zip(train_configs, args.out):
+    seeds = args.seed or ["-"] * len(args.out)
+    if len(seeds) != len(args.out):
+        raise SystemExit(f"give one --seed per --out, or none ({len(seeds)} --seed, {len(args.out)} --out)")
+    for train_config, out, seed in zip(train_configs, args.out, seeds):
         try:
             compose_train_config(args.preset, train_config, out, args.pretrained_dir, args.expdir,
-                                 args.recipe_preset)
+                                 args.recipe_preset, seed=None if seed == "-" else int(seed))
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"compose_config: {e}") from e
 

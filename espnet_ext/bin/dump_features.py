@@ -15,7 +15,9 @@ Writes ``enc_feats.{ark,scp}``, ESPnet shape files and copies of the Kaldi files
 ``encoder_conf.cache_features``: on-the-fly encoding) writes no features: the audio is checked, made
 16 kHz mono where it is not, and counted into the shape files.  A finished dump is not redone unless
 ``--overwrite true``, its archive is damaged, or it was made with another ``--pad_to_30s``,
-``--downsample_rate`` or ``--cache_features`` (its ``dump_report.json`` records all three).
+``--downsample_rate`` or ``--cache_features`` (its ``dump_report.json`` records all three).  A killed
+dump with the cache continues from the encoder batches it finished (kept in ``dump/.<set>.partial/``
+with an fsynced journal) when rerun with the same inputs and options.
 
 ``--pad_to_30s true`` is LLaMA-Omni's input path: every utterance is padded to 30 s, i.e. 3000 mel
 frames → 1500 encoder frames → ``1500 // k`` adaptor embeddings (300 at k = 5), and the shape

@@ -17,6 +17,11 @@ utterances in ``<output_dir>/speech/``, whose masks the speech row uses.
 A finished report of the same model files and options is not redone unless ``--overwrite true``.
 Under ``torchrun`` every
 rank scores a share of the batches and the gradient sums are all-reduced.
+
+    # the model FSDP2-sharded over the ranks (an addition, for models no rank holds whole;
+    # the same value syntax as training's --sharding_conf)
+    torchrun --nproc_per_node 8 -m espnet_ext.bin.importance_score ... --device cuda \
+        --sharding_conf "engine=fsdp2,param_dtype=float32"
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import argparse
 import dataclasses
 import logging
 from typing import Optional, Sequence
+
+from espnet2.utils.nested_dict_action import NestedDictAction
 
 from espnet_ext.utils.logs import setup_logging
 
@@ -40,6 +47,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu",
                    help="cpu, cuda (under torchrun: cuda:$LOCAL_RANK on every rank), cuda:N")
     p.add_argument("--overwrite", choices=["true", "false"], default="false", help="redo a finished report")
+    p.add_argument("--sharding_conf", action=NestedDictAction, default=None,
+                   help="FSDP2-shard the model over the torchrun ranks (scores, thresholds and Table 1 on "
+                   "the shards), e.g. engine=fsdp2 or {engine: fsdp2, param_dtype: float32}; default: unsharded")
     return p
 
 
@@ -47,7 +57,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     setup_logging()
 
-    from espnet_ext.analysis.score import is_scored, report_stamp, run_importance
+    from espnet_ext.analysis.score import is_scored, report_stamp, run_importance, sharding_config
     from espnet_ext.analysis.settings import load_importance_config
     from espnet_ext.inference.speechllm import load_model
     from espnet_ext.utils.devices import init_distributed, job_device
@@ -66,11 +76,14 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
         return
     device = job_device(args.device)
     init_distributed(device)
-    model = load_model(args.model_config, args.model_file, device)
+    sharding = sharding_config(args.sharding_conf)
+    # sharded: load on the CPU; sharding moves one layer at a time onto the device
+    model = load_model(args.model_config, args.model_file, "cpu" if sharding else device)
     run_importance(
         model, args.data_dir, args.output_dir, scoring, deactivation if args.eval_dir else None,
         args.eval_dir, provenance={"model_config": args.model_config, "model_file": args.model_file,
                                    "stamp": stamp},
+        sharding=sharding, device=device,
     )
 
 

@@ -43,9 +43,10 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
     setup_logging()
     from espnet_ext.eval.results import collect_summary, publish_figures, render_results_md
     from espnet_ext.utils.atomic import atomic_write_text
+    from espnet_ext.utils.records import read_json
 
     if args.from_summary:
-        summary = json.loads(Path(args.from_summary).read_text())
+        summary = read_json(args.from_summary, "espnet_ext.bin.make_results (recipe stage 6, beside RESULTS.md)")
     else:
         summary = collect_summary(args.exp_dir, args.systems.split())
         publish_figures(summary, args.exp_dir, args.out_md)  # figures/ next to RESULTS.md

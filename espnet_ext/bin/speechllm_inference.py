@@ -34,8 +34,10 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="exp dir config.yaml, or a training YAML for No-FT")
     p.add_argument("--model_file", default=None, help="checkpoint (.pth); omit for the No-FT baseline")
-    p.add_argument("--modality", choices=["speech", "text"], action="append", required=True,
-                   help="S2T or T2T input: once for every --data_dir, or once per --data_dir")
+    p.add_argument("--modality", choices=["speech", "text", "chat"], action="append", required=True,
+                   help="S2T (speech) or T2T input: text = the transcript in the speech LLM's prompt, "
+                   "chat = the transcript in the LLM's own chat template; once for every --data_dir, "
+                   "or once per --data_dir")
     p.add_argument("--data_dir", action="append", required=True, help="dump dir (repeatable)")
     p.add_argument("--output_dir", action="append", required=True, help="output dir per --data_dir")
     p.add_argument("--batch_size", type=int, default=16, help="utterances per generate() call")
@@ -68,7 +70,7 @@ def main(cmd: Optional[Sequence[str]] = None) -> None:
 
     def stamp_of(data_dir: str, modality: str) -> dict:
         speech = "enc_feats.scp" if speech_source(data_dir) == "enc_feats" else "wav.scp"
-        inputs = Path(data_dir) / (speech if modality == "speech" else "text")
+        inputs = Path(data_dir) / (speech if modality == "speech" else "text")  # text, chat
         return {**model_stamp(args.config, args.model_file, modality, args.max_new_tokens),
                 "input": file_identity(inputs, content=False) if inputs.is_file() else None}
 

@@ -40,6 +40,7 @@ from espnet_ext.convert.ct2_whisper import (  # noqa: F401  (re-exported for cal
     read_ct2_model,
 )
 from espnet_ext.utils.atomic import atomic_dir, atomic_write_text
+from espnet_ext.utils.records import read_json_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def materialize_pretrained(source: str, out_dir: PathLike, role: str) -> Path:
         from espnet_ext.convert import tiny
 
         marker = out / MARKER_NAME
-        if marker.is_file() and json.loads(marker.read_text()).get("source") == source:
+        if _marker_source(out) == source:
             return out
         (tiny.build_tiny_llm if source == "tiny-random-llama" else tiny.build_tiny_whisper)(out)
         atomic_write_text(marker, json.dumps({"source": source, "kind": "tiny"}) + "\n")
@@ -263,8 +264,8 @@ def materialize_pretrained(source: str, out_dir: PathLike, role: str) -> Path:
 
 
 def _marker_source(out: Path) -> Optional[str]:
-    marker = out / MARKER_NAME
-    return json.loads(marker.read_text()).get("source") if marker.is_file() else None
+    info = read_json_or_none(out / MARKER_NAME)  # missing or damaged: not made from any source
+    return info.get("source") if isinstance(info, dict) else None
 
 
 def _save_from_hub(source: str, out: Path, role: str) -> None:

@@ -73,6 +73,45 @@ def build_tiny_llm(out_dir: str | Path, hidden_size: int = 64, num_layers: int =
     return Path(out_dir)
 
 
+#: config class and its extra options of each decoder family :func:`build_tiny_causal_lm` builds
+TINY_FAMILIES = {
+    "llama": ("LlamaConfig", {}),
+    "qwen2": ("Qwen2Config", {}),
+    "mistral": ("MistralConfig", {}),
+    "gemma": ("GemmaConfig", {"head_dim": 8}),
+    "gemma2": ("Gemma2Config", {"head_dim": 8}),
+    "phi3": ("Phi3Config", {}),
+    "gpt_neox": ("GPTNeoXConfig", {}),
+    "gpt2": ("GPT2Config", {}),
+}
+
+
+def build_tiny_causal_lm(out_dir: str | Path, family: str, hidden_size: int = 32, num_layers: int = 3,
+                         seed: int = 0) -> Path:
+    """Save a random causal LM of a decoder ``family`` (:data:`TINY_FAMILIES`) with the tiny
+    ChatML tokenizer to ``out_dir``; returns the path."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"family must be one of {sorted(TINY_FAMILIES)}, got {family!r}")
+    name, extra = TINY_FAMILIES[family]
+    tokenizer = build_tiny_tokenizer()
+    config = getattr(transformers, name)(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **extra,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
+
+
 def build_tiny_whisper(out_dir: str | Path, d_model: int = 32, num_mel_bins: int = 80, seed: int = 0) -> Path:
     """Save a random Whisper model, its feature extractor and a tokenizer to ``out_dir``."""
     import torch

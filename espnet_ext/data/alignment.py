@@ -42,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from espnet_ext.utils.atomic import atomic_dir
+from espnet_ext.utils.records import read_json_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +162,10 @@ def build_alignment_dump(out_dir: str | Path, tokenizer, encoder, config: Alignm
     speakers = voices(pick_family(config.voices), "train")
     manifest = manifest_for(config, words + texts, speakers)
     done = out_dir / "alignment_manifest.json"
-    if done.exists():
-        old = json.loads(done.read_text())
-        if {k: old.get(k) for k in manifest} == manifest:
-            logger.info("%s is up to date; skipping", out_dir)
-            return old
+    old = read_json_or_none(done)  # missing or damaged: (re)synthesised
+    if isinstance(old, dict) and {k: old.get(k) for k in manifest} == manifest:
+        logger.info("%s is up to date; skipping", out_dir)
+        return old
     ids = [f"align{i:06d}" for i in range(len(texts))]
     tts = tts or Synthesizer()
     t0 = time.perf_counter()

@@ -29,8 +29,12 @@ data directory is read one utterance at a time (:func:`iter_kaldi_dir`) and only
 lengths and paths are kept per utterance.
 
 The shape files let ESPnet's ``sorted``/``numel`` batch samplers bucket by the real LLM
-sequence length.  Everything is written into a temporary directory that replaces
-``dump/<set>`` only when complete.
+sequence length.  Everything is written into a work directory (``dump/.<set>.partial``)
+that replaces ``dump/<set>`` only when complete.  The archive there grows one encoder
+batch at a time with an fsynced journal of the finished batches
+(:class:`~espnet_ext.data.ark_journal.ResumableArk`), so a killed dump continues where
+it stopped when rerun with the same inputs and options, and ends with the archive an
+unbroken run writes.
 
 With ``pad_to_30s`` (LLaMA-Omni's input path) every utterance is padded to the 30 s
 window, so every utterance has the same encoder frame count (1500 for Whisper: 3000 mel
@@ -41,8 +45,11 @@ a dump made with other options is recognised (:func:`dump_options_mismatch`) and
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
+import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,9 +59,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from espnet_ext.data.ark_journal import JOURNAL_NAME, LOCK_NAME, ResumableArk
 from espnet_ext.data.audio import fit_to_window, is_mono_at, load_audio, write_wav
 from espnet_ext.data.kaldi_dir import DataError, KaldiDirWriter, Utterance, iter_kaldi_dir
-from espnet_ext.utils.atomic import atomic_dir
+from espnet_ext.utils.atomic import DiskFullError, replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +93,29 @@ def _checked_audio(u: Utterance, max_seconds: float, long_audio: str, downsample
     return wav, truncated
 
 
+def partial_dir(out_dir: str | Path) -> Path:
+    """Where the dump of ``out_dir`` is built (and kept for a rerun when interrupted)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """A digest of the encoder's weights (name, shape, sum and absolute sum of every tensor):
+    an interrupted dump is continued only with the encoder that started it."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in encoder.state_dict().items():
+            t = t.detach().double()
+            h.update(f"{name} {tuple(t.shape)} {float(t.sum())!r} {float(t.abs().sum())!r};".encode())
+    return h.hexdigest()
+
+
+def _plan_digest(batches: List[List[str]], samples: Dict[str, int]) -> str:
+    """A digest of the batches (their utterances and sample counts, in order)."""
+    plan = [[[u, int(samples[u])] for u in b] for b in batches]
+    return hashlib.sha256(json.dumps(plan).encode()).hexdigest()
+
+
 def dump_encoder_features(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -111,20 +142,26 @@ def dump_encoder_features(
     cache = bool(getattr(encoder, "cache_features", True))
     report = DumpReport(data_dir=str(data_dir), pad_to_30s=bool(getattr(encoder, "pad_to_30s", False)),
                         downsample_rate=downsample_rate, cache_features=cache)
-    final = Path(out_dir).resolve()
+    out_dir = Path(out_dir)
+    final = out_dir.resolve()
+    work = partial_dir(out_dir)
+    if not cache:  # nothing to continue on the fly: an old work dir (of either mode) goes
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
 
     def n_tokens(s: str) -> int:
         return len(tokenizer(s, add_special_tokens=False)["input_ids"])
 
-    with atomic_dir(out_dir) as tmp:
+    ark: Optional[ResumableArk] = None
+    try:
         # pass 1 (both modes): audio checks, Kaldi copies, shape files; one utterance at a time
         samples: Dict[str, int] = {}   # with the cache: kept utterance → samples, in id order
         sources: Dict[str, str] = {}   # with the cache: its audio file
         frames: Dict[str, int] = {}    # encoder frames the shape file counts
-        kaldi = KaldiDirWriter(tmp, str(out_dir))
+        kaldi = KaldiDirWriter(work, str(out_dir))
         try:
-            with open(tmp / "llm_len.speech", "w", encoding="utf-8") as len_speech, \
-                    open(tmp / "llm_len.text", "w", encoding="utf-8") as len_text:
+            with open(work / "llm_len.speech", "w", encoding="utf-8") as len_speech, \
+                    open(work / "llm_len.text", "w", encoding="utf-8") as len_text:
                 for u in tqdm(iter_kaldi_dir(data_dir), desc=f"check {Path(data_dir).name}", unit="utt"):
                     report.n_input += 1
                     try:
@@ -140,7 +177,7 @@ def dump_encoder_features(
                         samples[u.utt_id], sources[u.utt_id] = wav.shape[0], u.wav
                     elif truncated or not is_mono_at(u.wav):
                         # what ESPnet's sound loader reads must be exactly what the encoder sees
-                        write_wav(tmp / "wav" / f"{u.utt_id}.wav", wav, subtype="FLOAT")
+                        write_wav(work / "wav" / f"{u.utt_id}.wav", wav, subtype="FLOAT")
                         u.wav = str(final / "wav" / f"{u.utt_id}.wav")
                         report.n_audio_copies += 1
                     n_frames = encoder.num_frames(wav.shape[0])
@@ -157,12 +194,38 @@ def dump_encoder_features(
         if not kaldi.count:
             raise DataError(f"{data_dir}: no usable utterance left ({len(report.skipped)} skipped)")
         kaldi.finish()
-        if cache:  # pass 2: encode in batches of similar length (ties in id order)
-            _write_features(tmp, final, data_dir, encoder, sorted(samples, key=samples.get), sources, frames,
-                            long_audio, downsample_rate, batch_size)
+        if cache:  # pass 2: encode in batches of similar length (ties in id order), resumably
+            order = sorted(samples, key=samples.get)
+            batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+            header = {"format": 1, "data_dir": str(Path(data_dir).resolve()), "long_audio": long_audio,
+                      "downsample_rate": downsample_rate, "pad_to_30s": report.pad_to_30s,
+                      "max_seconds": float(encoder.max_seconds), "encoder": encoder_fingerprint(encoder),
+                      "batches": _plan_digest(batches, samples)}
+            ark = ResumableArk(work, header)
+            _write_features(ark, work, final, data_dir, encoder, batches, sources, frames, long_audio,
+                            downsample_rate)
         report.n_written = kaldi.count
         report.encoder_frames = {"min": min(frames.values()), "max": max(frames.values())}
-        (tmp / "dump_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+        (work / "dump_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+        if ark is not None:
+            ark.close()
+            ark = None
+        replace_dir(work, out_dir)
+    except DataError:  # bad input: a work dir that holds no encoded batches goes
+        if ark is None and not (work / JOURNAL_NAME).exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    except OSError as e:  # what is encoded stays in the work dir for a rerun
+        if e.errno != errno.ENOSPC or isinstance(e, DiskFullError):
+            raise
+        raise DiskFullError(errno.ENOSPC, f"no space left on the device while writing {out_dir}; its previous "
+                            f"version (if any) is intact, and the encoded features are kept in {work} for a "
+                            f"rerun of the same command (free space first, or delete {work})") from e
+    finally:
+        if ark is not None:
+            ark.close()
+    for name in (JOURNAL_NAME, LOCK_NAME):  # the work dir's bookkeeping, now inside out_dir
+        (out_dir / name).unlink(missing_ok=True)
     logger.info(
         "%s → %s: %d written, %d truncated, %d skipped%s",
         data_dir, out_dir, report.n_written, report.n_truncated, len(report.skipped),
@@ -171,16 +234,18 @@ def dump_encoder_features(
     return report
 
 
-def _write_features(tmp: Path, final: Path, data_dir, encoder, order: List[str], sources: Dict[str, str],
-                    frames: Dict[str, int], long_audio: str, downsample_rate: int, batch_size: int) -> None:
-    """Encode the utterances of ``order`` (sorted by length) into ``tmp/enc_feats.{ark,scp}``,
-    reading one batch of audio at a time; the scp points at ``final``'s archive."""
-    import kaldiio
-
-    ark, scp = tmp / "enc_feats.ark", tmp / "enc_feats.scp"
-    with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as writer, torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=f"encode {Path(data_dir).name}", unit="batch"):
-            ids = order[start : start + batch_size]
+def _write_features(ark: ResumableArk, work: Path, final: Path, data_dir, encoder, batches: List[List[str]],
+                    sources: Dict[str, str], frames: Dict[str, int], long_audio: str,
+                    downsample_rate: int) -> None:
+    """Encode the batches that ``ark`` has not finished into it, reading one batch of audio
+    at a time, then write ``work/enc_feats.scp`` pointing at ``final``'s archive."""
+    if ark.done:
+        logger.info("%s: continuing an interrupted dump: %d of %d batches already encoded (%s)",
+                    final, len(ark.done), len(batches), work)
+    todo = [i for i in range(len(batches)) if i not in ark.done]
+    with torch.inference_mode():
+        for index in tqdm(todo, desc=f"encode {Path(data_dir).name}", unit="batch"):
+            ids = batches[index]
             wavs = [_checked_audio(Utterance(uid, "", sources[uid], ""), encoder.max_seconds, long_audio,
                                    downsample_rate)[0] for uid in ids]
             feats, lengths = encoder.encode_waveforms(wavs)
@@ -188,16 +253,24 @@ def _write_features(tmp: Path, final: Path, data_dir, encoder, order: List[str],
                 if int(lengths[j]) != frames[uid]:  # the shape files count what is written
                     raise RuntimeError(f"utterance {uid}: encoded {int(lengths[j])} frames, the shape file "
                                        f"counts {frames[uid]} (encoder.num_frames disagrees with the encoder)")
-                writer[uid] = feats[j, : lengths[j]].float().cpu().numpy()
-    # scp lines point at the temporary ark path: rewrite them to the final location
-    lines = scp.read_text().splitlines()
-    scp.write_text("".join(line.replace(str(ark), str(final / "enc_feats.ark")) + "\n" for line in sorted(lines)))
+            ark.add(index, [(uid, feats[j, : lengths[j]].float().cpu().numpy()) for j, uid in enumerate(ids)])
+    offsets = ark.offsets()
+    final_ark = final / "enc_feats.ark"
+    (work / "enc_feats.scp").write_text("".join(f"{u} {final_ark}:{offsets[u]}\n" for u in sorted(offsets)))
 
 
 def read_dump_report(out_dir: str | Path) -> Optional[dict]:
-    """The ``dump_report.json`` of a finished dump, or ``None``."""
+    """The ``dump_report.json`` of a finished dump, or ``None`` (also when it is damaged, with
+    a warning: the dump is then redone)."""
     p = Path(out_dir) / "dump_report.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    if not p.exists():
+        return None
+    try:
+        report = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        logger.warning("%s is damaged (%s); the dump counts as unfinished", p, e)
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def dump_options_mismatch(report: dict, pad_to_30s: bool, downsample_rate: int,
@@ -225,26 +298,45 @@ def dump_options_mismatch(report: dict, pad_to_30s: bool, downsample_rate: int,
 def check_feature_archive(scp: str | Path) -> None:
     """Raise :class:`DataError` when the archive behind a feature ``scp`` is damaged.
 
-    Cheap: per archive it checks that the file exists, that every offset lies inside
-    it, and reads the matrix stored last (a truncated archive fails there).  The error
-    names the archive and the utterance, and says how to rebuild the dump.
+    Cheap: the scp must end with a complete line and list every utterance of the
+    ``text`` file beside it (a truncated scp fails there); per archive it checks that
+    the file exists, that every offset lies inside it, and reads the matrix stored last
+    (a truncated archive fails there).  The error names the file and the utterance, and
+    says how to rebuild the dump.
     """
     import kaldiio
 
     scp = Path(scp)
     if not scp.is_file():
         raise DataError(f"missing file {scp} (run the feature dump, recipe stage 2)")
+    redo = "the dump is damaged; rebuild it (recipe stage 2 redoes a damaged dump)"
+    try:
+        content = scp.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{scp}: not a text file ({e}); {redo}") from e
+    if content and not content.endswith("\n"):
+        raise DataError(f"{scp}: its last line is cut short (truncated); {redo}")
     last: Dict[str, Tuple[int, str]] = {}  # archive -> (largest offset, its utterance)
-    for lineno, line in enumerate(scp.read_text(encoding="utf-8").splitlines(), 1):
+    ids = set()
+    for lineno, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         uid, _, where = line.partition(" ")
         ark, sep, offset = where.strip().rpartition(":")
         if not sep or not offset.isdigit():
             raise DataError(f"{scp}:{lineno}: utterance {uid}: expected '<ark path>:<offset>', got {where!r}")
+        ids.add(uid)
         if int(offset) >= last.get(ark, (-1, ""))[0]:
             last[ark] = (int(offset), uid)
-    redo = "the dump is damaged; rebuild it (recipe stage 2 redoes a damaged dump)"
+    peer = scp.parent / "text"
+    if peer.is_file():
+        listed = {ln.split(maxsplit=1)[0] for ln in peer.read_text(encoding="utf-8", errors="replace").splitlines()
+                  if ln.strip()}
+        missing = sorted(listed - ids)
+        if missing:
+            raise DataError(f"{scp} lists {len(ids)} utterances, {peer} {len(listed)}: {missing[0]}"
+                            f"{f' and {len(missing) - 1} more have' if len(missing) > 1 else ' has'} no features "
+                            f"(truncated?); {redo}")
     for ark, (offset, uid) in last.items():
         if not Path(ark).is_file():
             raise DataError(f"{scp}: utterance {uid}: its archive {ark} is missing; {redo}")

@@ -26,6 +26,8 @@ Claims (paper section):
    relative importance.
 4. Table 2: full speech fine-tuning lowers T2T accuracy below No-FT.
 5. Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT.
+   (4, 5 and 7 are checked for each T2T reading that was decoded: the transcript in the
+   speech LLM's prompt, and in the LLM's own chat template; :data:`T2T_READINGS`.)
 6. Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT.
 7. §3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T of the two.
 8. §3.3.1 / Fig. 3: Layer-LR and LoRA shift the importance distribution less than Full-FT
@@ -38,6 +40,7 @@ Claims (paper section):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -74,13 +77,92 @@ def tag_of(summary: dict, role: str) -> Optional[str]:
     return None
 
 
+_SEED_SUFFIX = re.compile(r" \(seed \d+\)$")
+
+
+def replicas(summary: dict, tag: Optional[str]) -> List[str]:
+    """``tag`` and the other training runs of the same system (``run.sh --seeds``): the
+    systems of the same role, LoRA rank and name that differ in their ``seed`` only."""
+    info = summary.get("system_info", {})
+    if tag is None or tag not in info:
+        return [] if tag is None else [tag]
+    me = info[tag]
+    if me.get("seed") is None:
+        return [tag]
+    key = (me.get("role"), me.get("lora_rank"), _SEED_SUFFIX.sub("", me.get("name", tag)))
+    return [t for t, i in info.items() if i.get("seed") is not None
+            and (i.get("role"), i.get("lora_rank"), _SEED_SUFFIX.sub("", i.get("name", t))) == key]
+
+
+def seed_spread(summary: dict, matcher: str = "has_answer") -> Dict[str, dict]:
+    """For every system trained with several seeds: each run's accuracy per (test set,
+    modality) and JS shift, with their mean, sample standard deviation and range."""
+    out: Dict[str, dict] = {}
+    seen: set = set()
+    shift = (summary.get("analysis") or {}).get("shift", {})
+    for tag in summary.get("system_info", {}):
+        runs = replicas(summary, tag)
+        if len(runs) < 2 or tag in seen:
+            continue
+        seen.update(runs)
+        seeds = [summary["system_info"][t]["seed"] for t in runs]
+        entry: Dict[str, dict] = {"seeds": seeds, "tags": runs, "accuracy": {}}
+        per = [summary.get("systems", {}).get(t, {}) for t in runs]
+        for test_set in sorted({s for p in per for s in p}):
+            for modality in sorted({m for p in per for m in p.get(test_set, {})}):
+                vals = [p.get(test_set, {}).get(modality, {}).get(matcher, {}).get("accuracy") for p in per]
+                if None not in vals:
+                    entry["accuracy"][f"{test_set} {modality}"] = _spread(vals)
+        js = [shift[t]["js"] for t in runs if t in shift]
+        if len(js) == len(runs):
+            entry["js"] = _spread(js)
+        out[_name(summary, tag)] = entry
+    return out
+
+
+def _spread(values: Sequence[float]) -> dict:
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return {"runs": [float(v) for v in values], "mean": mean, "sd": sd,
+            "min": float(min(values)), "max": float(max(values))}
+
+
+def render_seed_spread(summary: dict) -> List[str]:
+    """Markdown lines of the seed-spread table (empty when no system has several seeds)."""
+    spread = summary.get("seed_spread") or {}
+    if not spread:
+        return []
+    lines = ["## Seed spread", "", "Systems trained with several seeds (`run.sh --seeds`): each run's "
+             "`has_answer` accuracy and JS shift, mean ± sample standard deviation [range]. The claims "
+             "above pool the runs of a system.", "", "| System | seeds | measure | runs | mean ± sd [min, max] |",
+             "|---|---|---|---|---|"]
+    for name, e in spread.items():
+        rows = list(e["accuracy"].items()) + ([("JS shift", e["js"])] if "js" in e else [])
+        for measure, v in rows:
+            fmt = "{:.4f}" if measure == "JS shift" else "{:.1f}"
+            runs = ", ".join(fmt.format(x) for x in v["runs"])
+            lines.append(f"| {name} | {' '.join(map(str, e['seeds']))} | {measure} | {runs} | "
+                         f"{fmt.format(v['mean'])} ± {fmt.format(v['sd'])} [{fmt.format(v['min'])}, "
+                         f"{fmt.format(v['max'])}] |")
+    return lines + [""]
+
+
 def _name(summary: dict, tag: str) -> str:
-    return summary.get("system_info", {}).get(tag, {}).get("name", tag)
+    """Display name; for a system trained with several seeds, its name and the seed count."""
+    name = summary.get("system_info", {}).get(tag, {}).get("name", tag)
+    runs = replicas(summary, tag)
+    return f"{_SEED_SUFFIX.sub('', name)} ({len(runs)} seeds)" if len(runs) > 1 else name
 
 
 def _acc(summary: dict, tag: Optional[str], test_set: str, modality: str, matcher: str) -> Optional[float]:
-    score = summary.get("systems", {}).get(tag, {}).get(test_set, {}).get(modality)
-    return None if score is None else float(score[matcher]["accuracy"])
+    """Accuracy of ``tag`` (the mean over its :func:`replicas`), or ``None`` if one is missing."""
+    accs = []
+    for t in replicas(summary, tag):
+        score = summary.get("systems", {}).get(t, {}).get(test_set, {}).get(modality)
+        if score is None:
+            return None
+        accs.append(float(score[matcher]["accuracy"]))
+    return sum(accs) / len(accs) if accs else None
 
 
 #: test sets whose name ends so are speaker-disjoint repeats of another set's questions
@@ -97,16 +179,22 @@ def _test_sets(summary: dict, unseen: bool = False) -> List[str]:
 
 
 def _outcomes(summary: dict, tag: str, modality: str, matcher: str, unseen: bool = False
-              ) -> Optional[List[bool]]:
-    """Per-question outcomes of a system over the test sets (in set order), or ``None``."""
-    per = summary.get("correct", {}).get(tag, {})
-    out: List[bool] = []
-    for s in _test_sets(summary, unseen):
-        bits = per.get(s, {}).get(modality, {}).get(matcher)
-        if bits is None:
-            return None
-        out.extend(c == "1" for c in bits)
-    return out
+              ) -> Optional[List[float]]:
+    """Per-question outcomes of a system over the test sets (in set order): 1/0, or with
+    several training seeds the share of its runs that answer right; ``None`` if missing."""
+    runs = []
+    for t in replicas(summary, tag):
+        per = summary.get("correct", {}).get(t, {})
+        out: List[float] = []
+        for s in _test_sets(summary, unseen):
+            bits = per.get(s, {}).get(modality, {}).get(matcher)
+            if bits is None:
+                return None
+            out.extend(float(c == "1") for c in bits)
+        runs.append(out)
+    if not runs or len({len(r) for r in runs}) != 1:
+        return None
+    return [sum(q) / len(runs) for q in zip(*runs)]
 
 
 @dataclass
@@ -130,7 +218,7 @@ class Comparison:
         t = self.test
         if t is not None:
             text += (f" (pooled Δ {t.diff:+.1f} points, 95 % CI [{t.ci_low:+.1f}, {t.ci_high:+.1f}], "
-                     f"McNemar p = {t.p_value:.2g})")
+                     f"{t.test} p = {t.p_value:.2g})")
         return text
 
 
@@ -226,30 +314,44 @@ def shift_claim(summary: dict) -> Optional[Claim]:
             _verdict([m["js"] > 0 and m["pearson"] < 0.99, after < before]))
 
 
-def accuracy_claims(summary: dict, matcher: str) -> List[Claim]:
-    out: List[Claim] = []
+#: the two readings of the paper's T2T column, each checked on its own when decoded: the
+#: transcript in the speech LLM's prompt (``text``), or in the LLM's own chat template
+#: with no system prompt of ours (``chat``: the text LLM as its users query it)
+T2T_READINGS = (("text", "T2T"), ("chat", "T2T (own chat template)"))
+
+
+def _mitigation_claim(summary: dict, matcher: str, modality: str, claim: str) -> Optional[Claim]:
+    """Layer-LR and LoRA each against Full-FT, ``modality`` accuracy at least as high."""
     full = _name(summary, tag_of(summary, "full_ft"))
-    c = _compare(summary, matcher, "text", "full_ft", "base", lambda a, b: a < b)
-    if c:
-        out.append(("Table 2: full speech fine-tuning lowers T2T accuracy below No-FT (Full-FT vs No-FT)",
-                    c.describe(), c.verdict(-1)))
-    for modality, claim in (("text", "Table 2: Layer-LR and LoRA keep more T2T accuracy than Full-FT"),
-                            ("speech", "Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT")):
-        shown, verdicts = [], []
-        for role in ("layer_lr", "lora"):
-            c = _compare(summary, matcher, modality, role, "full_ft", lambda a, b: a >= b)
-            if c:
-                shown.append(f"{_name(summary, tag_of(summary, role))} vs {full}: {c.describe()}")
-                verdicts.append(c.verdict(+1))
-        if verdicts:
-            out.append((claim, "; ".join(shown), _combine(verdicts)))
-    t = _compare(summary, matcher, "text", "layer_lr", "lora", lambda a, b: a >= b)
+    shown, verdicts = [], []
+    for role in ("layer_lr", "lora"):
+        c = _compare(summary, matcher, modality, role, "full_ft", lambda a, b: a >= b)
+        if c:
+            shown.append(f"{_name(summary, tag_of(summary, role))} vs {full}: {c.describe()}")
+            verdicts.append(c.verdict(+1))
+    return (claim, "; ".join(shown), _combine(verdicts)) if verdicts else None
+
+
+def accuracy_claims(summary: dict, matcher: str) -> List[Claim]:
+    """Table 2 and §3.2, for each decoded T2T reading (:data:`T2T_READINGS`) and S2T."""
+    out: List[Optional[Claim]] = []
+    for modality, t2t in T2T_READINGS:
+        c = _compare(summary, matcher, modality, "full_ft", "base", lambda a, b: a < b)
+        if c:
+            out.append((f"Table 2: full speech fine-tuning lowers {t2t} accuracy below No-FT (Full-FT vs No-FT)",
+                        c.describe(), c.verdict(-1)))
+        out.append(_mitigation_claim(summary, matcher, modality,
+                                     f"Table 2: Layer-LR and LoRA keep more {t2t} accuracy than Full-FT"))
+    out.append(_mitigation_claim(summary, matcher, "speech",
+                                 "Table 2: Layer-LR and LoRA reach higher S2T accuracy than Full-FT"))
     s = _compare(summary, matcher, "speech", "lora", "layer_lr", lambda a, b: a >= b)
-    if t and s:
-        out.append(("§3.2: trade-off: Layer-LR has the higher T2T, LoRA the higher S2T",
-                    f"T2T Layer-LR vs LoRA: {t.describe()}; S2T LoRA vs Layer-LR: {s.describe()}",
-                    _combine([t.verdict(+1), s.verdict(+1)])))
-    return out
+    for modality, t2t in T2T_READINGS:
+        t = _compare(summary, matcher, modality, "layer_lr", "lora", lambda a, b: a >= b)
+        if t and s:
+            out.append((f"§3.2: trade-off: Layer-LR has the higher {t2t}, LoRA the higher S2T",
+                        f"{t2t} Layer-LR vs LoRA: {t.describe()}; S2T LoRA vs Layer-LR: {s.describe()}",
+                        _combine([t.verdict(+1), s.verdict(+1)])))
+    return [c for c in out if c is not None]
 
 
 def cascade_claim(summary: dict, matcher: str, unseen: bool = False) -> Optional[Claim]:
@@ -275,11 +377,15 @@ def mitigation_shift_claim(summary: dict) -> Optional[Claim]:
     others = [t for t in (tag_of(summary, "layer_lr"), tag_of(summary, "lora")) if t in shift]
     if full not in shift or not others:
         return None
-    shown = [f"{_name(summary, full)} {shift[full]['js']:.4f}"]
+    def js(tag: str) -> float:  # the mean over the system's training runs that were analysed
+        runs = [shift[t]["js"] for t in replicas(summary, tag) if t in shift]
+        return sum(runs) / len(runs)
+
+    shown = [f"{_name(summary, full)} {js(full):.4f}"]
     checks = []
     for tag in others:
-        shown.append(f"{_name(summary, tag)} {shift[tag]['js']:.4f}")
-        checks.append(shift[tag]["js"] < shift[full]["js"])
+        shown.append(f"{_name(summary, tag)} {js(tag):.4f}")
+        checks.append(js(tag) < js(full))
     return ("§3.3.1, Fig. 3: Layer-LR and LoRA shift the importance distribution less than Full-FT (JS)",
             "JS: " + ", ".join(shown), _verdict(checks))
 
@@ -317,8 +423,11 @@ def render_claims(summary: dict, matcher: str = "has_answer") -> List[str]:
              "| Claim (paper) | This run | Verdict |", "|---|---|---|"]
     lines += [f"| {c} | {shown} | **{v}** |" for c, shown, v in claims]
     paired = bool(summary.get("correct"))
-    rule = (f"Accuracy claims: McNemar's exact test over the pooled test questions (α = {ALPHA}) with a "
-            "95 % paired-bootstrap interval of the difference; *within noise* means p ≥ α."
+    seeds = ("; for a system trained with several seeds, the sign-flip permutation test on each "
+             "question's share of right runs") if any(len(replicas(summary, t)) > 1
+                                                      for t in summary.get("system_info", {})) else ""
+    rule = (f"Accuracy claims: McNemar's exact test over the pooled test questions (α = {ALPHA}{seeds}) "
+            "with a 95 % paired-bootstrap interval of the difference; *within noise* means p ≥ α."
             if paired else "Accuracy claims compare single accuracies per test set (no per-question outcomes "
             "in this summary), so they say nothing about noise.")
     lines += ["", f"Accuracies with `{matcher}`. " + ", ".join(f"{n} {v}" for v, n in counts.items())

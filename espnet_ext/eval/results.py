@@ -2,7 +2,7 @@
 
 Layout read here (written by stage 5)::
 
-    exp/<system>/decode_<test set>_<text|speech>/hyp         # "<utt id> <answer>"
+    exp/<system>/decode_<test set>_<text|chat|speech>/hyp    # "<utt id> <answer>"
     dump/<test set>/answer                                     # JSON reference lists
 
 ``score_decode_dir`` writes ``score.json`` (both matchers) and ``score_detail.tsv`` next
@@ -19,14 +19,23 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from espnet_ext.data.kaldi_dir import parse_answers, read_table
-from espnet_ext.eval.claims import render_claims
+from espnet_ext.data.kaldi_dir import DataError, parse_answers, read_table
+from espnet_ext.eval.claims import render_claims, render_seed_spread, seed_spread
 from espnet_ext.eval.qa_match import MATCHERS, score_predictions
+from espnet_ext.inference.decode_dir import hyp_damage
 from espnet_ext.tasks.systems import BASE_MODEL_NAME, read_systems
 from espnet_ext.utils.atomic import atomic_open, atomic_write_text
+from espnet_ext.utils.records import read_json
 
-MODALITY_NAMES = {"text": "T2T", "speech": "S2T"}
-_DECODE_RE = re.compile(r"^decode_(?P<set>.+)_(?P<modality>text|speech)$")
+#: the jobs that write what this module reads, named when a file is damaged
+SCORER = "recipe stage 6's QA scoring (espnet_ext.bin.score_qa)"
+DECODER = "recipe stage 5's decoding (it redoes a damaged hyp or decode_report.json)"
+IMPORTANCE = "the importance job (recipe stage 3 for the base model, stage 6 for a trained system)"
+ANALYZER = "recipe stage 6's analysis (espnet_ext.bin.importance_analyze; it redoes a damaged analysis.json)"
+
+#: decoded inputs: T2T in the speech LLM's prompt, T2T in the LLM's own chat template, S2T
+MODALITY_NAMES = {"text": "T2T", "chat": "T2T chat", "speech": "S2T"}
+_DECODE_RE = re.compile(r"^decode_(?P<set>.+)_(?P<modality>text|chat|speech)$")
 
 
 def read_references(data_dir: str | Path) -> Dict[str, List[str]]:
@@ -38,9 +47,16 @@ def read_references(data_dir: str | Path) -> Dict[str, List[str]]:
 def score_decode_dir(decode_dir: str | Path, ref_dir: str | Path) -> dict:
     """Score ``decode_dir/hyp`` against ``ref_dir/answer`` with every matcher."""
     decode_dir = Path(decode_dir)
-    hyps = read_table(decode_dir / "hyp", allow_empty_value=True)
+    hyp = decode_dir / "hyp"
+    why = hyp_damage(decode_dir) if hyp.is_file() else None
+    if why:
+        raise DataError(f"{hyp}: {why}; {DECODER} writes it: rerun ./run.sh --stage 5 --stop_stage 5 (same options)")
+    hyps = read_table(hyp, allow_empty_value=True)
     refs = read_references(ref_dir)
-    scores = {m: score_predictions(hyps, refs, m) for m in MATCHERS}
+    try:
+        scores = {m: score_predictions(hyps, refs, m) for m in MATCHERS}
+    except DataError as e:
+        raise DataError(f"{hyp} against {Path(ref_dir) / 'answer'}: {e}") from e
     result = {
         "n": len(refs),
         **{m: {"n_correct": s.n_correct, "accuracy": round(s.accuracy, 2)} for m, s in scores.items()},
@@ -76,23 +92,26 @@ def collect_summary(exp_dir: str | Path, systems: List[str]) -> dict:
             m = _DECODE_RE.match(d.name)
             if not m or not (d / "score.json").exists():
                 continue
-            score = json.loads((d / "score.json").read_text())
+            score = read_json(d / "score.json", SCORER)
             out["systems"].setdefault(tag, {}).setdefault(m["set"], {})[m["modality"]] = score
             if (d / "score_detail.tsv").is_file():
                 out["correct"].setdefault(tag, {}).setdefault(m["set"], {})[m["modality"]] = read_correct(d)
             rep = d / "decode_report.json"
             if rep.exists():
-                r = json.loads(rep.read_text())
+                r = read_json(rep, DECODER)
                 out["decode"].setdefault(tag, {})[d.name] = {
                     k: r[k] for k in ("n_utts", "n_new_tokens", "seconds", "seconds_per_utt",
                                       "batch_size", "max_new_tokens")
                 }
     for t1 in sorted((exp_dir / "importance").glob("*/table1.json")):
-        out.setdefault("table1", {})[t1.parent.name] = json.loads(t1.read_text())
+        out.setdefault("table1", {})[t1.parent.name] = read_json(t1, IMPORTANCE)
     analysis = exp_dir / "results" / "analysis.json"
     if analysis.is_file():  # stage 6's importance analysis (figure paths relative to exp/results)
-        a = json.loads(analysis.read_text())
+        a = read_json(analysis, ANALYZER)
         out["analysis"] = {k: v for k, v in a.items() if k != "stamp"}
+    spread = seed_spread(out)  # systems trained with several seeds (run.sh --seeds)
+    if spread:
+        out["seed_spread"] = spread
     return out
 
 
@@ -139,10 +158,10 @@ def _acc(score: Optional[dict], matcher: str) -> str:
 
 
 def _columns(systems: Dict[str, dict]) -> List[tuple]:
-    """``(set, modality)`` pairs that some system has a number for, by set, T2T first
-    (a speaker-disjoint set, ``test_*_unseen``, has S2T only)."""
+    """``(set, modality)`` pairs that some system has a number for, by set, T2T (both
+    prompts) first (a speaker-disjoint set, ``test_*_unseen``, has S2T only)."""
     sets = sorted({s for per in systems.values() for s in per})
-    return [(s, m) for s in sets for m in ("text", "speech") if any(m in per.get(s, {}) for per in systems.values())]
+    return [(s, m) for s in sets for m in MODALITY_NAMES if any(m in per.get(s, {}) for per in systems.values())]
 
 
 def render_table2(summary: dict, matcher: str) -> str:
@@ -188,14 +207,16 @@ def render_rank_ablation(summary: dict, matcher: str) -> str:
     return "\n".join(rows) + f"\n\nMatcher: `{matcher}`.\n"
 
 
-def _concentration_table(rows: Dict[str, dict], label: str) -> List[str]:
+def _concentration_table(rows: Dict[str, dict], label: str, types: Optional[List[str]] = None) -> List[str]:
     """Markdown rows of mean concentration ratios per module type (see importance.structure);
     where the rows carry a null range (seeded random baselines), two more columns give the
     2.5-97.5 % range of the null mean ratio over all matrices and the share of the null at
     or above the observed ratio."""
     from espnet_ext.importance.params import MODULE_TYPES
 
-    cols = [t for t in (*MODULE_TYPES, "all") if any(t in r for r in rows.values())]
+    # the module types of the decoder's family (``types``; the Llama ones by default) in their
+    # order ("other": matrices without a type, e.g. the adaptor, is not a column), "all" last
+    cols = [t for t in (*(types or MODULE_TYPES), "all") if any(t in r for r in rows.values())]
     null = any("null_hi" in r.get("all", {}) for r in rows.values())
     extra = " | all: null 2.5-97.5 % | P(null ≥ all)" if null else ""
     out = [f"| {label} | " + " | ".join(cols) + extra + " |", "|---|" + "---:|" * (len(cols) + 2 * null)]
@@ -214,6 +235,7 @@ def render_analysis(a: dict, system_name: Dict[str, str]) -> List[str]:
     from espnet_ext.importance.shift import render_shift_table
 
     names = {"base": BASE_MODEL_NAME, **system_name}
+    types = a.get("layout", {}).get("module_types")  # a non-Llama decoder's own module types
     figs = a.get("figures", {})
     conf = a.get("config", {})
     pct = f"{100 * conf.get('top_fraction', 0.05):g}%"
@@ -234,7 +256,7 @@ def render_analysis(a: dict, system_name: Dict[str, str]) -> List[str]:
                     "the same share for a random set of equal size")
         lines += ["### Rank clustering of the importance (Fig. 1)", "",
                   *_concentration_table({shown.get(k, k): v for k, v in a["rank_clustering"].items()},
-                                        "Importance of"), "",
+                                        "Importance of", types), "",
                   f"Concentration ratio: share of each matrix's top-{pct} importance lying in its top-"
                   f"{line_pct} rows or columns, divided by {baseline} "
                   "(1 = scattered like noise; mean over the matrices of each type)."
@@ -246,13 +268,13 @@ def render_analysis(a: dict, system_name: Dict[str, str]) -> List[str]:
         rows = {names.get(t, t): c["concentration"] for t, c in a["change"].items() if c.get("concentration")}
         lines += ["### Parameter changes (Fig. 4)", ""]
         if rows:
-            lines += [*_concentration_table(rows, "Δθ of"), "",
+            lines += [*_concentration_table(rows, "Δθ of", types), "",
                       f"The same concentration ratio for the top-{pct} |θ_ft − θ_base| of each matrix "
                       "(LoRA: the merged update).", ""]
         overlap = {names.get(t, t): {"all": c["line_overlap"]["all"]} for t, c in a["change"].items()
                    if c.get("line_overlap", {}).get("all")}
         if overlap:
-            lines += [*_concentration_table(overlap, "Δθ lines of"), "",
+            lines += [*_concentration_table(overlap, "Δθ lines of", types), "",
                       f"Line overlap: share of the top-{line_pct} rows and columns of each matrix's top-{pct} "
                       f"|Δθ| that are also top-{line_pct} rows or columns of the base importance's top-{pct} "
                       "set, divided by the same share for random lines (1 = unrelated).", ""]
@@ -298,6 +320,7 @@ def render_results_md(summary: dict) -> str:
     if summary.get("analysis"):
         lines += render_analysis(summary["analysis"], system_names(summary))
     lines += render_claims(summary)
+    lines += render_seed_spread(summary)
     if summary.get("decode"):
         lines += ["## Decoding cost", "",
                   "| System | decode dir | utts | s/utt | new tokens | batch | max_new_tokens |",
@@ -318,4 +341,45 @@ def render_results_md(summary: dict) -> str:
         if summary.get("running_stage"):
             lines += [f"{summary['running_stage'].capitalize()} is counted up to writing this file "
                       "(only its last step, rendering, is missing).", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_compare_md(summary: dict) -> str:
+    """The markdown report of ``espnet_ext.bin.compare_checkpoints`` from its ``compare.json``
+    (:func:`espnet_ext.analysis.compare.run_compare`): the inputs, Table 1 of every model
+    and the stage-6 analysis section (Fig. 1-4 with their numbers)."""
+    from espnet_ext.importance.deactivate import render_table1
+
+    meta, names = summary["meta"], summary.get("names", {})
+    a = summary.get("analysis", {})
+    lines = ["<!-- Generated by `python -m espnet_ext.bin.compare_checkpoints`; do not edit by hand. -->",
+             "# Importance before and after fine-tuning: checkpoint comparison", "",
+             f"- base: `{meta['base']}`"]
+    for name, t in meta["tuned"].items():
+        kind = "peft adapter on the base" if t["kind"] == "adapter" else "model folder"
+        lines.append(f"- {names.get(name, name)}: `{t['path']}` ({kind})")
+    if meta.get("speech"):
+        sp = meta["speech"]
+        lines.append(f"- {names.get(sp['name'], sp['name'])} (speech input): `{sp['config']}` + `{sp['model_file']}`, "
+                     f"features of `{sp['data_dir']}`")
+    lines += [f"- data: `{meta['data']}` ({meta['data_format']}), {meta['n_utts']} utterances ({meta['subset']})",
+              f"- prompt: {meta['prompt']}"]
+    layout = a.get("layout")
+    if layout:
+        lines.append(f"- decoder: `{layout['family']}`, {layout['n_layers']} layers at `{layout['layers_path']}`, "
+                     f"module types {', '.join(layout['module_types'])}")
+    opts = meta.get("options", {})
+    lines.append(f"- weights `{opts.get('torch_dtype')}`, mixed precision `{opts.get('mixed_precision')}`, "
+                 f"device `{meta.get('device')}`")
+    if meta.get("command"):
+        lines.append(f"- command: `{meta['command']}`")
+    lines.append("")
+    if summary.get("table1"):
+        lines += ["## Importance validation by deactivation (Table 1 analogue)", ""]
+        for name, t in summary["table1"].items():
+            lines += [f"### {names.get(name, name)} ({t['n_utts']} held-out utterances of `{t['eval_dir']}`)", "",
+                      render_table1(t["table"], t["fraction"], t["scope"], t.get("zeroed_fraction"),
+                                    t.get("masks_from"))]
+    if a:
+        lines += render_analysis(a, names)
     return "\n".join(lines).rstrip() + "\n"

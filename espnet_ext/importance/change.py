@@ -43,6 +43,7 @@ def analyze_change(
     seed: int = 0,
     n_null: int = 20,
     base_scores: Optional[Mapping[str, torch.Tensor]] = None,
+    layout=None,
 ) -> Tuple[dict, List[Optional[torch.Tensor]]]:
     """Change statistics of ``tuned`` against ``base`` and the Fig. 4 maps of one layer.
 
@@ -51,6 +52,9 @@ def analyze_change(
     the line overlap of each matrix's top |Δ| with its top base importance
     (``line_overlap`` summary, ``line_overlap_per_matrix``); ``maps`` are the normalised
     |Δ| matrices of ``map_layer`` in ``module_types`` order (``None`` if absent).
+    ``layout`` (a :class:`~espnet_ext.importance.layout.DecoderLayout`) reads the names of a
+    decoder that does not follow the Llama pattern; ``tuned`` may be any mapping (e.g. one
+    that merges a LoRA update per tensor on access).
     """
     missing = sorted(set(base) ^ set(tuned))
     if missing:
@@ -65,7 +69,7 @@ def analyze_change(
         if w0.shape != w1.shape:
             raise ValueError(f"{name}: shape {tuple(w1.shape)} differs from the base's {tuple(w0.shape)}")
         delta = (w1.detach().float() - w0.detach().float()).abs_()
-        layer, mtype = split_name(name)
+        layer, mtype = split_name(name, layout)
         if layer is not None:
             sq_delta[layer] = sq_delta.get(layer, 0.0) + float(delta.double().pow(2).sum())
             sq_base[layer] = sq_base.get(layer, 0.0) + float(w0.double().pow(2).sum())
@@ -84,12 +88,12 @@ def analyze_change(
         "relative_change_per_layer": [
             (sq_delta[i] / sq_base[i]) ** 0.5 if sq_base[i] > 0 else 0.0 for i in sorted(sq_delta)
         ],
-        "concentration": summarize_concentration(finite) if finite else {},
+        "concentration": summarize_concentration(finite, layout=layout) if finite else {},
         "n_unchanged_matrices": len(per_matrix) - len(finite),
         "concentration_per_matrix": per_matrix,
     }
     if base_scores is not None:
-        stats["line_overlap"] = (summarize_concentration(overlap, ("overlap", "random_overlap", "ratio"))
+        stats["line_overlap"] = (summarize_concentration(overlap, ("overlap", "random_overlap", "ratio"), layout)
                                  if overlap else {})
         stats["line_overlap_per_matrix"] = overlap
     return stats, [maps.get(t) for t in module_types]

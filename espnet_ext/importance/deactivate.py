@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Dict, Iterable, Iterator, Literal, Mapping, Optional, Tuple
+from typing import Callable, ContextManager, Dict, Iterable, Iterator, Literal, Mapping, Optional, Tuple
 
 import torch
 
@@ -108,8 +108,15 @@ def deactivation_check(
     fraction: float = 0.03,
     scope: Scope = "global",
     seed: int = 0,
+    masks_fn: Callable[..., Dict[str, torch.Tensor]] = deactivation_masks,
+    zeroed_fn: Callable[..., ContextManager[int]] = deactivated,
+    perplexity_fn: Callable[..., float] = perplexity,
 ) -> dict:
     """Table 1 with each input modality's row zeroed by that modality's own importance.
+
+    ``masks_fn`` / ``zeroed_fn`` / ``perplexity_fn`` are :func:`deactivation_masks`,
+    :func:`deactivated` and :func:`perplexity` by default; a sharded model passes their
+    counterparts on the shards (:mod:`espnet_ext.importance.sharded`).
 
     The paper scores importance per input modality (§2.2: "for speech and text input"),
     so ``scores`` maps a modality to its report's scores; a modality without its own
@@ -124,18 +131,18 @@ def deactivation_check(
     missing = sorted({s for s in sources.values() if s not in scores})
     if missing:
         raise ValueError(f"deactivation: no importance scores of modality {missing} for rows {list(eval_batches)}")
-    table: Dict[str, Dict[str, float]] = {m: {"base": perplexity(model, b, m)} for m, b in eval_batches.items()}
+    table: Dict[str, Dict[str, float]] = {m: {"base": perplexity_fn(model, b, m)} for m, b in eval_batches.items()}
     zeroed: Dict[str, Dict[str, float]] = {m: {} for m in eval_batches}
     for source in dict.fromkeys(sources.values()):  # each report's masks once, in row order
         rows = [m for m in eval_batches if sources[m] == source]
         total = sum(s.numel() for s in scores[source].values())
         for which in ("top", "bottom", "random"):
-            masks = deactivation_masks(scores[source], fraction, which, scope, seed)
-            with deactivated(params, masks) as n:
+            masks = masks_fn(scores[source], fraction, which, scope, seed)
+            with zeroed_fn(params, masks) as n:
                 logger.info("deactivated %s %.1f%% (%s, %s importance): %d weights (%.4f%%)",
                             which, 100 * fraction, scope, source, n, 100 * n / total)
                 for m in rows:
-                    table[m][which] = perplexity(model, eval_batches[m], m)
+                    table[m][which] = perplexity_fn(model, eval_batches[m], m)
                     zeroed[m][which] = n / total
     return {"table": table, "zeroed_fraction": zeroed, "masks_from": sources}
 

@@ -6,14 +6,22 @@ the ESPnet model's (``llm.model.model.layers.3.self_attn.q_proj.weight``); a pef
 LLM adds ``base_model.model.`` and ``.base_layer`` — :func:`canonical_name` removes both
 so reports of plain and LoRA models share keys.  :func:`effective_weights` gives the
 weights the forward pass really uses (W + scaling · B @ A under LoRA), in fp32.
+
+Other decoder families keep their layers and projections under other names; every
+function here that reads names takes an optional ``layout``
+(:class:`espnet_ext.importance.layout.DecoderLayout`, found from the model object) and
+then asks it instead of the fixed Llama pattern.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import torch
+
+if TYPE_CHECKING:
+    from espnet_ext.importance.layout import DecoderLayout
 
 PARAM_GROUPS = ("layers", "adaptor", "embeddings", "lm_head")
 MODULE_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -26,24 +34,31 @@ def canonical_name(name: str) -> str:
     return name.replace("base_model.model.", "").replace(".base_layer.", ".")
 
 
-def layer_index(name: str) -> Optional[int]:
+def layer_index(name: str, layout: Optional[DecoderLayout] = None) -> Optional[int]:
     """Transformer layer of a parameter name, or ``None``."""
+    if layout is not None:
+        return layout.layer_index(name)
     m = _LAYER_RE.search(name)
     return int(m.group(1)) if m else None
 
 
-def module_type(name: str) -> Optional[str]:
-    """``q k v o gate up down`` for the Llama projections, else ``None`` (norms, …)."""
+def module_type(name: str, layout: Optional[DecoderLayout] = None) -> Optional[str]:
+    """``q k v o gate up down`` for the Llama projections (the layout's types with one),
+    else ``None`` (norms, …)."""
+    if layout is not None:
+        return layout.module_type(name)
     m = _TYPE_RE.search(name)
     return m.group(1) if m else None
 
 
-def param_group(name: str) -> Optional[str]:
+def param_group(name: str, layout: Optional[DecoderLayout] = None) -> Optional[str]:
     """The scoring group a (canonical) parameter name belongs to."""
     if name.startswith("adaptor."):
         return "adaptor"
     if not name.startswith("llm."):
         return None
+    if layout is not None:
+        return layout.param_group(name)
     if layer_index(name) is not None:
         return "layers"
     if "embed_tokens" in name:
@@ -54,7 +69,7 @@ def param_group(name: str) -> Optional[str]:
 
 
 def select_parameters(
-    model: torch.nn.Module, groups: Iterable[str] = ("layers",)
+    model: torch.nn.Module, groups: Iterable[str] = ("layers",), layout: Optional[DecoderLayout] = None,
 ) -> Dict[str, torch.nn.Parameter]:
     """Parameters of ``model`` in ``groups``, keyed by canonical name (LoRA factors excluded).
 
@@ -70,7 +85,7 @@ def select_parameters(
         if "lora_" in name or id(p) in seen:
             continue
         canon = canonical_name(name)
-        if param_group(canon) in groups:
+        if param_group(canon, layout) in groups:
             out[canon] = p
             seen.add(id(p))
     if not out:
@@ -78,16 +93,16 @@ def select_parameters(
     return out
 
 
-def num_layers(names: Iterable[str]) -> int:
+def num_layers(names: Iterable[str], layout: Optional[DecoderLayout] = None) -> int:
     """Number of transformer layers referenced by ``names``."""
-    idx = [layer_index(n) for n in names]
+    idx = [layer_index(n, layout) for n in names]
     idx = [i for i in idx if i is not None]
     return max(idx) + 1 if idx else 0
 
 
-def split_name(name: str) -> Tuple[Optional[int], Optional[str]]:
+def split_name(name: str, layout: Optional[DecoderLayout] = None) -> Tuple[Optional[int], Optional[str]]:
     """``(layer, module type)`` of a parameter name."""
-    return layer_index(name), module_type(name)
+    return layer_index(name, layout), module_type(name, layout)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -143,8 +158,27 @@ def effective_weight(param: torch.Tensor, lora_module: Optional[torch.nn.Module]
 
 
 def effective_weights(
-    model: torch.nn.Module, groups: Iterable[str] = ("layers",)
+    model: torch.nn.Module, groups: Iterable[str] = ("layers",), layout: Optional[DecoderLayout] = None,
 ) -> Dict[str, torch.Tensor]:
     """fp32 effective weights of the selected parameters (LoRA deltas merged in)."""
     lora = lora_layers(model)
-    return {n: effective_weight(p, lora.get(n)) for n, p in select_parameters(model, groups).items()}
+    return {n: effective_weight(p, lora.get(n)) for n, p in select_parameters(model, groups, layout).items()}
+
+
+class LazyEffectiveWeights(Mapping[str, torch.Tensor]):
+    """:func:`effective_weights` computed one tensor at a time, on access (on the CPU):
+    reading every matrix of a large model this way never holds a second copy of it."""
+
+    def __init__(self, model: torch.nn.Module, groups: Iterable[str] = ("layers",),
+                 layout: Optional[DecoderLayout] = None) -> None:
+        self._params = select_parameters(model, groups, layout)
+        self._lora = lora_layers(model)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return effective_weight(self._params[name], self._lora.get(name)).cpu()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._params)
+
+    def __len__(self) -> int:
+        return len(self._params)

@@ -29,6 +29,7 @@ from typing import Dict, Iterable, Iterator, Literal, Optional, Tuple
 import torch
 from tqdm import tqdm
 
+from espnet_ext.importance.layout import DecoderLayout
 from espnet_ext.importance.params import effective_weight, lora_layers, select_parameters, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -113,13 +114,16 @@ def score_importance(
     batches: Iterable[Dict[str, torch.Tensor]],
     config: ImportanceConfig,
     effective_weights: Optional[Dict[str, torch.Tensor]] = None,
+    layout: Optional[DecoderLayout] = None,
 ) -> ImportanceResult:
     """Eq. (2) over ``batches`` (dicts of model inputs); no optimizer step is taken.
 
     ``effective_weights`` maps canonical names to the weights to multiply with the
     accumulated gradient when they differ from the parameters; by default peft LoRA
     layers are detected and W + scaling · B @ A is used (the base weight's gradient is
-    the effective weight's gradient: the LoRA term is additive).
+    the effective weight's gradient: the LoRA term is additive).  ``layout`` (a
+    :class:`~espnet_ext.importance.layout.DecoderLayout`) tells which parameters form the
+    groups of a decoder whose names are not the Llama pattern.
 
     Side-effect free, so it can run in the middle of training (the trainer's importance
     probe): ``backward(inputs=...)`` touches only the scored parameters, whose existing
@@ -132,7 +136,7 @@ def score_importance(
     eval mode (no dropout) while scoring.
     """
     model = unwrap_model(model)
-    params = select_parameters(model, config.groups)
+    params = select_parameters(model, config.groups, layout)
     lora = {} if effective_weights is not None else lora_layers(model)
 
     def weight(n: str) -> torch.Tensor:

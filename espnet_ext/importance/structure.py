@@ -168,8 +168,10 @@ def line_overlap(mask_a: torch.Tensor, mask_b: torch.Tensor, line_fraction: floa
 
 
 def summarize_concentration(per_matrix: Dict[str, Dict[str, object]],
-                            keys: Sequence[str] = ("share", "random_share", "ratio")) -> Dict[str, Dict[str, float]]:
-    """Mean of ``keys`` per module type (q, k, v, o, gate, up, down) and overall.
+                            keys: Sequence[str] = ("share", "random_share", "ratio"),
+                            layout=None) -> Dict[str, Dict[str, float]]:
+    """Mean of ``keys`` per module type (q, k, v, o, gate, up, down, or the types of a
+    :class:`~espnet_ext.importance.layout.DecoderLayout`) and overall.
 
     Where the matrices carry ``null_ratios`` (:func:`concentration`, :func:`line_overlap`),
     the null distribution of the *mean* ratio is the mean over the matrices of their i-th
@@ -179,7 +181,7 @@ def summarize_concentration(per_matrix: Dict[str, Dict[str, object]],
 
     groups: Dict[str, List[Dict[str, object]]] = {}
     for name, c in per_matrix.items():
-        groups.setdefault(module_type(name) or "other", []).append(c)
+        groups.setdefault(module_type(name, layout) or "other", []).append(c)
         groups.setdefault("all", []).append(c)
     out = {}
     for t, cs in groups.items():
@@ -254,12 +256,13 @@ def plot_grid(
 
 def rank_clustering_maps(
     scores: Dict[str, torch.Tensor], layers: Sequence[int], module_types: Sequence[str],
-    fraction: float = 0.05,
+    fraction: float = 0.05, layout=None,
 ) -> Tuple[List[List[Optional[torch.Tensor]]], List[str]]:
-    """Fig. 1 grid: vicinity maps of the top-``fraction`` mask, rows = layers, cols = types."""
+    """Fig. 1 grid: vicinity maps of the top-``fraction`` mask, rows = layers, cols = types
+    (names read through ``layout`` when given)."""
     from espnet_ext.importance.params import split_name
 
-    index = {split_name(n): s for n, s in scores.items() if s.dim() == 2}
+    index = {split_name(n, layout): s for n, s in scores.items() if s.dim() == 2}
     grid = [[vicinity_map(top_mask(index[(i, t)], fraction)) if (i, t) in index else None
              for t in module_types] for i in layers]
     return grid, [f"layer {i}" for i in layers]

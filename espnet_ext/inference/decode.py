@@ -20,6 +20,7 @@ on a rerun, so the hypotheses are too.  The journals are removed once ``hyp`` is
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,10 +32,11 @@ from typing import IO, Dict, List, Literal, Optional
 import torch
 from tqdm import tqdm
 
+from espnet_ext.inference.decode_dir import hyp_damage
 from espnet_ext.inference.speechllm import SpeechLLMInference
 from espnet_ext.models.speech_llm import ESPnetSpeechLLM
 from espnet_ext.train.batches import DumpReader
-from espnet_ext.utils.atomic import atomic_open, atomic_write_text
+from espnet_ext.utils.atomic import DiskFullError, atomic_open, atomic_write_text
 from espnet_ext.utils.stamps import canonical, file_identity, has_stamp
 
 logger = logging.getLogger(__name__)
@@ -69,8 +71,13 @@ def model_stamp(config: str | Path, model_file: Optional[str | Path], modality: 
 
 
 def is_decoded(output_dir: str | Path, stamp: dict) -> bool:
-    """True when ``output_dir`` holds a finished decode of the same model and options."""
-    return has_stamp(Path(output_dir) / "decode_report.json", stamp, required=[Path(output_dir) / "hyp"])
+    """True when ``output_dir`` holds a finished, undamaged decode of the same model and options."""
+    if not has_stamp(Path(output_dir) / "decode_report.json", stamp, required=[Path(output_dir) / "hyp"]):
+        return False
+    why = hyp_damage(output_dir)
+    if why:
+        logger.warning("%s: %s; decoding it again", Path(output_dir) / "hyp", why)
+    return why is None
 
 
 class BatchJournal:
@@ -96,17 +103,28 @@ class BatchJournal:
         self._f: IO = open(path, "a", encoding="utf-8")
 
     def _write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise DiskFullError(
+                errno.ENOSPC, f"no space left on the device while writing {self.path}; the {len(self.done)} "
+                "batch(es) decoded before are kept there and a rerun of the same command continues from them "
+                "(free space first)") from e
 
     def add(self, batch: int, hyps: Dict[str, str], n_tokens: int) -> None:
         record = {"batch": batch, "hyps": hyps, "n_tokens": n_tokens}
-        self.done[batch] = record
         self._write(record)
+        self.done[batch] = record
 
     def close(self, remove: bool) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # ENOSPC again while flushing a torn line: a rerun drops it
+            pass
         if remove:
             self.path.unlink(missing_ok=True)
 
@@ -115,7 +133,7 @@ def decode_dump_dir(
     model: ESPnetSpeechLLM,
     data_dir: str | Path,
     output_dir: str | Path,
-    modality: Literal["speech", "text"],
+    modality: Literal["speech", "text", "chat"],
     batch_size: int = 16,
     max_new_tokens: int = 64,
     stamp: Optional[dict] = None,
@@ -126,7 +144,9 @@ def decode_dump_dir(
     rank = torch.distributed.get_rank() if dist else 0
     world = torch.distributed.get_world_size() if dist else 1
     engine = SpeechLLMInference(model, batch_size, max_new_tokens)
-    reader = DumpReader(data_dir, engine.preprocessor, modality, with_answer=False, device=engine.device)
+    # "chat" (T2T in the LLM's own template) reads the same text batches as "text"
+    reader = DumpReader(data_dir, engine.preprocessor, "text" if modality == "chat" else modality,
+                        with_answer=False, device=engine.device)
     batches = reader.plan(batch_size)  # utterance ids per batch; features or audio read per batch
     journal = BatchJournal(Path(output_dir) / f".hyp.partial.rank{rank}.jsonl",
                            {"stamp": stamp, "data_dir": str(data_dir), "modality": modality, "batch_size": batch_size,

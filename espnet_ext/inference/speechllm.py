@@ -117,7 +117,7 @@ class SpeechLLMInference:
         return cls.from_config(config, checkpoint, device, **kwargs)
 
     # ---- the batch step shared with the recipe's decoding ----------------------------------
-    def generate(self, batch: Dict[str, torch.Tensor], modality: Literal["speech", "text"]) -> List[List[int]]:
+    def generate(self, batch: Dict[str, torch.Tensor], modality: Literal["speech", "text", "chat"]) -> List[List[int]]:
         """Answer token ids (end-of-turn excluded) of one collated batch: ``text`` (T2T), or
         ``speech`` (16 kHz audio, encoded here) or ``enc_feats`` (cached encoder outputs) for S2T."""
         return self.model.generate(modality, max_new_tokens=self.max_new_tokens, **batch)

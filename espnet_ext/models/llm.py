@@ -137,6 +137,18 @@ def task_prompt_list(
     return out
 
 
+def own_chat_prompt(tokenizer, placeholder: str = "<speech>",
+                    chat_template_kwargs: Optional[Dict[str, object]] = None) -> ChatPrompt:
+    """The LLM's own chat template with the question as the whole user turn and no system
+    message of ours (a template that has a default system prompt, e.g. SmolLM2's, writes
+    it): the prompt of the "chat" T2T reading, i.e. the text LLM as its users query it.
+
+    The paper leaves open which prompt its T2T column uses; the other reading keeps the
+    speech LLM's prompt (LLaMA-Omni's system prompt and instruction) with the transcript
+    in place of the speech.  Both are decoded (``text`` and ``chat`` modalities)."""
+    return ChatPrompt.from_tokenizer(tokenizer, None, placeholder, placeholder, chat_template_kwargs)
+
+
 def task_prompts_from_conf(tokenizer, llm_conf: Dict) -> Dict[str, ChatPrompt]:
     """:func:`task_prompt_list` for an ``llm_conf`` mapping, with :class:`HFCausalLM`'s
     defaults (for jobs that need the prompts without loading the model)."""
@@ -145,6 +157,36 @@ def task_prompts_from_conf(tokenizer, llm_conf: Dict) -> Dict[str, ChatPrompt]:
         llm_conf.get("user_prompt", LLAMA_OMNI_USER_PROMPT), llm_conf.get("placeholder", "<speech>"),
         llm_conf.get("task_prompts"), llm_conf.get("chat_template_kwargs"),
     )
+
+
+def decoder_hidden_states(model: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                          cache=None) -> torch.Tensor:
+    """Last hidden states ``(Batch, Length, Hidden)`` of a causal LM's decoder, no logits.
+
+    With ``cache`` (a key/value cache of ``Past`` positions shared by every sample,
+    :func:`prompt_prefix_cache`), ``attention_mask`` covers the new positions only and right
+    padding is assumed.
+    """
+    decoder = model.get_decoder()
+    if cache is None:
+        return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+    past = cache.get_seq_length()
+    batch, length = attention_mask.shape
+    full_mask = torch.cat([attention_mask.new_ones(batch, past), attention_mask], dim=1)
+    positions = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
+    return decoder(
+        inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions,
+        cache=cache, use_cache=True,
+    ).last_hidden_state
+
+
+def prompt_prefix_cache(model: torch.nn.Module, prefix: torch.Tensor, batch_size: int):
+    """Key/value cache of the prompt prefix (embeddings ``(Prefix, Hidden)``), computed once
+    and repeated over the batch.  Differentiable: each sample's gradient reaches the prefix
+    through the repeated keys and values."""
+    cache = model.get_decoder()(inputs_embeds=prefix[None], use_cache=True).cache
+    cache.batch_repeat_interleave(batch_size)
+    return cache
 
 
 class HFCausalLM(torch.nn.Module):
@@ -189,6 +231,8 @@ class HFCausalLM(torch.nn.Module):
         self.task_prompts = task_prompt_list(self.tokenizer, system_prompt or None, user_prompt,
                                              placeholder, task_prompts, chat_template_kwargs)
         self.prompt = self.task_prompts[QA_TASK]
+        # the LLM's own chat template around the question alone: T2T as the text LLM is used
+        self.chat_prompt = own_chat_prompt(self.tokenizer, placeholder, chat_template_kwargs)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.prompt.stop_token_ids[0]
 
@@ -207,17 +251,7 @@ class HFCausalLM(torch.nn.Module):
         With ``cache`` (a transformers key/value cache of ``Past`` positions shared by every sample),
         ``attention_mask`` covers the new positions only and right padding is assumed.
         """
-        decoder = self.model.get_decoder()
-        if cache is None:
-            return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-        past = cache.get_seq_length()
-        batch, length = attention_mask.shape
-        full_mask = torch.cat([attention_mask.new_ones(batch, past), attention_mask], dim=1)
-        positions = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
-        return decoder(
-            inputs_embeds=inputs_embeds, attention_mask=full_mask, position_ids=positions,
-            cache=cache, use_cache=True,
-        ).last_hidden_state
+        return decoder_hidden_states(self.model, inputs_embeds, attention_mask, cache)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Apply the LM head to selected hidden states only."""

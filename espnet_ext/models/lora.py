@@ -16,7 +16,8 @@ through ``SpeechLLMTask.build_model_from_file``.
     <out_dir>/merged/              plain HF folder with W + (alpha/r)·BA merged, + tokenizer
 
 Merging (:func:`merge_lora_for_inference`) forms ``W + (alpha/r)·BA`` in fp32 and rounds
-once to the stored dtype.
+once to the stored dtype.  :func:`export_llm` writes any trained system's LLM (Full-FT,
+Layer-LR, LoRA merged) as a plain HF folder, for tools that compare checkpoints.
 """
 
 from __future__ import annotations
@@ -171,3 +172,24 @@ def export_lora(model: torch.nn.Module, out_dir: str | Path, adaptor_conf: Optio
         model.llm.tokenizer.save_pretrained(tmp)
     logger.info("exported LoRA adapter, adaptor and merged model to %s", out)
     return paths
+
+
+def export_llm(model: torch.nn.Module, out_dir: str | Path) -> Path:
+    """Write the speech LLM's LLM as a plain HF folder (weights, config, tokenizer).
+
+    A LoRA model is merged first (in place, :func:`merge_lora_for_inference`, then peft's
+    ``unload``), so call this on a model built for the export; any other model is saved as
+    it is.  Returns ``out_dir``.
+    """
+    from peft import PeftModel
+
+    llm = model.llm.model
+    if isinstance(llm, PeftModel):
+        merge_lora_for_inference(llm)  # in fp32, stored in the base weights' dtype
+        llm = llm.unload()
+        model.llm.model = llm
+    with atomic_dir(out_dir) as tmp:
+        llm.save_pretrained(tmp)
+        model.llm.tokenizer.save_pretrained(tmp)
+    logger.info("exported the LLM to %s", out_dir)
+    return Path(out_dir)

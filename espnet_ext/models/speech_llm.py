@@ -9,6 +9,9 @@ One code path for both input modalities (LLaMA-Omni §2.1 prompt, see ``llm.py``
   either cached encoder features (``enc_feats``, recipe stage 2) or raw waveforms
   (``speech``), encoded on the fly by the frozen encoder.
 * ``modality="text"`` (T2T): the placeholder is replaced by the transcript tokens.
+* ``modality="chat"`` (T2T, decoding only): the transcript in the LLM's own chat template
+  (``llm.own_chat_prompt``) instead of the speech LLM's prompt: the other reading of the
+  paper's T2T column (the text LLM queried as a text LLM).
 
 The loss is the mean cross-entropy over response tokens and the closing end-of-turn
 token; logits are computed for those positions only (never the full sequence).
@@ -31,10 +34,10 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_ext.models.adaptor import FrameConcatAdaptor
 from espnet_ext.models.encoder import AbsSpeechEncoder
-from espnet_ext.models.llm import HFCausalLM
+from espnet_ext.models.llm import HFCausalLM, prompt_prefix_cache
 from espnet_ext.utils.precision import MixedPrecision, autocast_dtype, maybe_autocast
 
-Modality = Literal["speech", "text"]
+Modality = Literal["speech", "text", "chat"]  # chat: T2T in the LLM's own template (decoding)
 
 
 class ESPnetSpeechLLM(AbsESPnetModel):
@@ -61,7 +64,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         mixed_precision: MixedPrecision = "none",
     ) -> None:
         super().__init__()
-        if modality not in ("speech", "text"):
+        if modality not in ("speech", "text"):  # training modalities ("chat" only decodes)
             raise ValueError(f"model_conf.modality must be 'speech' or 'text', got {modality!r}")
         self.encoder = encoder
         self.adaptor = adaptor
@@ -92,7 +95,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         enc_feats_lengths: Optional[torch.Tensor] = None,
     ) -> List[torch.Tensor]:
         """What replaces the placeholder, one ``(Length_i, Hidden)`` tensor per sample."""
-        if modality == "text":
+        if modality in ("text", "chat"):
             if text is None:
                 raise ValueError("modality 'text' needs the question transcript ('text')")
             emb = self.llm.embed(text.clamp(min=0))  # (Batch, Tq, Hidden)
@@ -202,9 +205,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         """
         if prefix is None:
             prefix = self.llm.embed(self.prefix_ids)
-        cache = self.llm.model.get_decoder()(inputs_embeds=prefix[None], use_cache=True).cache
-        cache.batch_repeat_interleave(batch_size)
-        return cache
+        return prompt_prefix_cache(self.llm.model, prefix, batch_size)
 
     # ---- training ----------------------------------------------------------------------
     def forward(
@@ -264,7 +265,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
             acc = (logits.argmax(-1) == targets).float().mean()
         stats = {"loss": loss.detach(), "acc": acc}
         if self.anchor is not None and self.training:
-            penalty = self.anchor(self)  # importance-weighted anchoring, training only
+            penalty = self.anchor(self, n_tokens=len(targets))  # importance-weighted anchoring, training only
             stats["anchor"] = penalty.detach()
             loss = loss + penalty
         loss, stats, weight = force_gatherable((loss, stats, torch.tensor(len(targets))), loss.device)
@@ -294,8 +295,18 @@ class ESPnetSpeechLLM(AbsESPnetModel):
         middles = self.placeholder_embeddings(modality, **inputs)
         tasks = self.task_indices(task, len(middles))
         extra = {}
-        embedded = self.prompt_embeddings(tasks)
-        if self.share_prompt_prefix:
+        prompt = self.llm.chat_prompt if modality == "chat" else self.llm.prompt
+        if modality == "chat":
+            # the LLM's own template: its prefix and suffix, one lookup, no shared cache
+            if any(tasks):
+                raise ValueError("modality 'chat' decodes the QA task only (no task column)")
+            device = self.prefix_ids.device
+            prefix, suffix = self.embed_pieces([torch.tensor(prompt.prefix, device=device),
+                                                torch.tensor(prompt.suffix, device=device)])
+            x, mask, _ = self.build_inputs(middles, left_pad=True, tasks=tasks,
+                                           embedded=(prefix, {0: suffix}, [], []))
+        elif self.share_prompt_prefix:
+            embedded = self.prompt_embeddings(tasks)
             # [prefix][pad][middle][suffix]: the prefix comes from the shared cache, the
             # padding sits after it (masked), positions follow the attention mask
             x, mask, _ = self.build_inputs(middles, left_pad=True, include_prefix=False, tasks=tasks,
@@ -305,7 +316,7 @@ class ESPnetSpeechLLM(AbsESPnetModel):
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
             mask = torch.cat([mask.new_ones(len(middles), prefix.shape[1]), mask], dim=1)
         else:
-            x, mask, _ = self.build_inputs(middles, left_pad=True, tasks=tasks, embedded=embedded)
+            x, mask, _ = self.build_inputs(middles, left_pad=True, tasks=tasks)
         out = self.llm.model.generate(
             inputs_embeds=x,
             attention_mask=mask,
@@ -313,11 +324,11 @@ class ESPnetSpeechLLM(AbsESPnetModel):
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
-            eos_token_id=self.llm.prompt.stop_token_ids,
+            eos_token_id=prompt.stop_token_ids,
             pad_token_id=self.llm.pad_token_id,
             use_cache=True,
         )
-        stops = set(self.llm.prompt.stop_token_ids)
+        stops = set(prompt.stop_token_ids)
         results = []
         for row in out.tolist():
             ids = []

@@ -24,6 +24,16 @@ The penalty is added by ``ESPnetSpeechLLM.forward`` in training mode only and re
 as the stat ``anchor`` (``loss`` stays the cross-entropy, comparable across systems);
 evaluation, decoding and importance scoring never see it.  The base copy is taken when
 the task builds the model, i.e. from the pretrained weights.
+
+**Under FSDP2 sharding** (:meth:`ImportanceAnchor.from_report_sharded`, built after the
+model is sharded, from the same pretrained weights): each rank keeps the base values and
+stiffness of its own rows only, as DTensors laid out like the parameter's shard (read from
+the report's rows, never the whole file), and the penalty is computed on the local shards
+and all-reduced.  Its gradient goes straight into the sharded parameter, not through
+FSDP2's averaging reduce-scatter, so the rank's term is scaled by ``W / (w_r · world)``
+(``w_r`` this rank's loss tokens, ``W`` all ranks'): ESPnet's distributed loop multiplies
+each rank's loss by ``w_r · world / W``, and the two cancel, leaving exactly the gradient
+μ ŵ (θ − θ_base) of one process (divided by ``accum_grad`` as the cross-entropy is).
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict
+from pathlib import Path
+from typing import Dict, List, Optional
 
 import torch
 
@@ -97,6 +108,7 @@ class ImportanceAnchor(torch.nn.Module):
         self.names = list(base)
         self._base = [base[n].detach() for n in self.names]
         self._weights = [weights[n].detach() for n in self.names]
+        self._shards: Optional[List[torch.Tensor]] = None  # the sharded parameters (sharded anchor)
 
     @classmethod
     def from_report(cls, model: torch.nn.Module, config: AnchorConfig) -> ImportanceAnchor:
@@ -129,8 +141,74 @@ class ImportanceAnchor(torch.nn.Module):
                     config.mu, len(base), count, mean)
         return cls(base, weights, config.mu)
 
-    def forward(self, model: torch.nn.Module) -> torch.Tensor:
-        """The penalty (fp32 scalar) for the current parameters of ``model``."""
+    @classmethod
+    def from_report_sharded(cls, model: torch.nn.Module, config: AnchorConfig) -> ImportanceAnchor:
+        """:meth:`from_report` for an FSDP2-sharded ``model`` (call right after sharding the
+        freshly built, pretrained model); collective.
+
+        Each rank reads only its rows of every scored tensor from the report
+        (``safe_open(...).get_slice``), the mean score comes from all-reduced sums, and the
+        base values are this rank's shards of the current weights.
+        """
+        import torch.distributed as dist
+        from safetensors import safe_open
+
+        from espnet_ext.importance.report import SCORES_FILE, STAGE3_HINT, check_shapes
+        from espnet_ext.importance.sharded import is_dtensor, like, local, shard_rows
+
+        params = {canonical_name(n): (n, p) for n, p in model.named_parameters() if "lora_" not in n}
+        path = Path(config.importance_report) / SCORES_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"anchor_conf.importance_report: no importance scores at {path}; {STAGE3_HINT}")
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {n: f.get_slice(n).get_shape() for n in f.keys()}
+            check_shapes(config.importance_report, shapes, {n: p.shape for n, (_, p) in params.items()},
+                         subset=True)
+            adaptor = [n for n in shapes if param_group(n) == "adaptor"]
+            if adaptor:
+                raise ValueError(
+                    f"importance report {config.importance_report} scores the adaptor ({adaptor[0]}); "
+                    "it starts random, so anchoring it to its initial weights is meaningless"
+                )
+            scored = [n for n in shapes if params[n][1].requires_grad]
+            if not scored:
+                raise ValueError("anchor: no scored parameter is trainable (LoRA freezes the base weights)")
+            plain = [params[n][0] for n in scored if not is_dtensor(params[n][1])]
+            if plain:
+                raise ValueError(f"anchor: {plain[0]} is not sharded (build the sharded anchor after fully_shard)")
+            rows = {}
+            for n in scored:
+                start, stop = shard_rows(params[n][1])
+                rows[n] = f.get_slice(n)[start:stop].float()
+        device = local(params[scored[0]][1]).device
+        sums = torch.tensor([sum(float(s.double().sum()) for s in rows.values())], dtype=torch.float64,
+                            device=device)
+        dist.all_reduce(sums)
+        count = sum(math.prod(shapes[n]) for n in scored)
+        mean = float(sums[0]) / count
+        if not (math.isfinite(mean) and mean > 0):
+            raise ValueError(f"degenerate importance report {config.importance_report}: "
+                             f"mean score {mean} (need > 0)")
+        base, weights, shards = {}, {}, []
+        for n in scored:
+            name, p = params[n]
+            base[name] = like(local(p).detach().clone(), p)
+            weights[name] = like((rows.pop(n).to(device) / mean).to(_weight_dtype(p.dtype)), p)
+            shards.append(p)
+        logger.info("importance anchor (sharded over %d ranks): mu=%g over %d tensors (%d parameters); "
+                    "mean score %.4g", dist.get_world_size(), config.mu, len(base), count, mean)
+        anchor = cls(base, weights, config.mu)
+        anchor._shards = shards
+        return anchor
+
+    def forward(self, model: torch.nn.Module, n_tokens: Optional[int] = None) -> torch.Tensor:
+        """The penalty (fp32 scalar) for the current parameters of ``model``.
+
+        Sharded (:meth:`from_report_sharded`): the value is the whole penalty on every rank,
+        and ``n_tokens`` (this rank's loss tokens, required) scales its gradient as the
+        module docstring says."""
+        if self._shards is not None:
+            return self._forward_sharded(n_tokens)
         total = None
         for i, name in enumerate(self.names):
             p = model.get_parameter(name)
@@ -141,5 +219,22 @@ class ImportanceAnchor(torch.nn.Module):
             total = term if total is None else total + term
         return 0.5 * self.mu * total
 
+    def _forward_sharded(self, n_tokens: Optional[int]) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if n_tokens is None or n_tokens <= 0:
+            raise ValueError("a sharded anchor needs this rank's number of loss tokens (n_tokens > 0)")
+        part = None
+        for p, b, w in zip(self._shards, self._base, self._weights):
+            term = _WeightedSquaredDistance.apply(p.to_local(), b.to_local(), w.to_local())
+            part = term if part is None else part + term
+        part = 0.5 * self.mu * part  # this rank's rows
+        sums = torch.stack([part.detach().double(), torch.tensor(float(n_tokens), dtype=torch.float64,
+                                                                  device=part.device)])
+        dist.all_reduce(sums)  # [whole penalty, W]
+        scale = float(sums[1]) / (n_tokens * dist.get_world_size())
+        scaled = part * scale
+        return scaled + (sums[0].to(part.dtype) - scaled).detach()  # value: the whole penalty
+
     def extra_repr(self) -> str:
-        return f"mu={self.mu}, tensors={len(self.names)}"
+        return f"mu={self.mu}, tensors={len(self.names)}" + (", sharded" if self._shards is not None else "")

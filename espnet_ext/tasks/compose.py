@@ -26,6 +26,7 @@ before any model is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -89,9 +90,12 @@ def system_of(train_config: str | Path, merged: Dict[str, Any]) -> SystemInfo:
 def compose_train_config(
     preset: str | Path, train_config: Optional[str | Path], out: str | Path,
     pretrained_dir: Optional[str | Path] = None, exp_dir: Optional[str | Path] = None,
-    recipe_preset: Optional[str | Path] = None,
+    recipe_preset: Optional[str | Path] = None, seed: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Merge ``preset`` and ``train_config`` into ``out`` after validating every key.
+
+    ``seed`` (one run of several, ``run.sh --seeds``) replaces the training ``seed`` and is
+    recorded in the system (its display name gains "(seed N)").
 
     The preset's ``train_overlay`` (a path relative to the preset; module docstring) is
     merged over the training config.  ``recipe_preset`` (``conf/preset/<name>.yaml``)
@@ -151,6 +155,11 @@ def compose_train_config(
         merged["optim_conf"] = {**optim_conf, "lr": float(optim_conf["lr"]) * lr_scale}
     system = system_of(train_config, merged) if train_config is not None else None
     merged.pop("system", None)
+    if seed is not None:
+        if system is None:
+            raise ValueError("a seed applies to a training run: give --train_config with --seed")
+        merged["seed"] = int(seed)
+        system = dataclasses.replace(system, name=f"{system.name} (seed {seed})", seed=int(seed))
     if merged.get("scheduler") == "warmupcosinelr":
         src = f"{train_config}" + (f" + {demo_name}" if demo_name and train_config else "") + \
             (f" + {overlay_name}" if overlay else "")

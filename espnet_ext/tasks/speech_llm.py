@@ -222,8 +222,11 @@ class SpeechLLMTask(AbsTask):
             if lora_conf is not None:
                 raise ValueError("anchor_conf and lora_conf exclude each other: LoRA freezes the "
                                  "base weights the anchor would hold")
-            model.anchor = ImportanceAnchor.from_report(
-                model, build_from_conf(AnchorConfig, anchor_conf, "anchor_conf"))
+            anchor = build_from_conf(AnchorConfig, anchor_conf, "anchor_conf")
+            if getattr(args, "sharding_conf", None) is None:
+                model.anchor = ImportanceAnchor.from_report(model, anchor)
+            else:  # built on the shards by build_optimizers (no rank holds whole copies)
+                logger.info("anchor_conf under sharding_conf: the anchor is built after sharding")
         return model
 
     @classmethod
@@ -264,7 +267,13 @@ class SpeechLLMTask(AbsTask):
             from espnet_ext.train import sharding
 
             expected = sharding.group_signature(model, make_groups(model))
-            sharding.shard_model(model, build_from_conf(sharding.ShardingConfig, sharding_conf, "sharding_conf"))
+            anchor_conf = getattr(args, "anchor_conf", None)
+            if anchor_conf is not None:
+                from espnet_ext.optim.anchor import AnchorConfig
+
+                anchor_conf = build_from_conf(AnchorConfig, anchor_conf, "anchor_conf")
+            sharding.shard_model(model, build_from_conf(sharding.ShardingConfig, sharding_conf, "sharding_conf"),
+                                 anchor=anchor_conf)
         groups = make_groups(model)
         log_groups(groups)  # names the reporter's optim0_lr<j> keys
         scheduler = getattr(args, "scheduler", None)

@@ -6,7 +6,9 @@ A training config declares its system once, in its ``system:`` section::
       name: Layer-LR      # display name in tables and figure legends
       role: layer_lr      # what the paper's claims compare: full_ft, layer_lr, lora, anchor
 
-The exp-dir tag stays the config's file name without ``train_`` and ``.yaml``.  The
+The exp-dir tag stays the config's file name without ``train_`` and ``.yaml`` (with
+``run.sh --seeds "0 1 2"`` the first seed's run keeps it, the others add ``_seed<N>``,
+and every run's system records its ``seed``: runs of one role are replicas).  The
 composer writes the section to ``exp/<tag>/system.json``; the No-FT baseline
 (the pretrained model, ``exp/noft``) is :data:`NO_FT`, the ASR cascade (``exp/cascade``)
 :data:`CASCADE`.  Renaming a config file renames
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from espnet_ext.utils.atomic import atomic_write_text
+from espnet_ext.utils.records import read_json
 
 SYSTEM_FILE = "system.json"
 #: what a system is to the paper's claims (Table 2 and §3)
@@ -34,6 +37,7 @@ class SystemInfo:
     name: str  # display name
     role: str  # one of ROLES
     lora_rank: Optional[int] = None  # LoRA systems: r (the Table 3 rank ablation groups by it)
+    seed: Optional[int] = None  # the training seed of one of several runs (run.sh --seeds), else None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -64,7 +68,7 @@ def read_system(exp_root: str | Path, tag: str) -> SystemInfo:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: system {tag!r} was not composed by stage 4 "
                                 "(run ./run.sh --stage 4 first)")
-    return SystemInfo(**json.loads(path.read_text(encoding="utf-8")))
+    return SystemInfo(**read_json(path, "recipe stage 4's config composer (./run.sh --stage 4)"))
 
 
 def read_systems(exp_root: str | Path, tags: Sequence[str]) -> Dict[str, SystemInfo]:

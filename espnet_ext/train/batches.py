@@ -7,7 +7,8 @@ encoder outputs (``enc_feats``), or, in a dump made for on-the-fly encoding
 (``cache_features: false``), the 16 kHz audio of ``wav.scp`` (``speech``), which the
 model encodes itself.  :class:`DumpReader` plans the batches from the shape files alone
 and reads each batch's features or audio only when it is asked for, so a job holds one
-batch of them at a time.
+batch of them at a time.  :func:`text_batches` does the same for a bare text LM
+(:mod:`espnet_ext.models.text_lm`) on prompt/response pairs or plain text.
 """
 
 from __future__ import annotations
@@ -28,14 +29,22 @@ from espnet_ext.train.preprocess import SpeechLLMPreprocessor
 Modality = Literal["speech", "text"]
 
 
-def subset_ids(
-    dump_dir: str | Path, fraction: float = 1.0, num_utts: Optional[int] = None, seed: int = 0
+def pick_subset(
+    ids: Sequence[str], fraction: float = 1.0, num_utts: Optional[int] = None, seed: int = 0
 ) -> List[str]:
-    """A seeded random subset of a dump dir's utterance ids (sorted)."""
-    ids = sorted(read_table(Path(dump_dir) / "text"))
+    """A seeded random subset of ``ids`` (sorted): ``num_utts`` of them, or ``fraction`` of
+    them (at least one).  The same ids and seed give the same subset for every model."""
+    ids = sorted(ids)
     n = num_utts if num_utts is not None else max(1, round(fraction * len(ids)))
     n = min(n, len(ids))
     return sorted(random.Random(seed).sample(ids, n))
+
+
+def subset_ids(
+    dump_dir: str | Path, fraction: float = 1.0, num_utts: Optional[int] = None, seed: int = 0
+) -> List[str]:
+    """A seeded random subset of a dump dir's utterance ids (sorted; :func:`pick_subset`)."""
+    return pick_subset(list(read_table(Path(dump_dir) / "text")), fraction, num_utts, seed)
 
 
 def speech_source(dump_dir: str | Path) -> Literal["enc_feats", "speech"]:
@@ -115,6 +124,30 @@ def dump_batches(
     reader = DumpReader(dump_dir, preprocessor, modality, with_answer, device)
     for chunk in reader.plan(batch_size, utt_ids):
         yield chunk, reader.load(chunk)
+
+
+def text_batches(
+    model, samples: Dict[str, Tuple[Optional[str], str]], batch_size: int, device: str | torch.device = "cpu",
+    where: str = "",
+) -> List[Dict[str, torch.Tensor]]:
+    """Batches of a :class:`~espnet_ext.models.text_lm.TextLM` (``context``, ``target`` and
+    their lengths), for utterance id → ``(prompt, response)`` samples.
+
+    Sorted by total token length, then id, as :func:`dump_batches` sorts by its shape file
+    (the prompt's length is the same for every sample), so the recipe's utterances form the
+    same batches here.
+    """
+    enc = {u: model.encode(p, r, f"{where}: {u}") for u, (p, r) in samples.items()}
+    order = sorted(enc, key=lambda u: (len(enc[u][0]) + len(enc[u][1]), u))
+    collate = PadCollate()
+    out = []
+    for start in range(0, len(order), batch_size):
+        chunk = [(u, {"context": np.asarray(enc[u][0], dtype=np.int64),
+                      "target": np.asarray(enc[u][1], dtype=np.int64)})
+                 for u in order[start : start + batch_size]]
+        _, tensors = collate(chunk)
+        out.append({k: v.to(device) for k, v in tensors.items()})
+    return out
 
 
 def preprocessor_for(model) -> SpeechLLMPreprocessor:

@@ -41,7 +41,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from espnet_ext.utils.atomic import atomic_open
+from espnet_ext.utils.atomic import atomic_open, temp_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ def _keep_previous(path: Path) -> None:
     if path.name != CHECKPOINT or not path.is_file() or check_archive(path) is not None:
         return
     prev = path.with_name(PREVIOUS)
-    tmp = path.with_name(f".{PREVIOUS}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+    tmp = temp_sibling(prev)
     try:
         os.link(path, tmp)
     except OSError:  # a file system without hard links: copy is too slow at scale; skip

@@ -31,8 +31,10 @@ keeps the rest of the ESPnet workflow:
   - ``checkpoint.dcp/``: model + optimizer shards (every rank writes its own) plus
     ``trainer_state.pth`` (reporter, schedulers); written to ``checkpoint.dcp.tmp/``,
     renamed by rank 0 after a barrier, the previous one kept as ``checkpoint.dcp.prev/``;
-    ``--resume true`` loads it (DCP reshards on load, so another world size should load
-    too; only the same one is tested).  All ranks must see one shared file system;
+    ``--resume true`` loads it (DCP reshards on load: the same or another number of
+    ranks; an unsharded run, one process or DDP, resumes from it too, through a
+    ``checkpoint.pth`` written from it, tested 2 ranks -> 1 process).  All ranks must see
+    one shared file system;
   - ``<epoch>epoch.pth``: the consolidated full state dict (rank 0, CPU), with the keys
     of an unsharded ESPnet checkpoint, so decoding, averaging and scoring read it
     unchanged.
@@ -41,13 +43,18 @@ keeps the rest of the ESPnet workflow:
   group: the ESPnet ``model.pth``, the HF LLM folder and the adaptor weights (for LoRA,
   the peft adapter folder and the merged LLM, as ``models/lora.export_lora`` writes).
 
-``tests/test_sharding.py`` checks that two sharded processes train like one process on
-the same global batches (Full-FT, Layer-LR, LoRA; fp32), that a resumed run equals the
-unbroken one, and that the consolidated checkpoints load into unsharded models.
+* ImpAnchor (``--anchor_conf``): :func:`shard_model` builds the anchor after sharding,
+  its base values and stiffness laid out like each parameter's shard
+  (``ImportanceAnchor.from_report_sharded``); the penalty is computed on the local shards
+  and all-reduced.
 
-Not supported under sharding (each raises at start): ImpAnchor (its penalty reads whole
-parameters outside the forward), the importance probe, ESPnet's ``--use_amp`` grad
-scaler (use ``param_dtype``), ``--sharded_ddp``, and DeepSpeed.  Activation
+``tests/test_sharding.py`` checks that two sharded processes train like one process on
+the same global batches (Full-FT, Layer-LR, ImpAnchor, LoRA; fp32), that a resumed run
+(also one killed with SIGKILL mid-epoch) equals the unbroken one, and that the
+consolidated checkpoints load into unsharded models.
+
+Not supported under sharding (each raises at start): the importance probe, ESPnet's
+``--use_amp`` grad scaler (use ``param_dtype``), ``--sharded_ddp``, and DeepSpeed.  Activation
 checkpointing recomputes each decoder layer in backward.  The shared prompt-prefix cache
 (``model_conf.share_prompt_prefix``) is turned off in training: its prefix pass reaches a
 decoder layer's gradients only through the key/value cache, i.e. after FSDP2 has
@@ -134,12 +141,13 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard_model(model: torch.nn.Module, config: ShardingConfig, mesh=None):
+def shard_model(model: torch.nn.Module, config: ShardingConfig, mesh=None, anchor=None):
     """Apply FSDP2 in place: each decoder layer, (optionally the encoder,) then the root.
 
     Call after ``torch.distributed`` is initialised and the model is on its device, and
-    before building the optimizer (it must see the sharded parameters).  Returns the
-    1-D device mesh over all ranks.
+    before building the optimizer (it must see the sharded parameters).  ``anchor`` (an
+    ``AnchorConfig``): attach ImpAnchor built on the shards (each rank holds the base
+    values and stiffness of its own rows).  Returns the 1-D device mesh over all ranks.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -147,8 +155,8 @@ def shard_model(model: torch.nn.Module, config: ShardingConfig, mesh=None):
     if not dist.is_initialized():
         raise RuntimeError("sharding needs torch.distributed (run under torchrun, or --ngpu > 1)")
     if getattr(model, "anchor", None) is not None:
-        raise ValueError("sharding_conf and anchor_conf exclude each other: the anchor penalty "
-                         "reads whole parameters outside the forward")
+        raise ValueError("the model already holds a whole-tensor anchor; under sharding the task builds it "
+                         "on the shards (shard_model(..., anchor=AnchorConfig))")
     bad = [(n, p.dtype) for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
     if bad:
         raise ValueError(f"sharded training keeps fp32 master weights; {bad[0][0]} is {bad[0][1]} (use "
@@ -189,6 +197,10 @@ def shard_model(model: torch.nn.Module, config: ShardingConfig, mesh=None):
                 mesh.size(), device.type, len(layers), config.param_dtype, config.reduce_dtype,
                 config.reshard_after_forward, config.activation_checkpointing,
                 "sharded" if config.shard_encoder else ("replicated" if encoder is not None else "none"))
+    if anchor is not None:
+        from espnet_ext.optim.anchor import ImportanceAnchor
+
+        model.anchor = ImportanceAnchor.from_report_sharded(model, anchor)
     return mesh
 
 
@@ -286,6 +298,26 @@ def sharded_checkpoint(output_dir: Path) -> Optional[Path]:
     return None
 
 
+def checkpoint_from_dcp(path: Path, model: torch.nn.Module, optimizers) -> dict:
+    """ESPnet's ``checkpoint.pth`` content (model, reporter, optimizers, schedulers) from a
+    ``checkpoint.dcp`` saved by any number of ranks, for an *unsharded* ``model`` and its
+    optimizers (this process alone reads it; DCP reassembles the shards).  ``model`` and
+    ``optimizers`` are loaded with its state on the way."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizers)
+    state = {"model": model_sd, "optim": optim_sd}
+    with warnings.catch_warnings():  # DCP warns whenever it loads in one process, as meant here
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=False)
+    return {"model": model.state_dict(), "reporter": trainer_state["reporter"],
+            "optimizers": [o.state_dict() for o in optimizers], "schedulers": trainer_state["schedulers"],
+            "scaler": None, "sharded_world_size": trainer_state.get("world_size")}
+
+
 def load_sharded(path: Path, model, optimizers, schedulers, reporter) -> None:
     """Load a ``checkpoint.dcp`` into the sharded model, optimizers, schedulers and reporter."""
     import torch.distributed.checkpoint as dcp
@@ -319,6 +351,7 @@ class ShardedSpeechLLMTrainer(SpeechLLMTrainer):
     def run(cls, model, optimizers, schedulers, train_iter_factory, valid_iter_factory,
             plot_attention_iter_factory, trainer_options, distributed_option) -> None:
         if not is_sharded(model):
+            cls._resume_unsharded_from_dcp(model, optimizers, trainer_options)
             return super().run(model=model, optimizers=optimizers, schedulers=schedulers,
                                train_iter_factory=train_iter_factory, valid_iter_factory=valid_iter_factory,
                                plot_attention_iter_factory=plot_attention_iter_factory,
@@ -421,6 +454,28 @@ class ShardedSpeechLLMTrainer(SpeechLLMTrainer):
                     reporter=reporter, output_dir=output_dir, best_model_criterion=options.best_model_criterion,
                     nbest=keep_nbest)
         dist.barrier()
+
+    @staticmethod
+    def _resume_unsharded_from_dcp(model, optimizers, options) -> None:
+        """``--resume true`` without sharding in a run dir that holds only a sharded
+        checkpoint (a sharded run continued by one process or by DDP): rank 0 writes
+        ``checkpoint.pth`` from ``checkpoint.dcp`` (:func:`checkpoint_from_dcp`), which
+        ESPnet's resume then reads."""
+        from espnet_ext.train.checkpoint import atomic_torch_save
+
+        output_dir = Path(options.output_dir)
+        if not options.resume or any((output_dir / n).exists() for n in ("checkpoint.pth", "checkpoint.prev.pth")):
+            return
+        path = sharded_checkpoint(output_dir)
+        if path is None:
+            return
+        if _rank0():
+            state = checkpoint_from_dcp(path, model, optimizers)
+            logger.info("resuming an unsharded run from the sharded checkpoint %s (saved by %s ranks)",
+                        path, state.pop("sharded_world_size"))
+            atomic_torch_save(state, output_dir / "checkpoint.pth")
+        if dist.is_initialized():
+            dist.barrier()
 
     @classmethod
     def _check_options(cls, options, distributed_option) -> None:
