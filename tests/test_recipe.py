@@ -49,6 +49,9 @@ def test_all_stages_produce_their_outputs(recipe_run):
     for s in ("train", "dev", "test_llamaq", "test_webq", "test_llamaq_unseen", "test_webq_unseen"):
         for f in ("wav.scp", "text", "answer", "utt2spk", "spk2utt"):
             assert (tmp / "data" / s / f).is_file(), (s, f)
+        if s == "test_webq_unseen":  # made by stage 1, not in --unseen_test_sets auto
+            assert not (tmp / "dump" / s).exists()
+            continue
         for f in ("enc_feats.scp", "llm_len.speech", "llm_len.text", "dump_report.json"):
             assert (tmp / "dump" / s / f).is_file(), (s, f)
     assert (tmp / "exp/pretrained/llm/config.json").is_file()
@@ -71,10 +74,11 @@ def test_all_stages_produce_their_outputs(recipe_run):
     assert not (tmp / "exp/noft/decode_test_llamaq_speech").exists()
     # the speaker-disjoint sets: S2T and the cascade only (T2T would repeat the in-voice set)
     for sys_ in ("full", "cascade"):
-        assert json.loads((tmp / f"exp/{sys_}/decode_test_webq_unseen_speech/score.json").read_text())["n"] == 6
-    assert not (tmp / "exp/full/decode_test_webq_unseen_text").exists()
+        assert json.loads((tmp / f"exp/{sys_}/decode_test_llamaq_unseen_speech/score.json").read_text())["n"] == 6
+    assert not (tmp / "exp/full/decode_test_llamaq_unseen_text").exists()
+    assert not (tmp / "exp/full/decode_test_webq_unseen_speech").exists()
     md = (tmp / "RESULTS.md").read_text()
-    assert "test_webq_unseen S2T" in md
+    assert "test_llamaq_unseen S2T" in md
     assert re.search(r"demo, train source instructions, (flite|espeak) voices", md)  # what spoke the data
     for n in range(1, 6):
         assert f"Stage {n}:" in p.stderr
@@ -414,7 +418,7 @@ def test_stages_2_to_6_encode_on_the_fly(recipe_run, tmp_path):
     train = (exp / "full" / "train.sh.cmd").read_text().replace("\\,", ",")
     assert f"{dump}/train/wav.scp,speech,sound" in train and "enc_feats" not in train
     assert yaml.safe_load((exp / "full" / "config.yaml").read_text())["encoder_conf"]["cache_features"] is False
-    for s in ("test_llamaq", "test_webq_unseen"):
+    for s in ("test_llamaq", "test_llamaq_unseen"):
         assert json.loads((exp / "full" / f"decode_{s}_speech" / "score.json").read_text())["n"] == 6
     table1 = json.loads((exp / "importance/full/table1.json").read_text())["table"]
     assert list(table1) == ["text", "speech"]  # Full-FT's speech row: the encoder ran on the audio

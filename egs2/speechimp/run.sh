@@ -49,7 +49,8 @@ train_set=train          # training data dir under data/
 valid_set=dev            # validation data dir under data/
 test_sets="test_llamaq test_webq"  # decoded and scored sets
 unseen_test_sets=auto    # speech-only test sets (S2T and cascade; T2T would repeat test_sets):
-                         # auto = demo: test_llamaq_unseen test_webq_unseen (held-out voices); real: none
+                         # auto = demo: test_llamaq_unseen (held-out voices; stage 1 also makes
+                         # test_webq_unseen, which "test_llamaq_unseen test_webq_unseen" adds); real: none
 skip_bad_utts=false      # skip (and count) unreadable/invalid utterances instead of failing
 long_audio=truncate      # audio longer than the encoder window: truncate | reject
 
@@ -121,7 +122,7 @@ fi
 [ -n "$seeds" ] || seeds=$(conf_get "$preset_file" recipe.seeds "")
 if [ "$unseen_test_sets" = auto ]; then
   unseen_test_sets=""
-  [ "$data_source" = demo ] && unseen_test_sets="test_llamaq_unseen test_webq_unseen"
+  [ "$data_source" = demo ] && unseen_test_sets="test_llamaq_unseen"  # one: the 20-min budget
 fi
 for _opt in adaptor_warmup t2t_chat cascade; do
   case ${!_opt} in
