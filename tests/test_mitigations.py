@@ -374,7 +374,16 @@ def test_recipe_presets_set_the_step_budget(tmp_path):
         assert (conf["max_epoch"], conf["num_iters_per_epoch"], conf["scheduler_conf"]["total_steps"]) == (2, 20, 40)
         assert conf["scheduler_conf"]["warmup_ratio"] == 0.03  # merged one level deep, not replaced
         demo = compose_train_config(CONF / "model/tiny_random.yaml", CONF / f"{src}.yaml", tmp_path / "d.yaml")
-        assert conf["optim_conf"] == demo["optim_conf"]  # the budget leaves the rates alone
+        # the budget leaves the rates alone; quick's lr_scale multiplies the LLM's (an addition)
+        assert conf["optim_conf"]["lr"] == pytest.approx(quick["lr_scale"] * demo["optim_conf"]["lr"])
+        assert {k: v for k, v in conf["optim_conf"].items() if k != "lr"} == \
+            {k: v for k, v in demo["optim_conf"].items() if k != "lr"}
+        assert conf["adaptor_lr"] == demo["adaptor_lr"]
+    assert quick["lr_scale"] == 10
+    strong = load_yaml(CONF / "preset/strong.yaml")
+    assert strong["recipe"]["seeds"] == "0 1 2"  # strong = quick with three seeds
+    assert {k: v for k, v in strong.items() if k != "recipe"} == {k: v for k, v in quick.items() if k != "recipe"}
+    assert {k: v for k, v in strong["recipe"].items() if k != "seeds"} == quick["recipe"]
     # the full preset leaves the configs' own budget
     merged = compose_train_config(CONF / "model/tiny_random.yaml", CONF / "train_full.yaml", tmp_path / "f.yaml",
                                   recipe_preset=CONF / "preset/full.yaml")
