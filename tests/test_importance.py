@@ -449,6 +449,22 @@ def test_vicinity_map_hand_checked():
     assert torch.equal(vicinity_map(torch.ones(5, 3, dtype=torch.bool)), torch.ones(5, 3))
 
 
+@pytest.mark.parametrize("k", [0, 1, 7, 30, 100])
+def test_random_mask_like_draws_a_uniform_subset_of_the_same_size(k):
+    """Exactly k entries, the same mask for the same seed, and every position equally
+    likely (sparse: distinct draws, thinned; dense, k > n / 4: a permutation)."""
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask.view(-1)[:k] = True
+    draws = torch.stack([random_mask_like(mask, seed=s).view(-1) for s in range(3000)]).float()
+    assert (draws.sum(1) == k).all()
+    assert torch.equal(random_mask_like(mask, seed=5), random_mask_like(mask, seed=5))
+    freq = draws.mean(0)
+    sd = (k / 100 * (1 - k / 100) / 3000) ** 0.5
+    assert (freq - k / 100).abs().max() <= 5 * sd + 1e-12  # 100 positions: none 5 sd off
+    if 0 < k < 100:
+        assert not torch.equal(random_mask_like(mask, seed=1), random_mask_like(mask, seed=2))
+
+
 def test_concentration_of_row_structured_set_beats_random():
     gen = torch.Generator().manual_seed(0)
     rows = torch.zeros(200, 300, dtype=torch.bool)
