@@ -101,7 +101,8 @@ transcription_mix=0      # N synthetic broad-vocabulary utterances, answered wit
                          # (0 = off)
 
 help_message="$(. utils/help.sh && script_header "$0" && echo && options_help "$0")"
-run_args="$*"            # the command line, recorded in RESULTS.md and exp/run.sh.cmd
+run_args=""              # the command line (shell-quoted), recorded in RESULTS.md and exp/run.sh.cmd
+[ $# -eq 0 ] || { run_args=$(printf '%q ' "$@"); run_args=${run_args% }; }
 . ./path.sh
 . ./cmd.sh
 . utils/log.sh
