@@ -7,6 +7,7 @@ uses, runs the real interpreter), so no model is loaded and no GPU is needed.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "egs2" / "speechimp"
+DEFAULT_MODEL_PRESET = "conf/model/smollm2_135m_whisper_tiny.yaml"  # run.sh --model_preset
 SETS = ("train", "dev", "test_llamaq", "test_webq", "test_llamaq_unseen", "test_webq_unseen")
 MODEL_JOBS = ("dump_features", "importance_score", "speechllm_train", "speechllm_inference",
               "cascade_decode", "importance_analyze")
@@ -39,8 +42,9 @@ def _stub_venv(tmp: Path) -> Path:
     return venv
 
 
-def _fake_earlier_outputs(tmp: Path, trained=("full",)) -> None:
-    """What stages 1-5 leave (empty stand-ins), so stages 2-6 pass their input checks."""
+def _fake_earlier_outputs(tmp: Path, trained=("full",), cache_features: bool = True) -> None:
+    """What stages 1-5 leave (empty stand-ins), so stages 2-6 pass their input checks;
+    ``cache_features``: the model preset's encoder mode, recorded in each dump's report."""
     exp, dump, data = tmp / "exp", tmp / "dump", tmp / "data"
     for d in ("llm", "whisper"):
         (exp / "pretrained" / d).mkdir(parents=True)
@@ -48,13 +52,15 @@ def _fake_earlier_outputs(tmp: Path, trained=("full",)) -> None:
     for s in SETS:
         (dump / s).mkdir(parents=True)
         (dump / s / "enc_feats.scp").write_text("")
+        (dump / s / "dump_report.json").write_text(json.dumps({"cache_features": cache_features}))
         (data / s).mkdir(parents=True)
         (data / s / "wav.scp").write_text("")
     (exp / "importance" / "base").mkdir(parents=True)
     (exp / "importance" / "base" / "summary.json").write_text("{}")
+    (exp / "importance" / "base" / "scores.safetensors").write_text("")
     for tag in trained:
         (exp / tag).mkdir()
-        for f in ("config.yaml", "valid.loss.best.pth"):
+        for f in ("config.yaml", "valid.loss.best.pth", "system.json"):
             (exp / tag / f).write_text("")
     decodes = [("noft", SETS[2:4], "text"), ("noft", SETS[2:4], "chat"), ("cascade", SETS[2:], "speech")]
     for tag in trained:
@@ -67,7 +73,9 @@ def _fake_earlier_outputs(tmp: Path, trained=("full",)) -> None:
 
 def _run(tmp: Path, *opts: str, trained=("full",)) -> subprocess.CompletedProcess:
     venv = _stub_venv(tmp)
-    _fake_earlier_outputs(tmp, trained)
+    preset = opts[opts.index("--model_preset") + 1] if "--model_preset" in opts else DEFAULT_MODEL_PRESET
+    cache = yaml.safe_load((RECIPE / preset).read_text())["encoder_conf"].get("cache_features", True)
+    _fake_earlier_outputs(tmp, trained, cache)
     cmd = ["./run.sh", "--stage", "2", "--stop_stage", "6", "--preset", "full",
            "--train_configs", "conf/train_full.yaml", "--datadir", str(tmp / "data"),
            "--dumpdir", str(tmp / "dump"), "--expdir", str(tmp / "exp"),
@@ -106,8 +114,9 @@ def test_every_model_job_gets_the_device_and_launcher_of_ngpu(tmp_path, ngpu, np
     # T2T in both prompts (the speech LLM's, the LLM's own chat template), S2T for Full-FT
     noft, full = calls["speechllm_inference"]
     assert [noft[i + 1] for i, a in enumerate(noft) if a == "--modality"] == ["text"] * 2 + ["chat"] * 2
+    # S2T on test_llamaq, test_webq and the speaker-disjoint test_llamaq_unseen (--unseen_test_sets auto)
     assert [full[i + 1] for i, a in enumerate(full) if a == "--modality"] == ["text"] * 2 + ["chat"] * 2 + \
-        ["speech"] * 4
+        ["speech"] * 3
     for module in MODEL_JOBS[1:]:  # the sharded jobs
         for argv in calls[module]:
             assert argv[:len(launcher) + 1] == launcher + [f"espnet_ext.bin.{module}"], argv
