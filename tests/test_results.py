@@ -156,7 +156,9 @@ def test_rank_ablation_table_only_with_rank_systems(tmp_path):
 
 
 RECIPE = REPO / "egs2" / "speechimp"
-COMMITTED_RESULTS = sorted(p for p in RECIPE.glob("**/RESULTS.md") if "exp" not in p.relative_to(RECIPE).parts)
+# committed ones: not under an exp dir (exp/, or another --expdir such as exp_strong/)
+COMMITTED_RESULTS = sorted(p for p in RECIPE.glob("**/RESULTS.md")
+                           if not any(part.startswith("exp") for part in p.relative_to(RECIPE).parts[:-1]))
 
 
 def test_every_committed_results_md_has_its_summary():
