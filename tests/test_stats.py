@@ -80,3 +80,18 @@ def test_compare_paired_on_shares_of_several_runs():
     assert compare_paired(*_pairs(3, 1, 9, 2), n_resamples=100).test == "McNemar"
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         compare_paired([1.5], [0.0])
+
+
+def test_mcnemar_exact_with_more_than_1023_discordant_pairs():
+    """2.0 ** m overflowed a float at m = 1024 (a 1,500-question comparison); the exact
+    integer ratio does not: balanced discordance gives p = 1, one-sided a p that underflows."""
+    from espnet_ext.eval.stats import mcnemar_exact
+
+    n = 1500
+    assert mcnemar_exact([True] * 750 + [False] * 750, [False] * 750 + [True] * 750) == 1.0
+    assert 0.0 <= mcnemar_exact([True] * n, [False] * n) < 1e-300
+    # against the float formula where it still works (m = 1000, k = 450)
+    a, b = [True] * 450 + [False] * 550, [False] * 450 + [True] * 550
+    import math
+    expected = 2 * sum(math.comb(1000, i) for i in range(451)) / 2.0 ** 1000
+    assert mcnemar_exact(a, b) == pytest.approx(expected, rel=1e-12)

@@ -92,7 +92,8 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
     if m == 0:
         return 1.0
     k = min(only_a, only_b)
-    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2.0**m
+    # integer numerator and denominator: 2.0**m overflows a float beyond 1023 discordant pairs
+    tail = sum(math.comb(m, i) for i in range(k + 1)) / (1 << m)
     return min(1.0, 2.0 * tail)
 
 
