@@ -156,17 +156,10 @@ def read_table(path: str | Path, allow_empty_value: bool = False) -> Dict[str, s
     if not path.is_file():
         raise DataError(f"missing file {path}")
     table: Dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            key, _, value = line.partition(" ")
-            if key in table:
-                raise DataError(f"{path}:{lineno}: duplicate id {key}")
-            if not value.strip() and not allow_empty_value:
-                raise DataError(f"{path}:{lineno}: utterance {key} has an empty value")
-            table[key] = value.strip()
+    for lineno, key, value in _table_lines(path, allow_empty_value):
+        if key in table:
+            raise DataError(f"{path}:{lineno}: duplicate id {key}")
+        table[key] = value
     return table
 
 
@@ -224,16 +217,17 @@ def read_kaldi_dir(data_dir: str | Path, require_wav: bool = True) -> List[Utter
     return utts
 
 
-def _table_lines(path: Path) -> Iterator[Tuple[int, str, str]]:
+def _table_lines(path: Path, allow_empty_value: bool = False) -> Iterator[Tuple[int, str, str]]:
     """``(line number, key, value)`` of a ``<key> <value>`` file, read lazily (blank lines
-    skipped); an empty value is a :class:`DataError` naming the file and line."""
+    skipped, values stripped); an empty value is a :class:`DataError` naming the file and
+    line unless ``allow_empty_value``."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
                 continue
             key, _, value = line.partition(" ")
-            if not value.strip():
+            if not value.strip() and not allow_empty_value:
                 raise DataError(f"{path}:{lineno}: utterance {key} has an empty value")
             yield lineno, key, value.strip()
 
